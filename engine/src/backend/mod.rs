@@ -1,0 +1,104 @@
+//! Backends: what executes the orchestrator's tool calls.
+//!
+//! A backend takes a batch of requests and answers each one; the [`crate::coalesce::Coalescer`]
+//! in front of it forms the batches, collapses duplicates and enforces concurrency. Real backends
+//! (OpenAI-compatible servers, the Python sandbox, retrieval, in-process models) come with their
+//! issues; [`sim::SimBackend`] is the workload model the benchmarks run on.
+
+pub mod sim;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::config::{BackendConfig, BackendKind, SimulationConfig};
+
+/// One call to a backend: the chosen model is asked to do `tool` on `prompt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub tool: Arc<str>,
+    /// The backend's model name (what an OpenAI-compatible server calls `model`).
+    pub model: Arc<str>,
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub temperature: f64,
+}
+
+impl Request {
+    /// The cache and single-flight key: the backend plus the canonical request.
+    pub fn key(&self, backend: &str) -> Arc<str> {
+        format!(
+            "{backend}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+            self.tool, self.model, self.max_tokens, self.temperature, self.prompt
+        )
+        .into()
+    }
+}
+
+/// A backend's answer to one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub text: String,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Seconds billed by backends priced per second (the code interpreter).
+    pub billed_seconds: f64,
+}
+
+/// Why a call failed. Cloned to every caller that joined the call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend `{backend}` timed out")]
+    Timeout { backend: String },
+    #[error("backend `{backend}` failed: {message}")]
+    Failed { backend: String, message: String },
+}
+
+/// Something that executes calls in batches.
+pub trait Backend: Send + Sync + 'static {
+    /// Answers every request of the batch, in order.
+    fn call_batch<'a>(
+        &'a self,
+        requests: &'a [Request],
+    ) -> BoxFuture<'a, Vec<Result<Response, BackendError>>>;
+
+    /// Whether the answer is a function of the request alone, so that the `deterministic` cache
+    /// policy may cache it and identical in-flight calls may share one answer.
+    fn deterministic(&self, request: &Request) -> bool {
+        request.temperature == 0.0
+    }
+}
+
+/// Why a backend could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+#[error("backend `{name}`: {message}")]
+pub struct BuildError {
+    pub name: String,
+    pub message: String,
+}
+
+/// Builds the backend a config entry describes.
+pub fn build(cfg: &BackendConfig, sim: &SimulationConfig) -> Result<Arc<dyn Backend>, BuildError> {
+    match cfg.kind {
+        BackendKind::Sim => Ok(Arc::new(sim::SimBackend::new(cfg, sim))),
+        other => Err(BuildError {
+            name: cfg.name.clone(),
+            message: format!(
+                "backends of kind `{}` are not built yet in this version of tutti; \
+                 the `sim` kind is available",
+                kind_name(other)
+            ),
+        }),
+    }
+}
+
+fn kind_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Openai => "openai",
+        BackendKind::Native => "native",
+        BackendKind::Python => "python",
+        BackendKind::Retrieval => "retrieval",
+        BackendKind::Sim => "sim",
+        BackendKind::VllmRs => "vllm-rs",
+    }
+}

@@ -1,0 +1,232 @@
+//! Benchmarks of the whole engine: generated workloads, figures from hdrhistogram, and the naive
+//! harness ToolOrchestra's evaluation uses, run on the same workload for comparison.
+//!
+//! Figures are measured, never asserted: tests check that a report is complete, not how fast.
+
+pub mod workload;
+
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::CacheStats;
+use crate::config::{CachePolicy, Config};
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::ledger::LedgerSummary;
+use crate::task::Task;
+
+pub use workload::{generate, sample, WorkloadSpec};
+
+/// Bundled benchmark profiles: name -> config text.
+pub const PROFILES: &[(&str, &str)] = &[
+    ("toolorchestra-sim", include_str!("../../../configs/toolorchestra-sim.toml")),
+    ("control-plane", include_str!("../../../configs/control-plane.toml")),
+];
+
+/// The config of a bundled profile.
+pub fn profile(name: &str) -> Option<Config> {
+    PROFILES.iter().find(|(n, _)| *n == name).map(|(n, text)| {
+        Config::parse(text, &format!("<profile {n}>")).expect("bundled profiles are valid")
+    })
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// The figures of one run of a workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub tasks: u64,
+    pub wall_s: f64,
+    pub tasks_per_s: f64,
+    pub turns_per_s: f64,
+    pub task_latency_ms: Latency,
+    pub cost_usd: f64,
+    pub cost_per_task_usd: f64,
+    pub billed_calls: u64,
+    pub cache_hits: u64,
+    pub coalescing_factor: f64,
+    pub accuracy: f64,
+    /// Tasks per final status.
+    pub statuses: std::collections::BTreeMap<String, u64>,
+    pub ledger: LedgerSummary,
+    pub cache: CacheStats,
+    /// Decode steps and the mean number of sequences in a step, for batching executors.
+    pub decode_steps: u64,
+    pub mean_batch: f64,
+}
+
+/// The naive harness's figures and how tutti compares.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineReport {
+    pub description: String,
+    /// True when the baseline ran on a seeded sample of the workload rather than all of it.
+    pub sampled: bool,
+    #[serde(flatten)]
+    pub run: RunReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Speedup {
+    pub tasks_per_s: f64,
+    pub turns_per_s: f64,
+    /// Baseline dollars per task over tutti's.
+    pub cost_per_task: f64,
+}
+
+/// The whole benchmark report, as `tutti bench --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub profile: String,
+    pub simulated: bool,
+    pub workload_tasks: usize,
+    pub repeat_share: f64,
+    pub tasks_per_s: f64,
+    pub turns_per_s: f64,
+    pub task_latency_ms: Latency,
+    pub cost_usd: f64,
+    pub billed_calls: u64,
+    pub cache_hits: u64,
+    pub coalescing_factor: f64,
+    pub peak_rss_bytes: u64,
+    pub run: RunReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speedup: Option<Speedup>,
+}
+
+/// The naive harness of ToolOrchestra's evaluation: two tasks at a time, one orchestrator decode
+/// and one request per backend call at a time, no cache, no collapsing of identical calls.
+pub fn naive(cfg: &Config) -> Config {
+    let mut c = cfg.clone();
+    c.orchestrator.max_live_tasks = 2;
+    c.orchestrator.max_seqs = 1;
+    for b in &mut c.backends {
+        b.max_batch = 1;
+        b.max_wait_ms = 0;
+        b.cache = CachePolicy::Off;
+    }
+    c.cache.path = None;
+    c
+}
+
+/// Runs `tasks` on a fresh engine built from `cfg` and measures it. Must run inside a runtime.
+pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, EngineError> {
+    let engine = Engine::new(cfg, EngineOptions { record_trajectories: false })?;
+    let n = tasks.len() as u64;
+    let (tx, mut rx) = mpsc::channel::<crate::task::TaskResult>(4096);
+    let started = Instant::now();
+    let collect = tokio::spawn(async move {
+        let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+        while let Some(r) = rx.recv().await {
+            hist.saturating_record(r.latency_ms.max(0) as u64);
+        }
+        hist
+    });
+    engine.run(tasks, tx, CancellationToken::new()).await;
+    let hist = collect.await.expect("collector does not panic");
+    let wall_s = started.elapsed().as_secs_f64();
+    engine.flush();
+    let ledger = engine.ledger();
+    let (steps, seq_steps) = engine.scheduler_stats().map_or((0, 0), |s| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (s.steps.load(Relaxed), s.seq_steps.load(Relaxed))
+    });
+    Ok(RunReport {
+        tasks: n,
+        wall_s,
+        tasks_per_s: n as f64 / wall_s,
+        turns_per_s: ledger.turns as f64 / wall_s,
+        task_latency_ms: Latency {
+            p50: hist.value_at_quantile(0.5),
+            p90: hist.value_at_quantile(0.9),
+            p99: hist.value_at_quantile(0.99),
+            max: hist.max(),
+        },
+        cost_usd: ledger.cost_usd,
+        cost_per_task_usd: if n == 0 { 0.0 } else { ledger.cost_usd / n as f64 },
+        billed_calls: ledger.billed_calls,
+        cache_hits: ledger.cache_hits,
+        coalescing_factor: ledger.coalescing_factor,
+        accuracy: if ledger.graded == 0 { 0.0 } else { ledger.correct as f64 / ledger.graded as f64 },
+        statuses: ledger.tasks.clone(),
+        cache: engine.cache_stats(),
+        decode_steps: steps,
+        mean_batch: if steps == 0 { 0.0 } else { seq_steps as f64 / steps as f64 },
+        ledger,
+    })
+}
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub profile: String,
+    pub workload: WorkloadSpec,
+    /// Run the naive harness too, on at most this many tasks of the same workload.
+    pub baseline_tasks: Option<usize>,
+}
+
+/// Runs a benchmark: the workload on tutti, then optionally the naive harness.
+pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, EngineError> {
+    let catalog = crate::catalog::Catalog::new(cfg);
+    let tasks = generate(&spec.workload, &catalog);
+    let run = run_workload(cfg, tasks.clone()).await?;
+    let peak_rss_bytes = peak_rss_bytes();
+    let (baseline, speedup) = match spec.baseline_tasks {
+        Some(k) => {
+            let sampled = k < tasks.len();
+            let subset = if sampled { sample(&tasks, k, spec.workload.seed) } else { tasks };
+            let b = run_workload(&naive(cfg), subset).await?;
+            let speedup = Speedup {
+                tasks_per_s: run.tasks_per_s / b.tasks_per_s,
+                turns_per_s: run.turns_per_s / b.turns_per_s,
+                cost_per_task: b.cost_per_task_usd / run.cost_per_task_usd,
+            };
+            let description = format!(
+                "naive harness (2 tasks at a time, no batching, no coalescing, no cache) on {}",
+                if sampled { format!("a seeded sample of {k} tasks of the workload; rates are compared") } else { "the whole workload".to_string() }
+            );
+            (Some(BaselineReport { description, sampled, run: b }), Some(speedup))
+        }
+        None => (None, None),
+    };
+    Ok(BenchReport {
+        profile: spec.profile.clone(),
+        simulated: true,
+        workload_tasks: spec.workload.tasks,
+        repeat_share: spec.workload.repeat_share,
+        tasks_per_s: run.tasks_per_s,
+        turns_per_s: run.turns_per_s,
+        task_latency_ms: run.task_latency_ms,
+        cost_usd: run.cost_usd,
+        billed_calls: run.billed_calls,
+        cache_hits: run.cache_hits,
+        coalescing_factor: run.coalescing_factor,
+        peak_rss_bytes,
+        run,
+        baseline,
+        speedup,
+    })
+}
+
+/// The process's peak resident set size (VmHWM), or 0 where /proc is not available.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

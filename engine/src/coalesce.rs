@@ -1,0 +1,445 @@
+//! Per-backend call coalescing: micro-batches, single-flight and the result cache in one place.
+//!
+//! Each backend has one [`Coalescer`]. A call first looks in the [`ResultCache`] (in the caller's
+//! task, no hop). On a miss it goes to the coalescer's actor, which owns all mutable state:
+//! - calls are grouped into batches that are sent when `max_batch` distinct calls are waiting or
+//!   `max_wait_ms` after the first one arrived (at once when `max_wait_ms` is 0: whatever is queued
+//!   goes together);
+//! - at most `max_concurrency` batches are in flight;
+//! - a cacheable call identical to one already in flight joins it: every caller gets the answer,
+//!   one call is billed. When it completes the answer goes to the cache before the callers hear of
+//!   it, so a later identical call hits the cache. A failure goes to the callers that were waiting
+//!   and is neither cached nor shared with later callers.
+//!
+//! Only cacheable calls (by the backend's cache policy) are collapsed: for a call sampled at a
+//! temperature, two identical requests are two different draws and must both be made.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, BackendError, Request, Response};
+use crate::cache::{CachedResult, ResultCache};
+use crate::config::{BackendConfig, CachePolicy};
+use crate::ledger::{Ledger, Pricing};
+
+/// What a caller gets back.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    pub result: Result<Arc<Response>, BackendError>,
+    /// False when served from the cache or by joining an identical call in flight.
+    pub billed: bool,
+    /// What the call costs when billed (also for unbilled ones: that is what was saved).
+    pub cost_usd: f64,
+}
+
+/// Batching and caching limits of one backend.
+#[derive(Debug, Clone)]
+pub struct CoalescerLimits {
+    pub max_batch: usize,
+    pub max_wait: Duration,
+    pub max_concurrency: usize,
+    pub policy: CachePolicy,
+    pub ttl: Option<Duration>,
+}
+
+impl CoalescerLimits {
+    pub fn from_config(b: &BackendConfig) -> CoalescerLimits {
+        CoalescerLimits {
+            max_batch: b.max_batch,
+            max_wait: Duration::from_millis(b.max_wait_ms),
+            max_concurrency: b.max_concurrency,
+            policy: b.cache,
+            ttl: b.cache_ttl_s.map(Duration::from_secs_f64),
+        }
+    }
+}
+
+struct Submit {
+    key: Option<Arc<str>>,
+    request: Request,
+    reply: oneshot::Sender<CallOutcome>,
+}
+
+/// A finished batch, reported back to the actor.
+struct Done {
+    calls: Vec<(Option<Arc<str>>, Option<oneshot::Sender<CallOutcome>>)>,
+    results: Vec<Result<Response, BackendError>>,
+}
+
+/// The handle callers use; cheap to share.
+pub struct Coalescer {
+    name: Arc<str>,
+    backend: Arc<dyn Backend>,
+    tx: mpsc::UnboundedSender<Submit>,
+    cache: Arc<ResultCache>,
+    policy: CachePolicy,
+    pricing: Pricing,
+}
+
+impl Coalescer {
+    /// Starts the actor of backend number `index` (as in the ledger) on the current runtime.
+    pub fn start(
+        index: usize,
+        name: Arc<str>,
+        backend: Arc<dyn Backend>,
+        limits: CoalescerLimits,
+        pricing: Pricing,
+        cache: Arc<ResultCache>,
+        ledger: Arc<Ledger>,
+    ) -> Coalescer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            index,
+            backend: backend.clone(),
+            limits: limits.clone(),
+            pricing,
+            cache: cache.clone(),
+            ledger,
+            inflight: HashMap::new(),
+            permits: Arc::new(Semaphore::new(limits.max_concurrency)),
+        };
+        tokio::spawn(actor.run(rx));
+        Coalescer { name, backend, tx, cache, policy: limits.policy, pricing }
+    }
+
+    /// Makes one call: from the cache, by joining an identical call in flight, or in a batch.
+    pub async fn call(&self, request: Request) -> CallOutcome {
+        let cacheable = match self.policy {
+            CachePolicy::Off => false,
+            CachePolicy::Always => true,
+            CachePolicy::Deterministic => self.backend.deterministic(&request),
+        };
+        let key = cacheable.then(|| request.key(&self.name));
+        if let Some(k) = &key {
+            if let Some(hit) = self.cache.get(k) {
+                return CallOutcome { result: Ok(hit.response), billed: false, cost_usd: hit.cost_usd };
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let failed = |message: &str| CallOutcome {
+            result: Err(BackendError::Failed { backend: self.name.to_string(), message: message.into() }),
+            billed: false,
+            cost_usd: 0.0,
+        };
+        if self.tx.send(Submit { key, request, reply }).is_err() {
+            return failed("the coalescer has stopped");
+        }
+        rx.await.unwrap_or_else(|_| failed("the coalescer dropped the call"))
+    }
+
+    pub fn pricing(&self) -> &Pricing {
+        &self.pricing
+    }
+}
+
+struct Actor {
+    index: usize,
+    backend: Arc<dyn Backend>,
+    limits: CoalescerLimits,
+    pricing: Pricing,
+    cache: Arc<ResultCache>,
+    ledger: Arc<Ledger>,
+    /// Callers waiting on each cacheable call in flight; the first one is the caller that is billed.
+    inflight: HashMap<Arc<str>, Vec<oneshot::Sender<CallOutcome>>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A batch being formed.
+#[derive(Default)]
+struct Batch {
+    requests: Vec<Request>,
+    calls: Vec<(Option<Arc<str>>, Option<oneshot::Sender<CallOutcome>>)>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Submit>) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut batch = Batch::default();
+        let mut incoming = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut open = true;
+        let mut running = 0usize;
+        loop {
+            let timer = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                Some(done) = done_rx.recv(), if running > 0 => {
+                    running -= 1;
+                    self.complete(done);
+                }
+                n = rx.recv_many(&mut incoming, 256), if open => {
+                    if n == 0 {
+                        open = false;
+                    }
+                    for s in incoming.drain(..) {
+                        self.admit(s, &mut batch);
+                        if batch.requests.len() >= self.limits.max_batch {
+                            running += self.flush(&mut batch, &done_tx);
+                            deadline = None;
+                        }
+                    }
+                    if !batch.requests.is_empty() {
+                        if self.limits.max_wait.is_zero() || !open {
+                            running += self.flush(&mut batch, &done_tx);
+                            deadline = None;
+                        } else if deadline.is_none() {
+                            deadline = Some(Instant::now() + self.limits.max_wait);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(timer), if deadline.is_some() => {
+                    running += self.flush(&mut batch, &done_tx);
+                    deadline = None;
+                }
+                else => break,
+            }
+        }
+    }
+
+    /// Adds a call to the batch being formed, or to the waiters of an identical call in flight.
+    fn admit(&mut self, s: Submit, batch: &mut Batch) {
+        if let Some(k) = &s.key {
+            if let Some(waiters) = self.inflight.get_mut(k) {
+                waiters.push(s.reply);
+                return;
+            }
+            self.inflight.insert(k.clone(), vec![s.reply]);
+            batch.requests.push(s.request);
+            batch.calls.push((s.key, None));
+        } else {
+            batch.requests.push(s.request);
+            batch.calls.push((None, Some(s.reply)));
+        }
+    }
+
+    /// Sends the batch; returns how many batches were started (0 or 1).
+    fn flush(&mut self, batch: &mut Batch, done: &mpsc::UnboundedSender<Done>) -> usize {
+        if batch.requests.is_empty() {
+            return 0;
+        }
+        let Batch { requests, calls } = std::mem::take(batch);
+        let backend = self.backend.clone();
+        let permits = self.permits.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("never closed");
+            let results = backend.call_batch(&requests).await;
+            let _ = done.send(Done { calls, results });
+        });
+        1
+    }
+
+    /// Delivers a finished batch: caches what may be cached, then answers every waiter.
+    fn complete(&mut self, done: Done) {
+        let sent = done.calls.len();
+        let mut served = 0;
+        let mut failures = 0;
+        let mut results = done.results.into_iter();
+        for (key, reply) in done.calls {
+            let result = results.next().unwrap_or_else(|| {
+                Err(BackendError::Failed {
+                    backend: format!("#{}", self.index),
+                    message: "the backend returned fewer results than requests".into(),
+                })
+            });
+            let cost = result.as_ref().map_or(0.0, |r| {
+                self.pricing.cost(r.input_tokens, r.output_tokens, r.billed_seconds)
+            });
+            failures += result.is_err() as usize;
+            let result = result.map(Arc::new);
+            let waiters = match (&key, reply) {
+                (_, Some(r)) => vec![r],
+                (Some(k), None) => self.inflight.remove(k).unwrap_or_default(),
+                (None, None) => Vec::new(),
+            };
+            if let (Some(k), Ok(resp)) = (&key, &result) {
+                let value = CachedResult { response: resp.clone(), cost_usd: cost };
+                self.cache.put(k.clone(), value, self.limits.ttl);
+            }
+            served += waiters.len();
+            for (i, w) in waiters.into_iter().enumerate() {
+                let _ = w.send(CallOutcome { result: result.clone(), billed: i == 0, cost_usd: cost });
+            }
+        }
+        self.ledger.record_batch(self.index, sent, served, failures);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CacheConfig;
+    use futures::future::BoxFuture;
+    use parking_lot::Mutex;
+
+    /// A backend that records every batch it gets and echoes each prompt, after an optional delay.
+    /// It is the thing under test's counterpart, not a model of an external service.
+    struct Recorder {
+        batches: Mutex<Vec<Vec<String>>>,
+        delay: Duration,
+        fail_prompt: Option<String>,
+    }
+
+    impl Backend for Recorder {
+        fn call_batch<'a>(
+            &'a self,
+            requests: &'a [Request],
+        ) -> BoxFuture<'a, Vec<Result<Response, BackendError>>> {
+            Box::pin(async move {
+                self.batches
+                    .lock()
+                    .push(requests.iter().map(|r| r.prompt.clone()).collect());
+                tokio::time::sleep(self.delay).await;
+                requests
+                    .iter()
+                    .map(|r| {
+                        if Some(&r.prompt) == self.fail_prompt.as_ref() {
+                            Err(BackendError::Failed { backend: "rec".into(), message: "boom".into() })
+                        } else {
+                            Ok(Response {
+                                text: format!("echo {}", r.prompt),
+                                input_tokens: 100,
+                                output_tokens: 10,
+                                billed_seconds: 0.0,
+                            })
+                        }
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    struct Setup {
+        co: Arc<Coalescer>,
+        rec: Arc<Recorder>,
+        ledger: Arc<Ledger>,
+    }
+
+    fn setup(max_batch: usize, max_wait_ms: u64, policy: CachePolicy, delay_ms: u64) -> Setup {
+        let rec = Arc::new(Recorder {
+            batches: Mutex::new(Vec::new()),
+            delay: Duration::from_millis(delay_ms),
+            fail_prompt: Some("bad".into()),
+        });
+        let ledger = Arc::new(Ledger::new(&["rec".into()]));
+        let cache = Arc::new(ResultCache::new(&CacheConfig::default()).unwrap());
+        let limits = CoalescerLimits {
+            max_batch,
+            max_wait: Duration::from_millis(max_wait_ms),
+            max_concurrency: 4,
+            policy,
+            ttl: None,
+        };
+        let pricing = Pricing { in_per_mtok: 1.0, out_per_mtok: 10.0, ..Default::default() };
+        let co = Coalescer::start(0, "rec".into(), rec.clone(), limits, pricing, cache, ledger.clone());
+        Setup { co: Arc::new(co), rec, ledger }
+    }
+
+    fn req(prompt: &str) -> Request {
+        Request {
+            tool: "search".into(),
+            model: "m".into(),
+            prompt: prompt.into(),
+            max_tokens: 64,
+            temperature: 0.0,
+        }
+    }
+
+    async fn call_all(co: &Arc<Coalescer>, prompts: &[&str]) -> Vec<CallOutcome> {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let co = co.clone();
+                let r = req(p);
+                tokio::spawn(async move { co.call(r).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flushes_when_max_batch_is_reached() {
+        let s = setup(4, 1000, CachePolicy::Off, 0);
+        let prompts: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
+        let t0 = Instant::now();
+        call_all(&s.co, &refs).await;
+        let sizes: Vec<usize> = s.rec.batches.lock().iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![4, 4]);
+        assert!(t0.elapsed() < Duration::from_millis(1000), "full batches do not wait");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flushes_a_partial_batch_after_max_wait() {
+        let s = setup(16, 50, CachePolicy::Off, 0);
+        let t0 = Instant::now();
+        call_all(&s.co, &["a", "b", "c"]).await;
+        assert_eq!(s.rec.batches.lock().len(), 1);
+        assert_eq!(s.rec.batches.lock()[0].len(), 3);
+        assert!(t0.elapsed() >= Duration::from_millis(50), "waited for more calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_wait_sends_what_is_queued_at_once() {
+        let s = setup(16, 0, CachePolicy::Off, 0);
+        let t0 = Instant::now();
+        let out = call_all(&s.co, &["a"]).await;
+        assert_eq!(out[0].result.as_ref().unwrap().text, "echo a");
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_identical_calls_are_billed_once() {
+        let s = setup(16, 5, CachePolicy::Deterministic, 100);
+        let out = call_all(&s.co, &["same"; 10]).await;
+        assert_eq!(s.rec.batches.lock().concat(), vec!["same".to_string()]);
+        assert_eq!(out.iter().filter(|o| o.billed).count(), 1);
+        assert!(out.iter().all(|o| o.result.as_ref().unwrap().text == "echo same"));
+        let sum = s.ledger.summary();
+        assert_eq!(sum.backends[0].billed_calls, 1);
+        assert_eq!(sum.backends[0].requests, 10);
+        // Later identical calls hit the cache: still one call.
+        let again = call_all(&s.co, &["same"]).await;
+        assert!(!again[0].billed);
+        assert_eq!(s.rec.batches.lock().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn identical_calls_are_not_collapsed_when_the_policy_is_off() {
+        let s = setup(16, 5, CachePolicy::Off, 10);
+        let out = call_all(&s.co, &["same"; 3]).await;
+        assert_eq!(s.rec.batches.lock().concat().len(), 3);
+        assert!(out.iter().all(|o| o.billed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_reaches_waiters_but_not_later_callers() {
+        let s = setup(16, 5, CachePolicy::Always, 50);
+        let out = call_all(&s.co, &["bad", "bad"]).await;
+        assert!(out.iter().all(|o| o.result.is_err()));
+        assert_eq!(s.rec.batches.lock().concat().len(), 1);
+        let later = call_all(&s.co, &["bad"]).await;
+        assert!(later[0].result.is_err());
+        assert_eq!(s.rec.batches.lock().concat().len(), 2, "the failure was not cached");
+        assert_eq!(s.ledger.summary().backends[0].failures, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn honours_max_concurrency() {
+        let s = setup(1, 0, CachePolicy::Off, 100);
+        // max_concurrency 4, batches of one: 8 calls take two rounds of 100 ms.
+        let prompts: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+        let refs: Vec<&str> = prompts.iter().map(|s| s.as_str()).collect();
+        let t0 = Instant::now();
+        call_all(&s.co, &refs).await;
+        assert_eq!(t0.elapsed(), Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,571 @@
+//! The TOML configuration: what the orchestrator is, which tools it sees, which backends serve the
+//! aliases, and the cache. Every error names the file, the key and what was expected.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration error: where (file, key, line and column when known) and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}{location}: {message}")]
+pub struct ConfigError {
+    origin: String,
+    location: String,
+    message: String,
+}
+
+impl ConfigError {
+    fn at_key(origin: &str, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            origin: origin.to_string(),
+            location: format!(": key `{key}`"),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub orchestrator: OrchestratorConfig,
+    #[serde(default)]
+    pub simulation: SimulationConfig,
+    pub tools: Vec<ToolConfig>,
+    /// alias -> backend name.
+    pub aliases: BTreeMap<String, String>,
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    Native,
+    Openai,
+    Sim,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    pub executor: ExecutorKind,
+    /// Model file (native) or model name (openai).
+    pub model: Option<String>,
+    pub endpoint: Option<String>,
+    #[serde(default = "defaults::max_turns")]
+    pub max_turns: u32,
+    /// Episodes running at once; further tasks wait for a slot.
+    #[serde(default = "defaults::max_live_tasks")]
+    pub max_live_tasks: usize,
+    /// Sequences in one batched decode step.
+    #[serde(default = "defaults::max_seqs")]
+    pub max_seqs: usize,
+    /// Tokens (decode tokens plus prefill chunks) in one batched step.
+    #[serde(default = "defaults::max_batched_tokens")]
+    pub max_batched_tokens: usize,
+    pub kv_cache_bytes: Option<u64>,
+    #[serde(default = "defaults::one")]
+    pub temperature: f64,
+    #[serde(default = "defaults::one")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: usize,
+    /// Malformed or unresolvable tool calls in a row before the task fails.
+    #[serde(default = "defaults::max_malformed_calls")]
+    pub max_malformed_calls: u32,
+    /// Budget of a task that brings none; unlimited when absent.
+    pub default_budget_usd: Option<f64>,
+    /// How strongly a task's preference weights shift the action scores (logit units per unit weight).
+    #[serde(default = "defaults::preference_scale")]
+    pub preference_scale: f64,
+    /// The price of the orchestrator's own tokens.
+    #[serde(default)]
+    pub price_in_per_mtok: f64,
+    #[serde(default)]
+    pub price_out_per_mtok: f64,
+    /// Cost model and behaviour of the `sim` executor.
+    pub sim: Option<SimExecutorConfig>,
+}
+
+/// The `sim` executor: a workload model of an orchestrator for benchmarks, not a model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimExecutorConfig {
+    /// Step time = base_ms + per_seq_ms * batch size + per_prefill_token_ms * prefill tokens.
+    #[serde(default)]
+    pub base_ms: f64,
+    #[serde(default)]
+    pub per_seq_ms: f64,
+    #[serde(default)]
+    pub per_prefill_token_ms: f64,
+    /// Tokens the orchestrator decodes per turn.
+    pub output_tokens: Dist,
+    /// Base score of each tool before preference and budget shaping.
+    #[serde(default)]
+    pub tool_logits: BTreeMap<String, f64>,
+    /// Added to the `answer` tool's score per turn already taken, so episodes end.
+    #[serde(default = "defaults::answer_logit_per_turn")]
+    pub answer_logit_per_turn: f64,
+    /// Share of turns whose tool call is emitted malformed.
+    #[serde(default)]
+    pub malformed_rate: f64,
+}
+
+/// Shared settings of every simulated part.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulationConfig {
+    #[serde(default)]
+    pub seed: u64,
+    /// Multiplies every simulated duration: 0.001 turns ToolOrchestra's 22 s into 22 ms.
+    #[serde(default = "defaults::one")]
+    pub time_scale: f64,
+}
+
+impl Default for SimulationConfig {
+    fn default() -> Self {
+        SimulationConfig { seed: 0, time_scale: 1.0 }
+    }
+}
+
+/// A distribution given by its median and 99th percentile (lognormal; fixed when they are equal).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Dist {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The values of the tool's `model` argument.
+    pub aliases: Vec<String>,
+    /// Prompt sent to the chosen model; `{problem}` and `{context}` are filled in.
+    pub prompt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Openai,
+    Native,
+    Python,
+    Retrieval,
+    Sim,
+    VllmRs,
+}
+
+/// Which results of a backend may be cached (and which identical in-flight calls may be collapsed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CachePolicy {
+    Off,
+    /// Only requests whose result is a function of the request (e.g. temperature 0).
+    #[default]
+    Deterministic,
+    Always,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub kind: BackendKind,
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub price_in_per_mtok: f64,
+    #[serde(default)]
+    pub price_out_per_mtok: f64,
+    #[serde(default)]
+    pub price_per_call: f64,
+    #[serde(default)]
+    pub price_per_second: f64,
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: usize,
+    #[serde(default)]
+    pub max_wait_ms: u64,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retries: u32,
+    /// Alias used while this backend is unavailable.
+    pub fallback: Option<String>,
+    #[serde(default)]
+    pub cache: CachePolicy,
+    pub cache_ttl_s: Option<f64>,
+    #[serde(default = "defaults::temperature_zero")]
+    pub temperature: f64,
+    #[serde(default = "defaults::max_tokens")]
+    pub max_tokens: u32,
+    /// Used to price an alias before calling it (budget masking, cost preference).
+    #[serde(default = "defaults::expected_input_tokens")]
+    pub expected_input_tokens: u32,
+    pub expected_output_tokens: Option<u32>,
+    pub expected_latency_ms: Option<f64>,
+    pub sim: Option<SimBackendConfig>,
+}
+
+/// A simulated backend: a workload model for benchmarks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimBackendConfig {
+    /// Latency of a call, before `time_scale`.
+    pub latency_ms: Dist,
+    /// Per-tool latency, where a model is slower at one tool than another.
+    #[serde(default)]
+    pub tool_latency_ms: BTreeMap<String, Dist>,
+    pub output_tokens: Dist,
+    /// Probability that an `answer` is right.
+    #[serde(default = "defaults::one")]
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "defaults::cache_entries")]
+    pub max_entries: usize,
+    #[serde(default = "defaults::cache_bytes")]
+    pub max_bytes: usize,
+    /// Directory of the persistent tier; memory only when absent. Relative to the config file.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: defaults::cache_entries(),
+            max_bytes: defaults::cache_bytes(),
+            path: None,
+        }
+    }
+}
+
+mod defaults {
+    pub fn max_turns() -> u32 {
+        8
+    }
+    pub fn max_live_tasks() -> usize {
+        1024
+    }
+    pub fn max_seqs() -> usize {
+        256
+    }
+    pub fn max_batched_tokens() -> usize {
+        8192
+    }
+    pub fn one() -> f64 {
+        1.0
+    }
+    pub fn temperature_zero() -> f64 {
+        0.0
+    }
+    pub fn max_malformed_calls() -> u32 {
+        3
+    }
+    pub fn preference_scale() -> f64 {
+        2.0
+    }
+    pub fn answer_logit_per_turn() -> f64 {
+        0.7
+    }
+    pub fn max_concurrency() -> usize {
+        64
+    }
+    pub fn max_batch() -> usize {
+        8
+    }
+    pub fn max_tokens() -> u32 {
+        1024
+    }
+    pub fn expected_input_tokens() -> u32 {
+        1000
+    }
+    pub fn cache_entries() -> usize {
+        200_000
+    }
+    pub fn cache_bytes() -> usize {
+        256 << 20
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            location: String::new(),
+            message: format!("cannot read the config: {e}"),
+        })?;
+        let mut cfg = Config::parse(&text, &origin)?;
+        if let Some(p) = &cfg.cache.path {
+            if p.is_relative() {
+                let base = path.parent().unwrap_or(Path::new("."));
+                cfg.cache.path = Some(base.join(p));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors (a path, or `<profile x>`).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(origin, text, "", &e))?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            toml_error(origin, text, &path, e.inner())
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: references between sections, ranges, required sub-tables.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::at_key(origin, key, msg));
+        let o = &self.orchestrator;
+        if o.max_turns == 0 {
+            return err("orchestrator.max_turns", "expected at least 1".into());
+        }
+        if o.max_live_tasks == 0 || o.max_seqs == 0 {
+            return err(
+                "orchestrator.max_live_tasks",
+                "expected max_live_tasks and max_seqs of at least 1".into(),
+            );
+        }
+        if o.max_batched_tokens < o.max_seqs {
+            return err(
+                "orchestrator.max_batched_tokens",
+                format!(
+                    "expected at least max_seqs ({}) so every decoding sequence fits a step, found {}",
+                    o.max_seqs, o.max_batched_tokens
+                ),
+            );
+        }
+        if !(o.top_p > 0.0 && o.top_p <= 1.0) {
+            return err("orchestrator.top_p", format!("expected a value in (0, 1], found {}", o.top_p));
+        }
+        if o.executor == ExecutorKind::Sim {
+            let Some(sim) = &o.sim else {
+                return err("orchestrator.sim", "the sim executor needs an [orchestrator.sim] table".into());
+            };
+            check_dist(origin, "orchestrator.sim.output_tokens", sim.output_tokens)?;
+            if !(0.0..=1.0).contains(&sim.malformed_rate) {
+                return err("orchestrator.sim.malformed_rate", "expected a value in [0, 1]".into());
+            }
+            for tool in sim.tool_logits.keys() {
+                if !self.tools.iter().any(|t| &t.name == tool) {
+                    return err(
+                        &format!("orchestrator.sim.tool_logits.{tool}"),
+                        format!("no tool named `{tool}` in [[tools]]"),
+                    );
+                }
+            }
+        }
+        if !(self.simulation.time_scale >= 0.0 && self.simulation.time_scale.is_finite()) {
+            return err("simulation.time_scale", "expected a finite value of 0 or more".into());
+        }
+
+        let mut backend_names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let key = |k: &str| format!("backends[{i}].{k}");
+            if !backend_names.insert(b.name.as_str()) {
+                return err(&key("name"), format!("backend `{}` is defined twice", b.name));
+            }
+            if b.max_batch == 0 || b.max_concurrency == 0 {
+                return err(&key("max_batch"), "expected max_batch and max_concurrency of at least 1".into());
+            }
+            for (k, v) in [
+                ("price_in_per_mtok", b.price_in_per_mtok),
+                ("price_out_per_mtok", b.price_out_per_mtok),
+                ("price_per_call", b.price_per_call),
+                ("price_per_second", b.price_per_second),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return err(&key(k), format!("expected a price of 0 or more, found {v}"));
+                }
+            }
+            if b.kind == BackendKind::Sim {
+                let Some(sim) = &b.sim else {
+                    return err(&key("sim"), "a backend of kind `sim` needs a [backends.sim] table".into());
+                };
+                check_dist(origin, &key("sim.latency_ms"), sim.latency_ms)?;
+                check_dist(origin, &key("sim.output_tokens"), sim.output_tokens)?;
+                for (tool, d) in &sim.tool_latency_ms {
+                    check_dist(origin, &key(&format!("sim.tool_latency_ms.{tool}")), *d)?;
+                }
+                if !(0.0..=1.0).contains(&sim.accuracy) {
+                    return err(&key("sim.accuracy"), format!("expected a value in [0, 1], found {}", sim.accuracy));
+                }
+            }
+        }
+        for (alias, backend) in &self.aliases {
+            if !backend_names.contains(backend.as_str()) {
+                return err(
+                    &format!("aliases.{alias}"),
+                    format!("no backend named `{backend}` in [[backends]]"),
+                );
+            }
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            if let Some(fb) = &b.fallback {
+                if !self.aliases.contains_key(fb) {
+                    return err(&format!("backends[{i}].fallback"), format!("no alias `{fb}` in [aliases]"));
+                }
+            }
+        }
+        let mut tool_names = HashSet::new();
+        for (i, t) in self.tools.iter().enumerate() {
+            if !tool_names.insert(t.name.as_str()) {
+                return err(&format!("tools[{i}].name"), format!("tool `{}` is defined twice", t.name));
+            }
+            if t.aliases.is_empty() {
+                return err(&format!("tools[{i}].aliases"), "expected at least one alias".into());
+            }
+            for (j, a) in t.aliases.iter().enumerate() {
+                if !self.aliases.contains_key(a) {
+                    return err(&format!("tools[{i}].aliases[{j}]"), format!("no alias `{a}` in [aliases]"));
+                }
+            }
+        }
+        if !tool_names.contains(crate::catalog::ANSWER_TOOL) {
+            return err("tools", "expected a tool named `answer`: it is how an episode ends".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_dist(origin: &str, key: &str, d: Dist) -> Result<(), ConfigError> {
+    if !(d.p50 > 0.0 && d.p99 >= d.p50 && d.p99.is_finite()) {
+        return Err(ConfigError::at_key(
+            origin,
+            key,
+            format!("expected 0 < p50 <= p99, found p50 = {}, p99 = {}", d.p50, d.p99),
+        ));
+    }
+    Ok(())
+}
+
+fn toml_error(origin: &str, text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
+    let mut location = String::new();
+    if let Some(span) = e.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        location.push_str(&format!(":{line}:{col}"));
+    }
+    if !path.is_empty() && path != "." {
+        location.push_str(&format!(": key `{path}`"));
+    }
+    ConfigError {
+        origin: origin.to_string(),
+        location,
+        message: e.message().trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+[orchestrator]
+executor = "sim"
+[orchestrator.sim]
+output_tokens = { p50 = 10, p99 = 10 }
+
+[[tools]]
+name = "answer"
+aliases = ["a-1"]
+
+[aliases]
+a-1 = "m"
+
+[[backends]]
+name = "m"
+kind = "sim"
+[backends.sim]
+latency_ms = { p50 = 1, p99 = 2 }
+output_tokens = { p50 = 5, p99 = 9 }
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let cfg = Config::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(cfg.orchestrator.max_turns, 8);
+        assert_eq!(cfg.backends[0].cache, CachePolicy::Deterministic);
+        assert_eq!(cfg.simulation.time_scale, 1.0);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = MINIMAL.replace("kind = \"sim\"", "kind = \"sim\"\nmax_batchh = 3");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:"), "{e}");
+        assert!(e.contains("max_batchh"), "{e}");
+        assert!(e.contains("backends[0]"), "{e}");
+        assert!(e.contains(":17:1:"), "line and column missing: {e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        let text = MINIMAL.replace("executor = \"sim\"", "executor = \"sim\"\nmax_turns = \"many\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("orchestrator.max_turns"), "{e}");
+        assert!(e.contains("expected"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_the_choices() {
+        let text = MINIMAL.replace("kind = \"sim\"", "kind = \"grpc\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("backends[0].kind"), "{e}");
+        assert!(e.contains("openai"), "{e}");
+    }
+
+    #[test]
+    fn dangling_alias_is_reported_at_its_key() {
+        let text = MINIMAL.replace("a-1 = \"m\"", "a-1 = \"nope\"");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert_eq!(e, "t.toml: key `aliases.a-1`: no backend named `nope` in [[backends]]");
+    }
+
+    #[test]
+    fn tool_alias_must_exist() {
+        let text = MINIMAL.replace("aliases = [\"a-1\"]", "aliases = [\"a-1\", \"a-2\"]");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("tools[0].aliases[1]") && e.contains("a-2"), "{e}");
+    }
+
+    #[test]
+    fn bad_distribution_is_rejected() {
+        let text = MINIMAL.replace("p50 = 1, p99 = 2", "p50 = 3, p99 = 2");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("backends[0].sim.latency_ms"), "{e}");
+    }
+
+    #[test]
+    fn bundled_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3);
+    }
+}

@@ -1,0 +1,141 @@
+//! The engine: builds the executor, backends, coalescers and cache of a config, and runs jobs.
+//!
+//! One episode per task, each a tokio task, at most `max_live_tasks` at once; results go out on a
+//! channel as each episode ends, in completion order.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend;
+use crate::cache::{CacheStats, ResultCache};
+use crate::catalog::Catalog;
+use crate::coalesce::{Coalescer, CoalescerLimits};
+use crate::config::Config;
+use crate::episode::{run_episode, EpisodeEnv};
+use crate::executor;
+use crate::ledger::{Ledger, LedgerSummary, Pricing};
+use crate::scheduler::SchedulerStats;
+use crate::task::{Task, TaskResult};
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Backend(#[from] backend::BuildError),
+    #[error(transparent)]
+    Executor(#[from] executor::ExecError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// Choices that are not part of the config.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Keep each episode's messages as JSON in its result (bulk runs do; benchmarks need not).
+    pub record_trajectories: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { record_trajectories: true }
+    }
+}
+
+pub struct Engine {
+    env: Arc<EpisodeEnv>,
+    cache: Arc<ResultCache>,
+    max_live_tasks: usize,
+}
+
+impl Engine {
+    /// Builds an engine; must be called inside a tokio runtime (the coalescers are spawned on it).
+    pub fn new(cfg: &Config, opts: EngineOptions) -> Result<Engine, EngineError> {
+        let catalog = Arc::new(Catalog::new(cfg));
+        let names: Vec<Arc<str>> = catalog.backends.iter().map(|b| b.name.clone()).collect();
+        let ledger = Arc::new(Ledger::new(&names));
+        let cache = Arc::new(ResultCache::new(&cfg.cache)?);
+        let mut coalescers = Vec::with_capacity(cfg.backends.len());
+        let mut request_params = Vec::with_capacity(cfg.backends.len());
+        for (i, b) in cfg.backends.iter().enumerate() {
+            let backend = backend::build(b, &cfg.simulation)?;
+            coalescers.push(Coalescer::start(
+                i,
+                names[i].clone(),
+                backend,
+                CoalescerLimits::from_config(b),
+                catalog.backends[i].pricing,
+                cache.clone(),
+                ledger.clone(),
+            ));
+            let model: Arc<str> = b.model.as_deref().unwrap_or(&b.name).into();
+            request_params.push((model, b.max_tokens, b.temperature));
+        }
+        let executor = executor::build(cfg, catalog.clone())?;
+        let o = &cfg.orchestrator;
+        let env = EpisodeEnv {
+            catalog,
+            executor,
+            coalescers,
+            request_params,
+            ledger,
+            orchestrator_price: Pricing {
+                in_per_mtok: o.price_in_per_mtok,
+                out_per_mtok: o.price_out_per_mtok,
+                ..Default::default()
+            },
+            max_turns: o.max_turns,
+            default_budget_usd: o.default_budget_usd,
+            max_malformed_calls: o.max_malformed_calls,
+            record_trajectory: opts.record_trajectories,
+        };
+        Ok(Engine { env: Arc::new(env), cache, max_live_tasks: o.max_live_tasks })
+    }
+
+    /// Runs every task and sends each result as its episode ends. Returns when all have been sent
+    /// (or the receiver is gone). After `cancel`, episodes stop at their next step and report
+    /// `cancelled`, and tasks not yet started are reported `cancelled` without running.
+    pub async fn run(
+        &self,
+        tasks: impl IntoIterator<Item = Task>,
+        results: mpsc::Sender<TaskResult>,
+        cancel: CancellationToken,
+    ) {
+        let live = Arc::new(Semaphore::new(self.max_live_tasks));
+        for task in tasks {
+            let permit = live.clone().acquire_owned().await.expect("never closed");
+            let env = self.env.clone();
+            let results = results.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let result = run_episode(&env, task, &cancel).await;
+                let _ = results.send(result).await;
+                drop(permit);
+            });
+        }
+        // Wait for the last episodes: every permit back.
+        let _ = live.acquire_many(self.max_live_tasks as u32).await;
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.env.catalog
+    }
+
+    pub fn ledger(&self) -> LedgerSummary {
+        self.env.ledger.summary()
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    pub fn scheduler_stats(&self) -> Option<&SchedulerStats> {
+        self.env.executor.scheduler_stats()
+    }
+
+    /// Commits the persistent cache tier. Call before the process exits.
+    pub fn flush(&self) {
+        self.cache.flush();
+    }
+}

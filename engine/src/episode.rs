@@ -1,0 +1,198 @@
+//! The turn loop of one task.
+//!
+//! An episode asks the executor for a turn, parses the Hermes tool call, resolves the alias to a
+//! backend, makes the call through that backend's coalescer (cache, single-flight, batching),
+//! records it in the task's ledger and appends the observation, until the orchestrator calls
+//! `answer` or a limit ends it: max turns, budget, too many malformed calls in a row, a failure of
+//! the executor, or cancellation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::sim::stable_hash;
+use crate::backend::Request;
+use crate::catalog::Catalog;
+use crate::coalesce::Coalescer;
+use crate::executor::{Executor, TurnView};
+use crate::ledger::{Ledger, Pricing, TaskLedger};
+use crate::task::{grade, Action, CallRecord, Message, Role, Status, Task, TaskResult};
+
+/// Everything an episode needs, shared by all episodes of an engine.
+pub(crate) struct EpisodeEnv {
+    pub catalog: Arc<Catalog>,
+    pub executor: Arc<dyn Executor>,
+    /// One per backend, indexed like the catalog's backends.
+    pub coalescers: Vec<Coalescer>,
+    /// Per backend: (model name, max_tokens, temperature) of the requests it gets.
+    pub request_params: Vec<(Arc<str>, u32, f64)>,
+    pub ledger: Arc<Ledger>,
+    pub orchestrator_price: Pricing,
+    pub max_turns: u32,
+    pub default_budget_usd: Option<f64>,
+    pub max_malformed_calls: u32,
+    pub record_trajectory: bool,
+}
+
+/// The evolving context of an episode.
+struct Context {
+    messages: Vec<Message>,
+    /// Hash of every message so far, so equal contexts are recognised cheaply.
+    hash: u64,
+    /// Observations so far, as the chosen model of a tool sees them.
+    observations: String,
+}
+
+impl Context {
+    fn push(&mut self, role: Role, content: String, tokens: u32) {
+        self.hash = stable_hash(self.hash, &[&[role as u8], content.as_bytes()]);
+        if role == Role::Tool {
+            self.observations.push_str(&content);
+            self.observations.push('\n');
+        }
+        self.messages.push(Message { role, content, tokens });
+    }
+}
+
+/// A rough token count for text the executor did not tokenise (error observations).
+fn approx_tokens(text: &str) -> u32 {
+    (text.len() as u32).div_ceil(4)
+}
+
+pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &CancellationToken) -> TaskResult {
+    let started = Instant::now();
+    let preference = Arc::new(env.catalog.preference(&task.preference));
+    let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
+    let budget = task.budget_usd.or(env.default_budget_usd);
+    let cheapest = env.catalog.cheapest_call_usd();
+    let mut ledger = TaskLedger::default();
+    let mut ctx = Context { messages: Vec::new(), hash: 0, observations: String::new() };
+    ctx.push(Role::User, task.prompt.clone(), approx_tokens(&task.prompt));
+    let seq = env.executor.open();
+    let mut sent = 0;
+    let mut turns = 0u32;
+    let mut malformed = 0u32;
+    let mut answer = None;
+    let mut error = None;
+
+    let status = loop {
+        if cancel.is_cancelled() {
+            break Status::Cancelled;
+        }
+        if turns >= max_turns {
+            break Status::MaxTurns;
+        }
+        let remaining = ledger.remaining(budget);
+        if remaining < cheapest {
+            break Status::BudgetExhausted;
+        }
+        let view = TurnView {
+            task: &task,
+            messages: &ctx.messages,
+            new_from: sent,
+            turn: turns,
+            remaining_usd: remaining,
+            preference: &preference,
+            context_hash: ctx.hash,
+        };
+        let decision = match env.executor.decide(seq, view).await {
+            Ok(d) => d,
+            Err(e) => {
+                error = Some(e.to_string());
+                break Status::Failed;
+            }
+        };
+        sent = ctx.messages.len();
+        turns += 1;
+        ledger.record_turn(decision.prompt_tokens, decision.completion_tokens, &env.orchestrator_price);
+        let parsed = Action::parse_hermes(&decision.text)
+            .map_err(|e| e.to_string())
+            .and_then(|a| env.catalog.resolve(&a).map_err(|e| e.to_string()));
+        ctx.push(Role::Assistant, decision.text, decision.completion_tokens as u32);
+        let action = match parsed {
+            Ok(a) => {
+                malformed = 0;
+                a
+            }
+            Err(e) => {
+                malformed += 1;
+                if malformed >= env.max_malformed_calls {
+                    error = Some(format!("{malformed} malformed tool calls in a row; the last: {e}"));
+                    break Status::Failed;
+                }
+                let msg = format!("Error: invalid tool call: {e}");
+                let tokens = approx_tokens(&msg);
+                ctx.push(Role::Tool, msg, tokens);
+                continue;
+            }
+        };
+        if cancel.is_cancelled() {
+            break Status::Cancelled;
+        }
+
+        let a = &env.catalog.actions[action];
+        let (model, max_tokens, temperature) = &env.request_params[a.backend];
+        let request = Request {
+            tool: a.tool_name.clone(),
+            model: model.clone(),
+            prompt: env.catalog.render_prompt(a.tool, &task.prompt, &ctx.observations),
+            max_tokens: *max_tokens,
+            temperature: *temperature,
+        };
+        let t0 = Instant::now();
+        let outcome = env.coalescers[a.backend].call(request).await;
+        let latency_ms = t0.elapsed().as_millis() as i64;
+        let response = match outcome.result {
+            Ok(r) => r,
+            Err(e) => {
+                ledger.record_failed_call();
+                let msg = format!("Error: {e}");
+                let tokens = approx_tokens(&msg);
+                ctx.push(Role::Tool, msg, tokens);
+                continue;
+            }
+        };
+        let record = CallRecord {
+            tool: a.tool_name.clone(),
+            alias: a.alias.clone(),
+            backend: env.catalog.backends[a.backend].name.clone(),
+            cached: !outcome.billed,
+            input_tokens: response.input_tokens as i64,
+            output_tokens: response.output_tokens as i64,
+            cost_usd: 0.0,
+            latency_ms,
+        };
+        ledger.record_call(record, outcome.cost_usd);
+        if a.tool == env.catalog.answer_tool {
+            answer = Some(response.text.clone());
+            break Status::Answered;
+        }
+        ctx.push(Role::Tool, response.text.clone(), response.output_tokens as u32);
+    };
+    env.executor.release(seq);
+
+    let correct = match (&answer, &task.reference) {
+        (Some(a), Some(r)) => Some(grade(a, r)),
+        (None, Some(_)) => Some(false),
+        _ => None,
+    };
+    env.ledger.record_task(status, turns, &ledger, correct);
+    let trajectory = env
+        .record_trajectory
+        .then(|| serde_json::to_string(&ctx.messages).expect("messages serialise"));
+    TaskResult {
+        id: task.id,
+        status,
+        answer,
+        correct,
+        turns: turns as i32,
+        cost_usd: ledger.cost_usd,
+        latency_ms: started.elapsed().as_millis() as i64,
+        orchestrator_tokens: ledger.orchestrator_tokens() as i64,
+        calls: ledger.calls,
+        trajectory,
+        error,
+        metadata: task.metadata,
+    }
+}

@@ -1,0 +1,66 @@
+//! Orchestrator executors: what turns an episode's context into the orchestrator's next reply.
+//!
+//! `sim` (a workload model for benchmarks) runs on the continuous-batching scheduler today; the
+//! `native` (in-process model, same scheduler) and `openai` (remote server) executors come with
+//! their issues and implement the same [`Executor`] trait.
+
+pub mod sim;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::catalog::{Catalog, Preference};
+use crate::config::{Config, ExecutorKind};
+use crate::scheduler::SchedulerStats;
+use crate::task::{Message, Task};
+
+/// What an executor sees of an episode when asked for the next turn.
+pub struct TurnView<'a> {
+    pub task: &'a Task,
+    pub messages: &'a [Message],
+    /// Messages before this index were already part of an earlier turn's context.
+    pub new_from: usize,
+    /// Turns already taken.
+    pub turn: u32,
+    pub remaining_usd: f64,
+    pub preference: &'a Arc<Preference>,
+    /// A hash of the whole context: equal contexts have equal hashes.
+    pub context_hash: u64,
+}
+
+/// The orchestrator's reply for one turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub text: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("orchestrator executor: {0}")]
+pub struct ExecError(pub String);
+
+pub trait Executor: Send + Sync {
+    /// A new sequence for an episode.
+    fn open(&self) -> u64;
+    /// Runs one turn.
+    fn decide<'a>(&'a self, seq: u64, view: TurnView<'a>) -> BoxFuture<'a, Result<Decision, ExecError>>;
+    /// The episode is over; its sequence's state can go.
+    fn release(&self, seq: u64);
+    /// The batching scheduler's counters, for executors that batch.
+    fn scheduler_stats(&self) -> Option<&SchedulerStats> {
+        None
+    }
+}
+
+/// Builds the executor the config names.
+pub fn build(cfg: &Config, catalog: Arc<Catalog>) -> Result<Arc<dyn Executor>, ExecError> {
+    match cfg.orchestrator.executor {
+        ExecutorKind::Sim => Ok(Arc::new(sim::SimExecutor::start(cfg, catalog))),
+        ExecutorKind::Native | ExecutorKind::Openai => Err(ExecError(format!(
+            "the `{}` executor is not built yet in this version of tutti; the `sim` executor is available",
+            if cfg.orchestrator.executor == ExecutorKind::Native { "native" } else { "openai" }
+        ))),
+    }
+}

@@ -1,0 +1,1188 @@
+//! Task input: JSON Lines and Parquet task files, and Arrow batches of tasks (as Flight receives
+//! them), read into validated [`Task`]s.
+//!
+//! Everything is validated before a job starts: the first problem stops reading and comes back as
+//! an [`InputError`] whose message names the file, the line or row, and the field or column.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Float64Builder, Int32Builder, Int64Array, MapBuilder,
+    RecordBatch, StringArray, StringBuilder,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
+use arrow::error::ArrowError;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::schema::{task_schema, type_name, TASK_COLUMNS};
+use crate::task::Task;
+
+/// A problem with one field of one task, found by a caller's check (for example a preference key
+/// that is not an alias of the catalog). The reader adds the file and line or row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, as the user wrote it: `budget_usd`, or `preference.<key>` for one weight.
+    pub field: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// Where a task sits in its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A line of a JSON Lines file (1-based; blank lines count), with the column where the JSON
+    /// parser gave one.
+    Line { line: usize, column: Option<usize> },
+    /// A row of a table, 1-based over the whole input (across batches and row groups).
+    Row(usize),
+}
+
+/// Shown as `line 2` or `row 2`, as in "first seen on line 2".
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Line { line, .. } => write!(f, "line {line}"),
+            Position::Row(row) => write!(f, "row {row}"),
+        }
+    }
+}
+
+/// An input (a path, or a label such as a Flight job) and a position in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub input: String,
+    pub position: Position,
+}
+
+/// Shown as `tasks.jsonl:3`, `tasks.jsonl:3:17` or `tasks.parquet: row 3`.
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Position::Line { line, column: Some(column) } => {
+                write!(f, "{}:{line}:{column}", self.input)
+            }
+            Position::Line { line, column: None } => write!(f, "{}:{line}", self.input),
+            Position::Row(row) => write!(f, "{}: row {row}", self.input),
+        }
+    }
+}
+
+/// Why a task input was rejected. Each message is one line naming the input, the line or row, and
+/// the field or column.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{input}: {source}")]
+    Io { input: String, source: io::Error },
+    #[error(
+        "{input}: unsupported task file; expected a .jsonl, .ndjson or .json (JSON Lines) \
+         or a .parquet file"
+    )]
+    UnsupportedFormat { input: String },
+    #[error("{input}: not a readable Parquet file: {source}")]
+    Parquet { input: String, source: ParquetError },
+    #[error("{input}: {source}")]
+    Arrow { input: String, source: ArrowError },
+    #[error("{at}: malformed JSON: {message}")]
+    MalformedJson { at: Location, message: String },
+    #[error("{at}: expected a task object (one JSON object per line), found {found}")]
+    NotAnObject { at: Location, found: &'static str },
+    #[error("{at}: unknown field `{field}`; accepted fields: {}", TASK_COLUMNS.join(", "))]
+    UnknownField { at: Location, field: String },
+    #[error("{at}: missing field `{field}`")]
+    MissingField { at: Location, field: &'static str },
+    #[error("{at}: field `{field}` is null")]
+    NullField { at: Location, field: &'static str },
+    #[error("{at}: field `{field}`: {message}")]
+    Field { at: Location, field: String, message: String },
+    #[error("{at}: duplicate id `{id}` (first seen on {first})")]
+    DuplicateId { at: Location, id: String, first: Position },
+    #[error("{input}: unknown column `{column}`; accepted columns: {}", TASK_COLUMNS.join(", "))]
+    UnknownColumn { input: String, column: String },
+    #[error("{input}: column `{column}` appears more than once")]
+    DuplicateColumn { input: String, column: String },
+    #[error("{input}: missing required column `{column}`")]
+    MissingColumn { input: String, column: &'static str },
+    #[error("{input}: column `{column}`: expected {expected}, found {found}")]
+    ColumnType { input: String, column: &'static str, expected: &'static str, found: String },
+}
+
+impl InputError {
+    /// Where in the input the problem is, when it is about one task.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            InputError::MalformedJson { at, .. }
+            | InputError::NotAnObject { at, .. }
+            | InputError::UnknownField { at, .. }
+            | InputError::MissingField { at, .. }
+            | InputError::NullField { at, .. }
+            | InputError::Field { at, .. }
+            | InputError::DuplicateId { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+}
+
+/// Reads and validates a task file: JSON Lines (`.jsonl`, `.ndjson`, `.json`) or Parquet
+/// (`.parquet`), chosen by extension.
+///
+/// Besides the schema, each task must have a non-empty id unique in the file, `max_turns >= 1` and
+/// a finite `budget_usd >= 0`; then `check` validates it against the caller's catalog. The first
+/// problem stops reading.
+pub fn read_tasks(
+    path: &Path,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<Vec<Task>, InputError> {
+    let input = path.display().to_string();
+    match TaskFormat::of(path) {
+        Some(TaskFormat::JsonLines) => read_jsonl(path, input, check),
+        Some(TaskFormat::Parquet) => read_parquet(path, input, check),
+        None => Err(InputError::UnsupportedFormat { input }),
+    }
+}
+
+enum TaskFormat {
+    JsonLines,
+    Parquet,
+}
+
+impl TaskFormat {
+    fn of(path: &Path) -> Option<TaskFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "jsonl" | "ndjson" | "json" => Some(TaskFormat::JsonLines),
+            "parquet" => Some(TaskFormat::Parquet),
+            _ => None,
+        }
+    }
+}
+
+/// The checks every task passes, whatever its format, before the caller's own check.
+fn validate(task: &Task) -> Result<(), FieldError> {
+    if task.id.is_empty() {
+        return Err(FieldError::new("id", "must not be empty"));
+    }
+    if let Some(budget) = task.budget_usd {
+        if !(budget.is_finite() && budget >= 0.0) {
+            return Err(FieldError::new(
+                "budget_usd",
+                format!("must be a finite number >= 0, got {budget}"),
+            ));
+        }
+    }
+    if let Some(turns) = task.max_turns {
+        if turns < 1 {
+            return Err(FieldError::new("max_turns", format!("must be at least 1, got {turns}")));
+        }
+    }
+    for (i, (key, weight)) in task.preference.iter().enumerate() {
+        if !weight.is_finite() {
+            return Err(FieldError::new(
+                format!("preference.{key}"),
+                format!("must be a finite number, got {weight}"),
+            ));
+        }
+        if task.preference[..i].iter().any(|(k, _)| k == key) {
+            return Err(FieldError::new("preference", format!("duplicate key `{key}`")));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the shared checks and remembers ids to catch duplicates.
+struct Acceptor<'a> {
+    input: String,
+    check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
+    first_seen: HashMap<String, Position>,
+}
+
+impl<'a> Acceptor<'a> {
+    fn new(input: String, check: &'a dyn Fn(&Task) -> Result<(), FieldError>) -> Acceptor<'a> {
+        Acceptor { input, check, first_seen: HashMap::new() }
+    }
+
+    fn at(&self, position: Position) -> Location {
+        Location { input: self.input.clone(), position }
+    }
+
+    fn accept(&mut self, task: &Task, position: Position) -> Result<(), InputError> {
+        let field_error = |e: FieldError| InputError::Field {
+            at: self.at(position),
+            field: e.field,
+            message: e.message,
+        };
+        validate(task).map_err(field_error)?;
+        (self.check)(task).map_err(field_error)?;
+        match self.first_seen.entry(task.id.clone()) {
+            Entry::Occupied(first) => Err(InputError::DuplicateId {
+                at: self.at(position),
+                id: task.id.clone(),
+                first: *first.get(),
+            }),
+            Entry::Vacant(slot) => {
+                slot.insert(position);
+                Ok(())
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON Lines
+
+/// One line of a JSON Lines task file. Every field is optional here so that a missing `id` or
+/// `prompt` gets its own message; nulls read as absent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskLine {
+    id: Option<String>,
+    prompt: Option<String>,
+    preference: Option<Preference>,
+    budget_usd: Option<f64>,
+    max_turns: Option<i32>,
+    reference: Option<String>,
+    /// Passed through: a string stays as it is, any other JSON value is kept as its JSON text.
+    metadata: Option<serde_json::Value>,
+}
+
+/// A preference object, read in the order written (serde_json's map would sort the keys).
+struct Preference(Vec<(String, f64)>);
+
+impl<'de> Deserialize<'de> for Preference {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Preference, D::Error> {
+        struct PreferenceVisitor;
+
+        impl<'de> Visitor<'de> for PreferenceVisitor {
+            type Value = Preference;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of alias (or `cost`, `latency`) to weight")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Preference, A::Error> {
+                let mut weights = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<String, f64>()? {
+                    weights.push(entry);
+                }
+                Ok(Preference(weights))
+            }
+        }
+
+        deserializer.deserialize_map(PreferenceVisitor)
+    }
+}
+
+fn read_jsonl(
+    path: &Path,
+    input: String,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<Vec<Task>, InputError> {
+    let io_error = |source| InputError::Io { input: input.clone(), source };
+    let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
+    let mut acceptor = Acceptor::new(input.clone(), check);
+    let mut tasks = Vec::new();
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_error)? == 0 {
+            break;
+        }
+        line_no += 1;
+        let Ok(mut line) = std::str::from_utf8(&buf) else {
+            return Err(InputError::MalformedJson {
+                at: acceptor.at(Position::Line { line: line_no, column: None }),
+                message: "the line is not valid UTF-8".into(),
+            });
+        };
+        if line_no == 1 {
+            line = line.strip_prefix('\u{feff}').unwrap_or(line);
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let task = parse_line(line, line_no, &acceptor)?;
+        acceptor.accept(&task, Position::Line { line: line_no, column: None })?;
+        tasks.push(task);
+    }
+    Ok(tasks)
+}
+
+fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, InputError> {
+    let at_column = |column| acceptor.at(Position::Line { line: line_no, column: Some(column) });
+    let start = line.len() - line.trim_start().len();
+    // Say plainly when a line holds valid JSON that is not an object: serde's "invalid type:
+    // sequence" would not tell a user that each line must be one task.
+    let found = match line.as_bytes()[start] {
+        b'[' => Some("an array"),
+        b'"' => Some("a string"),
+        b'-' | b'0'..=b'9' => Some("a number"),
+        b't' | b'f' => Some("a boolean"),
+        b'n' => Some("null"),
+        _ => None,
+    };
+    if let Some(found) = found {
+        if serde_json::from_str::<de::IgnoredAny>(line).is_ok() {
+            return Err(InputError::NotAnObject { at: at_column(start + 1), found });
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(line);
+    let parsed: Result<TaskLine, _> = serde_path_to_error::deserialize(&mut de);
+    let row = match parsed {
+        Ok(row) => row,
+        Err(e) => {
+            let field = e.path().to_string();
+            return Err(json_error(field, e.into_inner(), at_column));
+        }
+    };
+    // Trailing characters, such as a second object on the same line.
+    de.end().map_err(|e| json_error(String::new(), e, at_column))?;
+
+    let at_line = || acceptor.at(Position::Line { line: line_no, column: None });
+    let id = row.id.ok_or_else(|| InputError::MissingField { at: at_line(), field: "id" })?;
+    let prompt = row
+        .prompt
+        .ok_or_else(|| InputError::MissingField { at: at_line(), field: "prompt" })?;
+    Ok(Task {
+        id,
+        prompt,
+        preference: row.preference.map(|p| p.0).unwrap_or_default(),
+        budget_usd: row.budget_usd,
+        max_turns: row.max_turns,
+        reference: row.reference,
+        metadata: row.metadata.map(|m| match m {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }),
+    })
+}
+
+fn json_error(
+    field: String,
+    e: serde_json::Error,
+    at_column: impl Fn(usize) -> Location,
+) -> InputError {
+    let at = at_column(e.column());
+    let message = serde_message(&e);
+    if !e.is_data() {
+        return InputError::MalformedJson { at, message };
+    }
+    // serde reports an unknown key as a data error naming it, in its own wording; give it ours,
+    // which lists the accepted fields the same way as for Parquet columns.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default().to_string();
+        return InputError::UnknownField { at, field };
+    }
+    InputError::Field { at, field, message }
+}
+
+/// serde_json's message without its " at line L column C" suffix: the caller reports the position
+/// relative to the file.
+fn serde_message(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    full.strip_suffix(&suffix).unwrap_or(&full).to_string()
+}
+
+/// The JSON Lines form of a task: absent optional fields are left out.
+#[derive(Serialize)]
+struct TaskLineOut<'a> {
+    id: &'a str,
+    prompt: &'a str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty", serialize_with = "serialize_preference")]
+    preference: &'a [(String, f64)],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_turns: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a str>,
+}
+
+fn serialize_preference<S: Serializer>(
+    weights: &&[(String, f64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(weights.len()))?;
+    for (key, weight) in weights.iter() {
+        map.serialize_entry(key, weight)?;
+    }
+    map.end()
+}
+
+/// Writes tasks as JSON Lines, one object per line, in the field names of the task schema.
+pub fn write_tasks_jsonl(path: &Path, tasks: &[Task]) -> Result<(), InputError> {
+    let input = path.display().to_string();
+    let io_error = |source| InputError::Io { input: input.clone(), source };
+    let mut out = BufWriter::new(File::create(path).map_err(io_error)?);
+    for task in tasks {
+        let line = TaskLineOut {
+            id: &task.id,
+            prompt: &task.prompt,
+            preference: &task.preference,
+            budget_usd: task.budget_usd,
+            max_turns: task.max_turns,
+            reference: task.reference.as_deref(),
+            metadata: task.metadata.as_deref(),
+        };
+        serde_json::to_writer(&mut out, &line).map_err(|e| io_error(e.into()))?;
+        out.write_all(b"\n").map_err(io_error)?;
+    }
+    out.flush().map_err(io_error)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arrow and Parquet
+
+/// What a task column may hold on input: the schema's type or a losslessly castable one.
+#[derive(Clone, Copy)]
+enum ColumnKind {
+    Text,
+    Float,
+    Int,
+    Preference,
+}
+
+impl ColumnKind {
+    fn of(column: &str) -> ColumnKind {
+        match column {
+            "preference" => ColumnKind::Preference,
+            "budget_usd" => ColumnKind::Float,
+            "max_turns" => ColumnKind::Int,
+            _ => ColumnKind::Text,
+        }
+    }
+
+    fn expected(self) -> &'static str {
+        match self {
+            ColumnKind::Text => "utf8",
+            ColumnKind::Float => "float64",
+            ColumnKind::Int => "int32",
+            ColumnKind::Preference => "map<utf8, float64>",
+        }
+    }
+
+    fn accepts(self, data_type: &DataType) -> bool {
+        use DataType::*;
+        let is_int = |t: &DataType| {
+            matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64)
+        };
+        let is_text = |t: &DataType| match t {
+            Utf8 | LargeUtf8 | Utf8View => true,
+            Dictionary(_, value) => matches!(**value, Utf8 | LargeUtf8 | Utf8View),
+            _ => false,
+        };
+        if *data_type == Null {
+            return true;
+        }
+        match self {
+            ColumnKind::Text => is_text(data_type),
+            ColumnKind::Int => is_int(data_type),
+            ColumnKind::Float => is_int(data_type) || matches!(data_type, Float16 | Float32 | Float64),
+            ColumnKind::Preference => match data_type {
+                Map(entries, _) => match entries.data_type() {
+                    Struct(kv) if kv.len() == 2 => {
+                        is_text(kv[0].data_type())
+                            && ColumnKind::Float.accepts(kv[1].data_type())
+                    }
+                    _ => false,
+                },
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Index of each task column (in [`TASK_COLUMNS`] order) in a batch's schema.
+type ColumnIndex = [Option<usize>; TASK_COLUMNS.len()];
+
+/// Checks a schema against the task schema: no unknown or repeated columns, `id` and `prompt`
+/// present, every type castable to the task schema's.
+fn resolve_columns(input: &str, schema: &Schema) -> Result<ColumnIndex, InputError> {
+    let mut index: ColumnIndex = [None; TASK_COLUMNS.len()];
+    for (i, field) in schema.fields().iter().enumerate() {
+        let name = field.name().as_str();
+        let Some(slot) = TASK_COLUMNS.iter().position(|c| *c == name) else {
+            return Err(InputError::UnknownColumn { input: input.into(), column: name.into() });
+        };
+        if index[slot].is_some() {
+            return Err(InputError::DuplicateColumn { input: input.into(), column: name.into() });
+        }
+        let kind = ColumnKind::of(name);
+        if !kind.accepts(field.data_type()) {
+            return Err(InputError::ColumnType {
+                input: input.into(),
+                column: TASK_COLUMNS[slot],
+                expected: kind.expected(),
+                found: type_name(field.data_type()),
+            });
+        }
+        index[slot] = Some(i);
+    }
+    for required in ["id", "prompt"] {
+        if index[column_slot(required)].is_none() {
+            return Err(InputError::MissingColumn { input: input.into(), column: required });
+        }
+    }
+    Ok(index)
+}
+
+fn column_slot(name: &str) -> usize {
+    TASK_COLUMNS.iter().position(|c| *c == name).expect("a task column")
+}
+
+/// Validates Arrow batches of tasks: a Parquet file's, or a Flight upload's. Row numbers and the
+/// duplicate-id check run across all batches given to one decoder.
+pub struct TaskBatchDecoder<'a> {
+    acceptor: Acceptor<'a>,
+    rows: usize,
+}
+
+impl<'a> TaskBatchDecoder<'a> {
+    /// Checks `schema` (see [`task_schema`]) before any row is read. `input` names the source in
+    /// error messages: a path, or a label such as `job 7`.
+    pub fn new(
+        input: impl Into<String>,
+        schema: &Schema,
+        check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
+    ) -> Result<TaskBatchDecoder<'a>, InputError> {
+        let input = input.into();
+        resolve_columns(&input, schema)?;
+        Ok(TaskBatchDecoder { acceptor: Acceptor::new(input, check), rows: 0 })
+    }
+
+    /// Validates and converts one batch. Its schema is checked again, as a stream may change it.
+    pub fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
+        let input = &self.acceptor.input;
+        let index = resolve_columns(input, &batch.schema())?;
+        let column = |name: &'static str| index[column_slot(name)].map(|i| batch.column(i));
+        let arrow_error = |source| InputError::Arrow { input: input.clone(), source };
+
+        let text = |name| -> Result<Option<StringArray>, InputError> {
+            column(name)
+                .map(|c| cast(c, &DataType::Utf8).map(|a| a.as_string::<i32>().clone()))
+                .transpose()
+                .map_err(arrow_error)
+        };
+        let ids = text("id")?.expect("resolve_columns requires id");
+        let prompts = text("prompt")?.expect("resolve_columns requires prompt");
+        let references = text("reference")?;
+        let metadata = text("metadata")?;
+        let budgets: Option<Float64Array> = column("budget_usd")
+            .map(|c| cast(c, &DataType::Float64).map(|a| a.as_primitive::<Float64Type>().clone()))
+            .transpose()
+            .map_err(arrow_error)?;
+        // Cast to int64 first (never out of range), so too large a value is reported at its row.
+        let turns: Option<Int64Array> = column("max_turns")
+            .map(|c| cast(c, &DataType::Int64).map(|a| a.as_primitive::<Int64Type>().clone()))
+            .transpose()
+            .map_err(arrow_error)?;
+        let turns_source = column("max_turns");
+        let preferences = match column("preference") {
+            Some(c) if *c.data_type() != DataType::Null => {
+                Some(PreferenceColumn::new(c).map_err(arrow_error)?)
+            }
+            _ => None,
+        };
+
+        let mut tasks = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            let position = Position::Row(self.rows + i + 1);
+            let at = || self.acceptor.at(position);
+            let opt_text = |a: &Option<StringArray>| {
+                a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string())
+            };
+            if ids.is_null(i) {
+                return Err(InputError::NullField { at: at(), field: "id" });
+            }
+            if prompts.is_null(i) {
+                return Err(InputError::NullField { at: at(), field: "prompt" });
+            }
+            let max_turns = match (&turns, turns_source) {
+                (Some(t), _) if t.is_valid(i) => {
+                    let value = t.value(i);
+                    Some(i32::try_from(value).map_err(|_| InputError::Field {
+                        at: at(),
+                        field: "max_turns".into(),
+                        message: format!("{value} does not fit in int32"),
+                    })?)
+                }
+                (Some(_), Some(source)) if source.is_valid(i) => {
+                    return Err(InputError::Field {
+                        at: at(),
+                        field: "max_turns".into(),
+                        message: "value does not fit in int32".into(),
+                    });
+                }
+                _ => None,
+            };
+            let preference = match &preferences {
+                Some(p) => p.row(i).map_err(|e| InputError::Field {
+                    at: at(),
+                    field: e.field,
+                    message: e.message,
+                })?,
+                None => Vec::new(),
+            };
+            let task = Task {
+                id: ids.value(i).to_string(),
+                prompt: prompts.value(i).to_string(),
+                preference,
+                budget_usd: budgets.as_ref().filter(|b| b.is_valid(i)).map(|b| b.value(i)),
+                max_turns,
+                reference: opt_text(&references),
+                metadata: opt_text(&metadata),
+            };
+            self.acceptor.accept(&task, position)?;
+            tasks.push(task);
+        }
+        self.rows += batch.num_rows();
+        Ok(tasks)
+    }
+}
+
+/// A `preference` map column with its keys and weights cast to utf8 and float64.
+struct PreferenceColumn {
+    map: arrow::array::MapArray,
+    keys: StringArray,
+    weights: Float64Array,
+}
+
+impl PreferenceColumn {
+    fn new(column: &ArrayRef) -> Result<PreferenceColumn, ArrowError> {
+        let map = column.as_map().clone();
+        let keys = cast(map.keys(), &DataType::Utf8)?.as_string::<i32>().clone();
+        let weights = cast(map.values(), &DataType::Float64)?.as_primitive::<Float64Type>().clone();
+        Ok(PreferenceColumn { map, keys, weights })
+    }
+
+    fn row(&self, i: usize) -> Result<Vec<(String, f64)>, FieldError> {
+        if self.map.is_null(i) {
+            return Ok(Vec::new());
+        }
+        let offsets = self.map.value_offsets();
+        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+        (start..end)
+            .map(|j| {
+                let key = self.keys.value(j).to_string();
+                if self.weights.is_null(j) {
+                    return Err(FieldError::new(format!("preference.{key}"), "weight is null"));
+                }
+                Ok((key, self.weights.value(j)))
+            })
+            .collect()
+    }
+}
+
+fn read_parquet(
+    path: &Path,
+    input: String,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<Vec<Task>, InputError> {
+    let file = File::open(path).map_err(|source| InputError::Io { input: input.clone(), source })?;
+    let parquet_error = |source| InputError::Parquet { input: input.clone(), source };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
+    let rows = builder.metadata().file_metadata().num_rows();
+    let mut decoder = TaskBatchDecoder::new(input.clone(), builder.schema(), check)?;
+    let reader = builder.build().map_err(parquet_error)?;
+    let mut tasks = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
+    for batch in reader {
+        let batch = batch.map_err(|source| InputError::Arrow { input: input.clone(), source })?;
+        tasks.extend(decoder.decode(&batch)?);
+    }
+    Ok(tasks)
+}
+
+/// Builds a batch of tasks in [`task_schema`]; an empty preference is written as null.
+pub fn tasks_to_batch(tasks: &[Task]) -> RecordBatch {
+    let n = tasks.len();
+    let mut ids = StringBuilder::with_capacity(n, 0);
+    let mut prompts = StringBuilder::with_capacity(n, 0);
+    let mut preferences = MapBuilder::new(None, StringBuilder::new(), Float64Builder::new());
+    let mut budgets = Float64Builder::with_capacity(n);
+    let mut turns = Int32Builder::with_capacity(n);
+    let mut references = StringBuilder::with_capacity(n, 0);
+    let mut metadata = StringBuilder::with_capacity(n, 0);
+    for task in tasks {
+        ids.append_value(&task.id);
+        prompts.append_value(&task.prompt);
+        for (key, weight) in &task.preference {
+            preferences.keys().append_value(key);
+            preferences.values().append_value(*weight);
+        }
+        preferences.append(!task.preference.is_empty()).expect("keys and values are balanced");
+        budgets.append_option(task.budget_usd);
+        turns.append_option(task.max_turns);
+        references.append_option(task.reference.as_deref());
+        metadata.append_option(task.metadata.as_deref());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(prompts.finish()),
+        Arc::new(preferences.finish()),
+        Arc::new(budgets.finish()),
+        Arc::new(turns.finish()),
+        Arc::new(references.finish()),
+        Arc::new(metadata.finish()),
+    ];
+    RecordBatch::try_new(task_schema(), columns).expect("builders match the task schema")
+}
+
+/// Writes tasks as a Snappy-compressed Parquet file in [`task_schema`].
+pub fn write_tasks_parquet(path: &Path, tasks: &[Task]) -> Result<(), InputError> {
+    const ROWS_PER_BATCH: usize = 8192;
+    let input = path.display().to_string();
+    let parquet_error = |source| InputError::Parquet { input: input.clone(), source };
+    let file = File::create(path).map_err(|source| InputError::Io { input: input.clone(), source })?;
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let mut writer = ArrowWriter::try_new(file, task_schema(), Some(props)).map_err(parquet_error)?;
+    for chunk in tasks.chunks(ROWS_PER_BATCH) {
+        writer.write(&tasks_to_batch(chunk)).map_err(parquet_error)?;
+    }
+    writer.close().map_err(parquet_error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float32Array, Int64Array, LargeStringArray, StringViewArray, UInt8Array};
+    use arrow::datatypes::Field;
+    use std::path::PathBuf;
+    use tempfile::TempDir;
+
+    fn no_check(_: &Task) -> Result<(), FieldError> {
+        Ok(())
+    }
+
+    fn file(name: &str, content: &str) -> (TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        fs_write(&path, content);
+        (dir, path)
+    }
+
+    fn fs_write(path: &Path, content: &str) {
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// The error message for a JSON Lines file of these lines.
+    fn jsonl_error(lines: &[&str]) -> String {
+        let (_dir, path) = file("tasks.jsonl", &lines.join("\n"));
+        read_tasks(&path, &no_check).unwrap_err().to_string()
+    }
+
+    fn assert_ends_with(message: &str, suffix: &str) {
+        assert!(message.ends_with(suffix), "{message:?} does not end with {suffix:?}");
+    }
+
+    fn sample_tasks() -> Vec<Task> {
+        vec![
+            Task { id: "t-1".into(), prompt: "What is 2+2?".into(), ..Task::default() },
+            Task {
+                id: "t-2".into(),
+                prompt: "Solve x^2 = 2.\nShow work.".into(),
+                preference: vec![("answer-math-2".into(), 0.7), ("cost".into(), -0.25)],
+                budget_usd: Some(0.05),
+                max_turns: Some(8),
+                reference: Some("\\sqrt{2}".into()),
+                metadata: Some(r#"{"source":"gsm8k"}"#.into()),
+            },
+            Task {
+                id: "t-3 ünïcode".into(),
+                prompt: "\"quoted\"".into(),
+                preference: vec![("latency".into(), 1.0)],
+                budget_usd: Some(0.0),
+                max_turns: None,
+                reference: None,
+                metadata: Some(String::new()),
+            },
+        ]
+    }
+
+    // --- JSON Lines ---
+
+    #[test]
+    fn jsonl_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.jsonl");
+        write_tasks_jsonl(&path, &sample_tasks()).unwrap();
+        assert_eq!(read_tasks(&path, &no_check).unwrap(), sample_tasks());
+    }
+
+    #[test]
+    fn jsonl_accepts_ndjson_and_json_extensions_blank_lines_and_nulls() {
+        let content = "\n{\"id\": \"a\", \"prompt\": \"p\", \"budget_usd\": null, \"preference\": null, \
+                       \"max_turns\": null, \"reference\": null, \"metadata\": null}\r\n\n   \n";
+        for name in ["tasks.ndjson", "tasks.JSON"] {
+            let (_dir, path) = file(name, content);
+            let tasks = read_tasks(&path, &no_check).unwrap();
+            assert_eq!(tasks, vec![Task { id: "a".into(), prompt: "p".into(), ..Task::default() }]);
+        }
+    }
+
+    #[test]
+    fn jsonl_keeps_non_string_metadata_as_json_text() {
+        let (_dir, path) =
+            file("t.jsonl", r#"{"id": "a", "prompt": "p", "metadata": {"k": [1, 2]}}"#);
+        let tasks = read_tasks(&path, &no_check).unwrap();
+        assert_eq!(tasks[0].metadata.as_deref(), Some(r#"{"k":[1,2]}"#));
+    }
+
+    #[test]
+    fn jsonl_malformed_json_names_line_and_column() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p"}"#, "", r#"{"id": "b", "prompt": }"#]);
+        assert!(e.contains("tasks.jsonl:3:23: malformed JSON: expected value"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_trailing_characters_are_malformed() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p"} {"id": "b"}"#]);
+        assert!(e.contains("tasks.jsonl:1:") && e.contains("malformed JSON: trailing"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_wrong_type_names_the_field() {
+        let e = jsonl_error(&[
+            r#"{"id": "a", "prompt": "p"}"#,
+            r#"{"id": "b", "prompt": "p", "budget_usd": "x"}"#,
+        ]);
+        assert_ends_with(
+            &e,
+            r#"tasks.jsonl:2:44: field `budget_usd`: invalid type: string "x", expected f64"#,
+        );
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "max_turns": 2.5}"#]);
+        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid type"), "{e}");
+        let e = jsonl_error(&[r#"{"id": 7, "prompt": "p"}"#]);
+        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `id`: invalid type: integer"));
+    }
+
+    #[test]
+    fn jsonl_wrong_preference_weight_names_the_key() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": {"cost": "high"}}"#]);
+        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `preference.cost`: invalid type"));
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": [1]}"#]);
+        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `preference`: invalid type"));
+    }
+
+    #[test]
+    fn jsonl_duplicate_preference_key_is_rejected() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": {"cost": 1, "cost": 2}}"#]);
+        assert_ends_with(&e, "tasks.jsonl:1: field `preference`: duplicate key `cost`");
+    }
+
+    #[test]
+    fn jsonl_unknown_field_lists_accepted_fields() {
+        let e = jsonl_error(&["", r#"{"id": "a", "prompt": "p", "temperature": 0.2}"#]);
+        assert!(e.contains("tasks.jsonl:2:"), "{e}");
+        assert_ends_with(
+            &e,
+            "unknown field `temperature`; accepted fields: id, prompt, preference, budget_usd, \
+             max_turns, reference, metadata",
+        );
+    }
+
+    #[test]
+    fn jsonl_missing_or_empty_required_fields() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p"}"#, r#"{"prompt": "p"}"#]);
+        assert_ends_with(&e, "tasks.jsonl:2: missing field `id`");
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": null}"#]);
+        assert_ends_with(&e, "tasks.jsonl:1: missing field `prompt`");
+        let e = jsonl_error(&[r#"{"id": "", "prompt": "p"}"#]);
+        assert_ends_with(&e, "tasks.jsonl:1: field `id`: must not be empty");
+    }
+
+    #[test]
+    fn jsonl_line_that_is_not_an_object() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p"}"#, r#"  [{"id": "b"}]"#]);
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:2:3: expected a task object (one JSON object per line), found an array",
+        );
+        let e = jsonl_error(&["42"]);
+        assert!(e.contains("tasks.jsonl:1:1:") && e.ends_with("found a number"), "{e}");
+    }
+
+    #[test]
+    fn jsonl_duplicate_id_names_both_lines() {
+        let e = jsonl_error(&[
+            r#"{"id": "t-1", "prompt": "p"}"#,
+            r#"{"id": "t-3", "prompt": "p"}"#,
+            "",
+            r#"{"id": "t-3", "prompt": "q"}"#,
+        ]);
+        assert_ends_with(&e, "tasks.jsonl:4: duplicate id `t-3` (first seen on line 2)");
+    }
+
+    #[test]
+    fn jsonl_out_of_range_values_are_field_errors() {
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "max_turns": 0}"#]);
+        assert_ends_with(&e, "tasks.jsonl:1: field `max_turns`: must be at least 1, got 0");
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "budget_usd": -0.5}"#]);
+        assert_ends_with(&e, "tasks.jsonl:1: field `budget_usd`: must be a finite number >= 0, got -0.5");
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "max_turns": 3000000000}"#]);
+        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid value"), "{e}");
+    }
+
+    #[test]
+    fn caller_check_failures_name_line_and_field() {
+        let check = |t: &Task| match t.preference.iter().find(|(k, _)| k == "answer-9") {
+            Some((k, _)) => Err(FieldError::new(format!("preference.{k}"), "not an alias of the catalog")),
+            None => Ok(()),
+        };
+        let (_dir, path) = file(
+            "tasks.jsonl",
+            "{\"id\": \"a\", \"prompt\": \"p\"}\n{\"id\": \"b\", \"prompt\": \"p\", \"preference\": {\"answer-9\": 1}}",
+        );
+        let e = read_tasks(&path, &check).unwrap_err();
+        assert_eq!(e.location().unwrap().position, Position::Line { line: 2, column: None });
+        assert_ends_with(
+            &e.to_string(),
+            "tasks.jsonl:2: field `preference.answer-9`: not an alias of the catalog",
+        );
+    }
+
+    #[test]
+    fn unsupported_extension_names_path_and_accepted_formats() {
+        let (_dir, path) = file("tasks.csv", "id,prompt\n");
+        let e = read_tasks(&path, &no_check).unwrap_err().to_string();
+        assert!(e.contains("tasks.csv") && e.contains(".jsonl") && e.contains(".parquet"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let e = read_tasks(Path::new("/nonexistent/tasks.jsonl"), &no_check).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/tasks.jsonl: "), "{e}");
+    }
+
+    // --- Parquet ---
+
+    fn parquet_file(batches: &[RecordBatch]) -> (TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.parquet");
+        let mut writer =
+            ArrowWriter::try_new(File::create(&path).unwrap(), batches[0].schema(), None).unwrap();
+        for batch in batches {
+            writer.write(batch).unwrap();
+        }
+        writer.close().unwrap();
+        (dir, path)
+    }
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    fn strings(values: &[Option<&str>]) -> ArrayRef {
+        Arc::new(values.iter().copied().collect::<StringArray>())
+    }
+
+    fn parquet_error(batches: &[RecordBatch]) -> String {
+        let (_dir, path) = parquet_file(batches);
+        read_tasks(&path, &no_check).unwrap_err().to_string()
+    }
+
+    /// `n` rows with ids `t-0`.. and prompts `p`; `edit` may change an id.
+    fn many(n: usize, edit: impl Fn(usize) -> Option<Option<String>>) -> RecordBatch {
+        let ids: StringArray =
+            (0..n).map(|i| edit(i).unwrap_or_else(|| Some(format!("t-{i}")))).collect();
+        batch(vec![
+            ("id", Arc::new(ids) as ArrayRef),
+            ("prompt", Arc::new(StringArray::from_iter_values((0..n).map(|_| "p")))),
+        ])
+    }
+
+    #[test]
+    fn parquet_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.parquet");
+        write_tasks_parquet(&path, &sample_tasks()).unwrap();
+        assert_eq!(read_tasks(&path, &no_check).unwrap(), sample_tasks());
+    }
+
+    #[test]
+    fn parquet_accepts_castable_types() {
+        let b = batch(vec![
+            ("prompt", Arc::new(StringViewArray::from(vec!["p1", "p2"])) as ArrayRef),
+            ("id", Arc::new(LargeStringArray::from(vec!["a", "b"]))),
+            ("budget_usd", Arc::new(Float32Array::from(vec![Some(0.5), None]))),
+            ("max_turns", Arc::new(UInt8Array::from(vec![None, Some(4)]))),
+        ]);
+        let (_dir, path) = parquet_file(&[b]);
+        let tasks = read_tasks(&path, &no_check).unwrap();
+        assert_eq!(
+            tasks,
+            vec![
+                Task { id: "a".into(), prompt: "p1".into(), budget_usd: Some(0.5), ..Task::default() },
+                Task { id: "b".into(), prompt: "p2".into(), max_turns: Some(4), ..Task::default() },
+            ]
+        );
+        let b = batch(vec![
+            ("id", strings(&[Some("a")])),
+            ("prompt", strings(&[Some("p")])),
+            ("budget_usd", Arc::new(Int64Array::from(vec![2]))),
+            ("max_turns", Arc::new(Int64Array::from(vec![9]))),
+        ]);
+        let (_dir, path) = parquet_file(&[b]);
+        let tasks = read_tasks(&path, &no_check).unwrap();
+        assert_eq!((tasks[0].budget_usd, tasks[0].max_turns), (Some(2.0), Some(9)));
+    }
+
+    #[test]
+    fn parquet_unknown_column_lists_accepted_columns() {
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a")])),
+            ("prompt", strings(&[Some("p")])),
+            ("temperature", Arc::new(Float32Array::from(vec![0.1]))),
+        ])]);
+        assert_ends_with(
+            &e,
+            "tasks.parquet: unknown column `temperature`; accepted columns: id, prompt, preference, \
+             budget_usd, max_turns, reference, metadata",
+        );
+    }
+
+    #[test]
+    fn parquet_wrong_type_names_column_expected_and_found() {
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a")])),
+            ("prompt", strings(&[Some("p")])),
+            ("budget_usd", strings(&[Some("x")])),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: column `budget_usd`: expected float64, found utf8");
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a")])),
+            ("prompt", strings(&[Some("p")])),
+            ("max_turns", Arc::new(Float64Array::from(vec![3.0]))),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: column `max_turns`: expected int32, found float64");
+        let e = parquet_error(&[batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("prompt", strings(&[Some("p")])),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: column `id`: expected utf8, found int64");
+    }
+
+    #[test]
+    fn parquet_missing_required_column() {
+        let e = parquet_error(&[batch(vec![("prompt", strings(&[Some("p")]))])]);
+        assert_ends_with(&e, "tasks.parquet: missing required column `id`");
+        let e = parquet_error(&[batch(vec![("id", strings(&[Some("a")]))])]);
+        assert_ends_with(&e, "tasks.parquet: missing required column `prompt`");
+    }
+
+    #[test]
+    fn parquet_null_id_names_the_row_across_batches() {
+        // 2500 rows are read as several batches of 1024.
+        let e = parquet_error(&[many(2500, |i| (i == 2099).then_some(None))]);
+        assert_ends_with(&e, "tasks.parquet: row 2100: field `id` is null");
+        let e = parquet_error(&[many(3, |_| None), many(2, |_| None)]);
+        assert!(e.contains("row 4: duplicate id `t-0` (first seen on row 1)"), "{e}");
+    }
+
+    #[test]
+    fn parquet_null_prompt_names_the_row() {
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a"), Some("b")])),
+            ("prompt", strings(&[Some("p"), None])),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: row 2: field `prompt` is null");
+    }
+
+    #[test]
+    fn parquet_duplicate_id_names_both_rows() {
+        let e = parquet_error(&[many(2000, |i| (i == 1499).then(|| Some("t-2".to_string())))]);
+        assert_ends_with(&e, "tasks.parquet: row 1500: duplicate id `t-2` (first seen on row 3)");
+    }
+
+    #[test]
+    fn parquet_field_errors_name_the_row() {
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a"), Some("b")])),
+            ("prompt", strings(&[Some("p"), Some("p")])),
+            ("budget_usd", Arc::new(Float64Array::from(vec![1.0, f64::NAN]))),
+        ])]);
+        assert_ends_with(
+            &e,
+            "tasks.parquet: row 2: field `budget_usd`: must be a finite number >= 0, got NaN",
+        );
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a"), Some("")])),
+            ("prompt", strings(&[Some("p"), Some("p")])),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: row 2: field `id`: must not be empty");
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a"), Some("b")])),
+            ("prompt", strings(&[Some("p"), Some("p")])),
+            ("max_turns", Arc::new(Int64Array::from(vec![1, 3_000_000_000]))),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: row 2: field `max_turns`: 3000000000 does not fit in int32");
+    }
+
+    #[test]
+    fn parquet_null_preference_weight_names_the_key() {
+        let mut prefs = MapBuilder::new(None, StringBuilder::new(), Float64Builder::new());
+        prefs.keys().append_value("cost");
+        prefs.values().append_null();
+        prefs.append(true).unwrap();
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a")])),
+            ("prompt", strings(&[Some("p")])),
+            ("preference", Arc::new(prefs.finish())),
+        ])]);
+        assert_ends_with(&e, "tasks.parquet: row 1: field `preference.cost`: weight is null");
+    }
+
+    #[test]
+    fn parquet_caller_check_names_the_row() {
+        let (_dir, path) = parquet_file(&[many(5, |_| None)]);
+        let check = |t: &Task| {
+            if t.id == "t-3" {
+                Err(FieldError::new("prompt", "too long"))
+            } else {
+                Ok(())
+            }
+        };
+        let e = read_tasks(&path, &check).unwrap_err().to_string();
+        assert_ends_with(&e, "tasks.parquet: row 4: field `prompt`: too long");
+    }
+
+    #[test]
+    fn decoder_labels_errors_with_its_input_and_checks_the_schema_first() {
+        let schema = Schema::new(vec![Field::new("prompt", DataType::Utf8, false)]);
+        let e = TaskBatchDecoder::new("job 7", &schema, &no_check).err().unwrap();
+        assert_eq!(e.to_string(), "job 7: missing required column `id`");
+
+        let mut decoder = TaskBatchDecoder::new("job 7", &task_schema(), &no_check).unwrap();
+        let tasks = sample_tasks();
+        assert_eq!(decoder.decode(&tasks_to_batch(&tasks)).unwrap(), tasks);
+        let e = decoder.decode(&tasks_to_batch(&tasks[1..])).unwrap_err();
+        assert_eq!(e.to_string(), "job 7: row 4: duplicate id `t-2` (first seen on row 2)");
+    }
+
+    #[test]
+    fn tasks_batch_has_the_task_schema() {
+        assert_eq!(tasks_to_batch(&sample_tasks()).schema(), task_schema());
+    }
+}

@@ -1,0 +1,324 @@
+//! Cost and latency accounting: what each call and each task cost, and the running totals of a job.
+//!
+//! An episode keeps its own [`TaskLedger`] (no sharing on the hot path) and folds it into the
+//! job-wide [`Ledger`] once, when it ends. Backends' batch counts go straight to the [`Ledger`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::task::{CallRecord, Status};
+
+/// Prices of one backend (or of the orchestrator's own tokens).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pricing {
+    pub in_per_mtok: f64,
+    pub out_per_mtok: f64,
+    pub per_call: f64,
+    pub per_second: f64,
+}
+
+impl Pricing {
+    /// Dollars for one call.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64, seconds: f64) -> f64 {
+        self.in_per_mtok * input_tokens as f64 / 1e6
+            + self.out_per_mtok * output_tokens as f64 / 1e6
+            + self.per_call
+            + self.per_second * seconds
+    }
+}
+
+/// The accounts of one episode.
+#[derive(Debug, Default, Clone)]
+pub struct TaskLedger {
+    pub calls: Vec<CallRecord>,
+    /// Everything billed to the task: backend calls and the orchestrator's own tokens.
+    pub cost_usd: f64,
+    /// Dollars not billed thanks to the cache or a collapsed in-flight call.
+    pub saved_usd: f64,
+    pub orchestrator_tokens_in: u64,
+    pub orchestrator_tokens_out: u64,
+    pub orchestrator_cost_usd: f64,
+    pub failed_calls: u32,
+}
+
+impl TaskLedger {
+    /// Accounts one orchestrator turn.
+    pub fn record_turn(&mut self, prompt_tokens: u64, completion_tokens: u64, price: &Pricing) {
+        let cost = price.cost(prompt_tokens, completion_tokens, 0.0) - price.per_call;
+        self.orchestrator_tokens_in += prompt_tokens;
+        self.orchestrator_tokens_out += completion_tokens;
+        self.orchestrator_cost_usd += cost;
+        self.cost_usd += cost;
+    }
+
+    /// Accounts one backend call. `full_cost` is what the call costs when billed; a cached call is
+    /// recorded at zero and its full cost counts as saved.
+    pub fn record_call(&mut self, mut call: CallRecord, full_cost: f64) {
+        if call.cached {
+            call.cost_usd = 0.0;
+            self.saved_usd += full_cost;
+        } else {
+            call.cost_usd = full_cost;
+            self.cost_usd += full_cost;
+        }
+        self.calls.push(call);
+    }
+
+    pub fn record_failed_call(&mut self) {
+        self.failed_calls += 1;
+    }
+
+    /// What is left of `budget` (infinite without one).
+    pub fn remaining(&self, budget: Option<f64>) -> f64 {
+        budget.map_or(f64::INFINITY, |b| b - self.cost_usd)
+    }
+
+    pub fn orchestrator_tokens(&self) -> u64 {
+        self.orchestrator_tokens_in + self.orchestrator_tokens_out
+    }
+}
+
+/// An `f64` that many threads add to.
+#[derive(Debug, Default)]
+struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    fn add(&self, v: f64) {
+        if v != 0.0 {
+            let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+        }
+    }
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Per-backend counters, indexed like the catalog's backends.
+#[derive(Debug, Default)]
+struct BackendCounters {
+    /// Calls that reached the coalescer (billed ones plus those that joined an identical call).
+    requests: AtomicU64,
+    /// `call_batch` invocations.
+    batches: AtomicU64,
+    /// Requests actually sent in those batches.
+    billed: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Job-wide totals, shared by every episode and coalescer of an engine.
+#[derive(Debug)]
+pub struct Ledger {
+    backends: Vec<(Arc<str>, BackendCounters)>,
+    tasks: [AtomicU64; 5],
+    turns: AtomicU64,
+    billed_calls: AtomicU64,
+    cache_hits: AtomicU64,
+    failed_calls: AtomicU64,
+    cost_usd: AtomicF64,
+    saved_usd: AtomicF64,
+    orchestrator_tokens: AtomicU64,
+    orchestrator_cost_usd: AtomicF64,
+    correct: AtomicU64,
+    graded: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new(backend_names: &[Arc<str>]) -> Ledger {
+        Ledger {
+            backends: backend_names
+                .iter()
+                .map(|n| (n.clone(), BackendCounters::default()))
+                .collect(),
+            tasks: Default::default(),
+            turns: AtomicU64::new(0),
+            billed_calls: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            failed_calls: AtomicU64::new(0),
+            cost_usd: AtomicF64::default(),
+            saved_usd: AtomicF64::default(),
+            orchestrator_tokens: AtomicU64::new(0),
+            orchestrator_cost_usd: AtomicF64::default(),
+            correct: AtomicU64::new(0),
+            graded: AtomicU64::new(0),
+        }
+    }
+
+    /// A coalescer sent one batch of `sent` distinct requests that served `served` callers.
+    pub fn record_batch(&self, backend: usize, sent: usize, served: usize, failures: usize) {
+        let c = &self.backends[backend].1;
+        c.batches.fetch_add(1, Ordering::Relaxed);
+        c.billed.fetch_add(sent as u64, Ordering::Relaxed);
+        c.requests.fetch_add(served as u64, Ordering::Relaxed);
+        c.failures.fetch_add(failures as u64, Ordering::Relaxed);
+    }
+
+    /// Folds a finished episode into the totals.
+    pub fn record_task(&self, status: Status, turns: u32, t: &TaskLedger, correct: Option<bool>) {
+        self.tasks[status as usize].fetch_add(1, Ordering::Relaxed);
+        self.turns.fetch_add(turns as u64, Ordering::Relaxed);
+        let hits = t.calls.iter().filter(|c| c.cached).count() as u64;
+        self.cache_hits.fetch_add(hits, Ordering::Relaxed);
+        self.billed_calls
+            .fetch_add(t.calls.len() as u64 - hits, Ordering::Relaxed);
+        self.failed_calls
+            .fetch_add(t.failed_calls as u64, Ordering::Relaxed);
+        self.cost_usd.add(t.cost_usd);
+        self.saved_usd.add(t.saved_usd);
+        self.orchestrator_tokens
+            .fetch_add(t.orchestrator_tokens(), Ordering::Relaxed);
+        self.orchestrator_cost_usd.add(t.orchestrator_cost_usd);
+        if let Some(ok) = correct {
+            self.graded.fetch_add(1, Ordering::Relaxed);
+            self.correct.fetch_add(ok as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// A consistent-enough copy of the totals for reports.
+    pub fn summary(&self) -> LedgerSummary {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let backends: Vec<BackendSummary> = self
+            .backends
+            .iter()
+            .map(|(name, c)| BackendSummary {
+                backend: name.to_string(),
+                requests: get(&c.requests),
+                billed_calls: get(&c.billed),
+                batches: get(&c.batches),
+                failures: get(&c.failures),
+            })
+            .collect();
+        let requests: u64 = backends.iter().map(|b| b.requests).sum();
+        let batches: u64 = backends.iter().map(|b| b.batches).sum();
+        LedgerSummary {
+            tasks: Status::ALL
+                .iter()
+                .map(|s| (s.as_str().to_string(), get(&self.tasks[*s as usize])))
+                .collect(),
+            turns: get(&self.turns),
+            billed_calls: get(&self.billed_calls),
+            cache_hits: get(&self.cache_hits),
+            failed_calls: get(&self.failed_calls),
+            cost_usd: self.cost_usd.get(),
+            saved_usd: self.saved_usd.get(),
+            orchestrator_tokens: get(&self.orchestrator_tokens),
+            orchestrator_cost_usd: self.orchestrator_cost_usd.get(),
+            graded: get(&self.graded),
+            correct: get(&self.correct),
+            coalescing_factor: if batches == 0 { 0.0 } else { requests as f64 / batches as f64 },
+            backends,
+        }
+    }
+}
+
+/// The ledger's totals, as reports and `--json` print them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LedgerSummary {
+    /// Finished tasks per status.
+    pub tasks: std::collections::BTreeMap<String, u64>,
+    pub turns: u64,
+    pub billed_calls: u64,
+    pub cache_hits: u64,
+    pub failed_calls: u64,
+    pub cost_usd: f64,
+    pub saved_usd: f64,
+    pub orchestrator_tokens: u64,
+    pub orchestrator_cost_usd: f64,
+    pub graded: u64,
+    pub correct: u64,
+    /// Calls served per backend batch (collapsed in-flight duplicates count as served).
+    pub coalescing_factor: f64,
+    pub backends: Vec<BackendSummary>,
+}
+
+impl LedgerSummary {
+    pub fn finished(&self) -> u64 {
+        self.tasks.values().sum()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackendSummary {
+    pub backend: String,
+    pub requests: u64,
+    pub billed_calls: u64,
+    pub batches: u64,
+    pub failures: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(cached: bool) -> CallRecord {
+        CallRecord {
+            tool: "search".into(),
+            alias: "search-1".into(),
+            backend: "gpt-5".into(),
+            cached,
+            input_tokens: 1000,
+            output_tokens: 200,
+            cost_usd: 0.0,
+            latency_ms: 5,
+        }
+    }
+
+    #[test]
+    fn pricing_adds_tokens_calls_and_seconds() {
+        let p = Pricing { in_per_mtok: 1.25, out_per_mtok: 10.0, per_call: 0.01, per_second: 0.5 };
+        let c = p.cost(2_000_000, 100_000, 2.0);
+        assert!((c - (2.5 + 1.0 + 0.01 + 1.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cached_calls_cost_nothing_and_count_as_saved() {
+        let mut t = TaskLedger::default();
+        let p = Pricing { in_per_mtok: 1.25, out_per_mtok: 10.0, ..Default::default() };
+        let full = p.cost(1000, 200, 0.0);
+        t.record_call(call(false), full);
+        t.record_call(call(true), full);
+        assert!((t.cost_usd - full).abs() < 1e-15);
+        assert!((t.saved_usd - full).abs() < 1e-15);
+        assert_eq!(t.calls[1].cost_usd, 0.0);
+        assert_eq!(t.calls[0].cost_usd, full);
+    }
+
+    #[test]
+    fn orchestrator_tokens_are_billed_and_reduce_the_budget() {
+        let mut t = TaskLedger::default();
+        let p = Pricing { in_per_mtok: 0.2, out_per_mtok: 0.2, per_call: 5.0, ..Default::default() };
+        t.record_turn(4000, 1000, &p);
+        assert!((t.cost_usd - 0.001).abs() < 1e-12, "per_call is not charged per turn");
+        assert!((t.remaining(Some(0.01)) - 0.009).abs() < 1e-12);
+        assert_eq!(t.remaining(None), f64::INFINITY);
+        assert_eq!(t.orchestrator_tokens(), 5000);
+    }
+
+    #[test]
+    fn ledger_totals_fold_tasks_and_batches() {
+        let l = Ledger::new(&["gpt-5".into(), "qwen".into()]);
+        let mut t = TaskLedger::default();
+        t.record_call(call(false), 0.5);
+        t.record_call(call(true), 0.5);
+        t.record_call(call(false), 0.25);
+        l.record_task(Status::Answered, 3, &t, Some(true));
+        l.record_task(Status::Failed, 1, &TaskLedger::default(), Some(false));
+        l.record_batch(0, 2, 3, 0);
+        l.record_batch(1, 1, 1, 1);
+        let s = l.summary();
+        assert_eq!(s.tasks["answered"], 1);
+        assert_eq!(s.tasks["failed"], 1);
+        assert_eq!(s.finished(), 2);
+        assert_eq!(s.turns, 4);
+        assert_eq!(s.billed_calls, 2);
+        assert_eq!(s.cache_hits, 1);
+        assert!((s.cost_usd - 0.75).abs() < 1e-12);
+        assert!((s.saved_usd - 0.5).abs() < 1e-12);
+        assert_eq!((s.graded, s.correct), (2, 1));
+        assert!((s.coalescing_factor - 2.0).abs() < 1e-12);
+        assert_eq!(s.backends[1].failures, 1);
+    }
+}

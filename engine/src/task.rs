@@ -1,0 +1,277 @@
+//! The task model: what comes in (a [`Task`]), what an episode builds (messages, actions, calls) and
+//! what goes out (a [`TaskResult`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// One problem to solve. Only `id` and `prompt` are required; the rest falls back to the config.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Task {
+    pub id: String,
+    pub prompt: String,
+    /// Weight per alias, or for the keys `cost` and `latency`. Validated against the catalog.
+    pub preference: Vec<(String, f64)>,
+    pub budget_usd: Option<f64>,
+    pub max_turns: Option<i32>,
+    pub reference: Option<String>,
+    /// Opaque, passed through to the result.
+    pub metadata: Option<String>,
+}
+
+/// How an episode ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Answered,
+    MaxTurns,
+    BudgetExhausted,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Answered,
+        Status::MaxTurns,
+        Status::BudgetExhausted,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Answered => "answered",
+            Status::MaxTurns => "max_turns",
+            Status::BudgetExhausted => "budget_exhausted",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who wrote a message of the episode's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+    Tool,
+}
+
+/// One entry of an episode's context. `tokens` is the size the orchestrator pays for it: counted by
+/// the executor's tokenizer where it has one, reported by the backend for observations.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+    #[serde(skip)]
+    pub tokens: u32,
+}
+
+/// A parsed tool call. In the ToolOrchestra catalog every tool takes one argument, `model`, an alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub tool: String,
+    pub alias: String,
+}
+
+/// Why a tool call could not be parsed. Shown to the orchestrator as an error observation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("no <tool_call> found in the reply")]
+    Missing,
+    #[error("<tool_call> is not closed by </tool_call>")]
+    Unclosed,
+    #[error("the tool call is not valid JSON: {0}")]
+    Json(String),
+    #[error("the tool call has no string field `name`")]
+    NoName,
+    #[error("the tool call's `arguments` has no string field `model`")]
+    NoModel,
+}
+
+#[derive(Deserialize)]
+struct HermesCall {
+    name: Option<serde_json::Value>,
+    #[serde(default)]
+    arguments: Option<serde_json::Value>,
+}
+
+impl Action {
+    /// Parses the first Hermes/Qwen style call in a reply:
+    /// `<tool_call>{"name": "answer", "arguments": {"model": "answer-math-2"}}</tool_call>`.
+    /// `arguments` may also be a JSON string holding the object, as some servers emit it.
+    pub fn parse_hermes(text: &str) -> Result<Action, ParseError> {
+        const OPEN: &str = "<tool_call>";
+        const CLOSE: &str = "</tool_call>";
+        let start = text.find(OPEN).ok_or(ParseError::Missing)? + OPEN.len();
+        let len = text[start..].find(CLOSE).ok_or(ParseError::Unclosed)?;
+        let body = text[start..start + len].trim();
+        let call: HermesCall =
+            serde_json::from_str(body).map_err(|e| ParseError::Json(e.to_string()))?;
+        let tool = match call.name {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+            _ => return Err(ParseError::NoName),
+        };
+        let args = match call.arguments {
+            Some(serde_json::Value::String(s)) => {
+                serde_json::from_str(&s).map_err(|e| ParseError::Json(e.to_string()))?
+            }
+            Some(v) => v,
+            None => return Err(ParseError::NoModel),
+        };
+        let alias = args
+            .get("model")
+            .and_then(|m| m.as_str())
+            .filter(|m| !m.is_empty())
+            .ok_or(ParseError::NoModel)?;
+        Ok(Action { tool, alias: alias.to_string() })
+    }
+
+    /// Renders the action as the Hermes text an orchestrator emits.
+    pub fn to_hermes(&self) -> String {
+        let call = serde_json::json!({"name": self.tool, "arguments": {"model": self.alias}});
+        format!("<tool_call>{call}</tool_call>")
+    }
+}
+
+/// One backend call as the ledger and the result row record it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRecord {
+    pub tool: Arc<str>,
+    pub alias: Arc<str>,
+    pub backend: Arc<str>,
+    /// Served without a billed call: from the result cache, or by joining an identical call in flight.
+    pub cached: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    pub latency_ms: i64,
+}
+
+/// What one episode produced: one row of the results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskResult {
+    pub id: String,
+    pub status: Status,
+    pub answer: Option<String>,
+    /// Set when the task had a reference answer.
+    pub correct: Option<bool>,
+    pub turns: i32,
+    pub cost_usd: f64,
+    pub latency_ms: i64,
+    pub orchestrator_tokens: i64,
+    pub calls: Vec<CallRecord>,
+    /// The episode's messages as JSON, when the engine records trajectories.
+    pub trajectory: Option<String>,
+    pub error: Option<String>,
+    pub metadata: Option<String>,
+}
+
+/// Normalises an answer for exact-match grading: strips `\boxed{...}` and `<answer>...</answer>`
+/// wrappers, lowercases, collapses whitespace and drops a trailing period.
+pub fn normalize_answer(s: &str) -> String {
+    let mut t = s.trim();
+    if let Some(inner) = t.strip_prefix("<answer>").and_then(|r| r.strip_suffix("</answer>")) {
+        t = inner.trim();
+    }
+    if let Some(inner) = t.strip_prefix("\\boxed{").and_then(|r| r.strip_suffix('}')) {
+        t = inner.trim();
+    }
+    let t = t.trim_end_matches('.');
+    t.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// Normalised exact match against a reference answer.
+pub fn grade(answer: &str, reference: &str) -> bool {
+    normalize_answer(answer) == normalize_answer(reference)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(tool: &str, alias: &str) -> Result<Action, ParseError> {
+        Ok(Action { tool: tool.into(), alias: alias.into() })
+    }
+
+    #[test]
+    fn parses_a_well_formed_call() {
+        let text = r#"Let me think. <tool_call>{"name": "answer", "arguments": {"model": "answer-math-2"}}</tool_call>"#;
+        assert_eq!(Action::parse_hermes(text), ok("answer", "answer-math-2"));
+    }
+
+    #[test]
+    fn parses_arguments_given_as_a_json_string() {
+        let text = r#"<tool_call>{"name": "search", "arguments": "{\"model\": \"search-1\"}"}</tool_call>"#;
+        assert_eq!(Action::parse_hermes(text), ok("search", "search-1"));
+    }
+
+    #[test]
+    fn round_trips_through_hermes_text() {
+        let a = Action { tool: "enhance_reasoning".into(), alias: "reasoner-3".into() };
+        assert_eq!(Action::parse_hermes(&a.to_hermes()), Ok(a));
+    }
+
+    #[test]
+    fn rejects_malformed_calls_with_a_reason() {
+        assert_eq!(Action::parse_hermes("just text"), Err(ParseError::Missing));
+        assert_eq!(
+            Action::parse_hermes(r#"<tool_call>{"name": "answer""#),
+            Err(ParseError::Unclosed)
+        );
+        assert!(matches!(
+            Action::parse_hermes("<tool_call>{name: answer}</tool_call>"),
+            Err(ParseError::Json(_))
+        ));
+        assert_eq!(
+            Action::parse_hermes(r#"<tool_call>{"arguments": {"model": "x"}}</tool_call>"#),
+            Err(ParseError::NoName)
+        );
+        assert_eq!(
+            Action::parse_hermes(r#"<tool_call>{"name": 3, "arguments": {}}</tool_call>"#),
+            Err(ParseError::NoName)
+        );
+        assert_eq!(
+            Action::parse_hermes(r#"<tool_call>{"name": "answer"}</tool_call>"#),
+            Err(ParseError::NoModel)
+        );
+        assert_eq!(
+            Action::parse_hermes(r#"<tool_call>{"name": "answer", "arguments": {"model": ""}}</tool_call>"#),
+            Err(ParseError::NoModel)
+        );
+        assert!(matches!(
+            Action::parse_hermes(r#"<tool_call>{"name": "a", "arguments": "nope"}</tool_call>"#),
+            Err(ParseError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn grading_strips_wrappers_and_case() {
+        assert!(grade("\\boxed{42}", "42"));
+        assert!(grade("<answer> Paris. </answer>", "paris"));
+        assert!(grade("New   York", "new york"));
+        assert!(!grade("41", "42"));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+    }
+}

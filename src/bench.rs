@@ -1,0 +1,115 @@
+//! `tutti bench`: runs a benchmark profile and prints its figures.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tutti_engine::bench::{self, BenchReport, BenchSpec, RunReport, WorkloadSpec};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Bundled profile: `toolorchestra-sim` (end-to-end simulated ToolOrchestra workload) or
+    /// `control-plane` (instant backends, all tasks live: tutti's own cost per turn).
+    #[arg(long, default_value = "toolorchestra-sim")]
+    profile: String,
+    /// Use this config instead of the profile's.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Tasks in the generated workload.
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Share of tasks that repeat an earlier task (and so all its sub-queries).
+    #[arg(long, default_value_t = 0.0)]
+    repeat_share: f64,
+    /// Turn the result cache off (and with it the collapsing of identical in-flight calls).
+    #[arg(long)]
+    no_cache: bool,
+    /// Also run the naive harness (2 tasks at a time, no batching, no cache) on the same workload.
+    #[arg(long)]
+    baseline: bool,
+    /// Tasks the naive harness runs at most (a seeded sample of the workload when fewer).
+    #[arg(long, default_value_t = 200)]
+    baseline_tasks: usize,
+    /// Workload seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object with every figure on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(args: BenchArgs) -> Result<ExitCode> {
+    if !(0.0..1.0).contains(&args.repeat_share) {
+        bail!("--repeat-share must be in [0, 1), found {}", args.repeat_share);
+    }
+    let mut cfg = match &args.config {
+        Some(p) => tutti_engine::Config::load(p)?,
+        None => match bench::profile(&args.profile) {
+            Some(c) => c,
+            None => bail!(
+                "unknown profile `{}`; the profiles are: {}",
+                args.profile,
+                bench::PROFILES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    };
+    if args.no_cache {
+        for b in &mut cfg.backends {
+            b.cache = tutti_engine::config::CachePolicy::Off;
+        }
+        cfg.cache.path = None;
+    }
+    let spec = BenchSpec {
+        profile: args.config.as_ref().map_or(args.profile.clone(), |p| p.display().to_string()),
+        workload: WorkloadSpec {
+            tasks: args.tasks,
+            seed: args.seed,
+            repeat_share: args.repeat_share,
+            ..WorkloadSpec::default()
+        },
+        baseline_tasks: args.baseline.then_some(args.baseline_tasks),
+    };
+    let report = crate::runtime()?.block_on(bench::run_bench(&cfg, &spec))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_run(name: &str, r: &RunReport) {
+    println!("{name}");
+    println!("  tasks            {} in {:.2} s", r.tasks, r.wall_s);
+    println!("  throughput       {:.1} tasks/s, {:.1} turns/s", r.tasks_per_s, r.turns_per_s);
+    let l = r.task_latency_ms;
+    println!("  task latency ms  p50 {} · p90 {} · p99 {} · max {}", l.p50, l.p90, l.p99, l.max);
+    println!("  cost             ${:.4} (${:.6} per task)", r.cost_usd, r.cost_per_task_usd);
+    println!(
+        "  backend calls    {} billed, {} cache hits, {:.2} calls per batch",
+        r.billed_calls, r.cache_hits, r.coalescing_factor
+    );
+    println!("  accuracy         {:.1}%", r.accuracy * 100.0);
+    let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("  statuses         {}", statuses.join(", "));
+    if r.decode_steps > 0 {
+        println!("  decode steps     {} (mean batch {:.1})", r.decode_steps, r.mean_batch);
+    }
+}
+
+fn print_report(r: &BenchReport) {
+    println!(
+        "tutti bench — profile {} — SIMULATION: simulated orchestrator and backends, real engine",
+        r.profile
+    );
+    print_run("tutti", &r.run);
+    println!("  peak RSS         {:.1} MiB", r.peak_rss_bytes as f64 / (1 << 20) as f64);
+    if let (Some(b), Some(s)) = (&r.baseline, &r.speedup) {
+        print_run(&format!("baseline: {}", b.description), &b.run);
+        println!(
+            "speedup: {:.1}x tasks/s, {:.1}x turns/s; baseline spends {:.2}x as much per task",
+            s.tasks_per_s, s.turns_per_s, s.cost_per_task
+        );
+    }
+}

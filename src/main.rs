@@ -1,0 +1,64 @@
+//! The `tutti` command: argument parsing and wiring. The work lives in `tutti-engine`.
+
+mod bench;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tutti_engine::Config;
+
+#[derive(Parser)]
+#[command(name = "tutti", version, about = "High-throughput batch routing engine for tool-orchestrating agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a bulk job: tasks from JSONL or Parquet, results to Parquet, resumable.
+    Run(run::RunArgs),
+    /// Benchmark the engine on a generated workload (simulated profiles).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TUTTI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Bench(args) => bench::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tutti: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config of `--config`, or of the bundled profile `default_profile` when none is given.
+fn load_config(path: Option<&PathBuf>, default_profile: &str) -> Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => tutti_engine::bench::profile(default_profile)
+            .with_context(|| format!("no bundled profile `{default_profile}`")),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

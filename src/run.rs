@@ -1,0 +1,207 @@
+//! `tutti run`: a bulk job from a task file to a Parquet file, committed as results finish.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tutti_engine::catalog::Catalog;
+use tutti_engine::io::results::ResultStore;
+use tutti_engine::io::tasks::{read_tasks, FieldError};
+use tutti_engine::{Engine, EngineOptions, TaskResult};
+
+/// Results are committed when this many are waiting…
+const COMMIT_ROWS: usize = 2048;
+/// …or when the oldest uncommitted one has waited this long.
+const COMMIT_EVERY: Duration = Duration::from_millis(250);
+/// Plain progress lines when stderr is not a terminal.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Tasks: JSON Lines (.jsonl) or Parquet (.parquet) with the task schema.
+    tasks: PathBuf,
+    /// Output Parquet file.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Config file; without one, the bundled simulated ToolOrchestra catalog (a simulation).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue an interrupted run: ids already in the output are skipped.
+    #[arg(long)]
+    resume: bool,
+    /// Print one JSON summary object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(args: RunArgs) -> Result<ExitCode> {
+    if args.config.is_none() {
+        eprintln!(
+            "tutti: no --config given: using the bundled configs/toolorchestra-sim.toml \
+             (SIMULATION: simulated orchestrator and backends)"
+        );
+    }
+    let cfg = crate::load_config(args.config.as_ref(), "toolorchestra-sim")?;
+    let catalog = Catalog::new(&cfg);
+    let check = |t: &tutti_engine::Task| {
+        catalog
+            .check_preference(&t.preference)
+            .map_err(|message| FieldError { field: "preference".into(), message })
+    };
+    let tasks = read_tasks(&args.tasks, &check)?;
+    let (store, done) = ResultStore::open(&args.output, args.resume)?;
+    let total = tasks.len() as u64;
+    let todo: Vec<_> = tasks.into_iter().filter(|t| !done.contains(&t.id)).collect();
+    let skipped = total - todo.len() as u64;
+
+    let rt = crate::runtime()?;
+    let summary = rt.block_on(async move {
+        let engine = Engine::new(&cfg, EngineOptions::default())?;
+        let cancel = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
+        let progress = Progress::new(total, skipped);
+        let writer = tokio::spawn(write_results(rx, store, progress));
+        let run = engine.run(todo, tx, cancel.clone());
+        tokio::pin!(run);
+        let interrupted = tokio::select! {
+            _ = &mut run => false,
+            _ = tokio::signal::ctrl_c() => {
+                cancel.cancel();
+                true
+            }
+        };
+        if interrupted {
+            eprintln!(
+                "tutti: interrupted; results committed so far are kept: \
+                 run the same command with --resume to finish"
+            );
+            std::process::exit(130);
+        }
+        drop(run);
+        engine.flush();
+        let rows = writer.await.context("the result writer panicked")??;
+        anyhow::Ok((rows, engine.ledger()))
+    })?;
+    let (rows, ledger) = summary;
+    if args.json {
+        let out = serde_json::json!({
+            "output": args.output,
+            "rows": rows,
+            "skipped_already_done": skipped,
+            "ledger": ledger,
+        });
+        println!("{out}");
+    } else {
+        let statuses: Vec<String> = ledger.tasks.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!(
+            "tutti: {} rows in {} ({} run now: {}; {} already done); cost ${:.4}, {} billed calls, {} cache hits",
+            rows,
+            args.output.display(),
+            ledger.finished(),
+            statuses.join(", "),
+            skipped,
+            ledger.cost_usd,
+            ledger.billed_calls,
+            ledger.cache_hits
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Commits results in groups (every COMMIT_ROWS rows or COMMIT_EVERY), then merges the output.
+async fn write_results(
+    mut rx: mpsc::Receiver<TaskResult>,
+    mut store: ResultStore,
+    mut progress: Progress,
+) -> Result<u64> {
+    let mut pending: Vec<TaskResult> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let timeout = oldest.map_or(COMMIT_EVERY, |t| COMMIT_EVERY.saturating_sub(t.elapsed()));
+        let next = tokio::time::timeout(timeout, rx.recv()).await;
+        let closed = matches!(next, Ok(None));
+        if let Ok(Some(r)) = next {
+            pending.push(r);
+            oldest.get_or_insert_with(Instant::now);
+        }
+        let due = oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY);
+        if !pending.is_empty() && (closed || due || pending.len() >= COMMIT_ROWS) {
+            let batch = std::mem::take(&mut pending);
+            let n = batch.len() as u64;
+            store = tokio::task::spawn_blocking(move || store.append(&batch).map(|_| store))
+                .await
+                .context("the result writer panicked")??;
+            oldest = None;
+            progress.advance(n);
+        }
+        if closed {
+            break;
+        }
+    }
+    progress.finish();
+    let rows = tokio::task::spawn_blocking(move || store.finish())
+        .await
+        .context("the result writer panicked")??;
+    Ok(rows)
+}
+
+/// A progress bar on a terminal, plain periodic lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(total: u64, done: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} tasks ({per_sec}, eta {eta})",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(done);
+            bar
+        });
+        Progress { bar, total, done, started: Instant::now(), last_line: Instant::now() }
+    }
+
+    fn advance(&mut self, n: u64) {
+        self.done += n;
+        match &self.bar {
+            Some(bar) => bar.inc(n),
+            None if self.last_line.elapsed() >= PLAIN_PROGRESS_EVERY => {
+                self.last_line = Instant::now();
+                self.line();
+            }
+            None => {}
+        }
+    }
+
+    fn line(&self) {
+        eprintln!(
+            "tutti: {}/{} tasks done ({:.1}%), {:.0} s elapsed",
+            self.done,
+            self.total,
+            100.0 * self.done as f64 / self.total.max(1) as f64,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn finish(&self) {
+        match &self.bar {
+            Some(bar) => bar.finish(),
+            None => self.line(),
+        }
+    }
+}

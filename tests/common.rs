@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests: the real `tutti` binary and real files.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn tutti() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tutti"))
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs the binary and returns its output, with stderr as text for assertions.
+pub fn run(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("run tutti");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, err)
+}
+
+/// Writes `n` arithmetic tasks as JSON Lines.
+pub fn write_tasks(path: &Path, n: usize) {
+    let mut s = String::new();
+    for i in 0..n {
+        let (a, b) = (i % 97 + 2, i % 89 + 3);
+        s.push_str(&format!(
+            "{{\"id\": \"task-{i}\", \"prompt\": \"What is {a} + {b}?\", \"reference\": \"{}\"}}\n",
+            a + b
+        ));
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+/// Every `id` in a Parquet results file.
+pub fn result_ids(path: &Path) -> Vec<String> {
+    use arrow::array::{Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut ids = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = batch.column_by_name("id").unwrap();
+        let col = col.as_any().downcast_ref::<StringArray>().unwrap();
+        ids.extend((0..col.len()).map(|i| col.value(i).to_string()));
+    }
+    ids
+}
