@@ -10,6 +10,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tutti_engine::Config;
 
+/// Episodes allocate small strings from many threads at once; glibc's allocator serialises them
+/// on arena locks (a third of the control-plane profile), mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tutti", version, about = "High-throughput batch routing engine for tool-orchestrating agents")]
 struct Cli {

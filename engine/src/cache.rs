@@ -18,12 +18,12 @@ use parking_lot::Mutex;
 use redb::{ReadableDatabase, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Response;
+use crate::backend::{CacheKey, Response};
 use crate::config::CacheConfig;
 
-const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
-/// Bytes an entry costs beyond its key and text (the struct, the LRU node, the Arc).
-const ENTRY_OVERHEAD: usize = 96;
+const TABLE: TableDefinition<u128, &[u8]> = TableDefinition::new("results");
+/// Bytes an entry costs beyond its text (key, struct, LRU node, Arc).
+const ENTRY_OVERHEAD: usize = 112;
 /// How many pending disk writes the writer thread commits in one transaction at most.
 const DISK_BATCH: usize = 4096;
 
@@ -58,14 +58,14 @@ struct Entry {
 }
 
 struct MemTier {
-    lru: LruCache<Arc<str>, Entry>,
+    lru: LruCache<CacheKey, Entry>,
     bytes: usize,
     max_bytes: usize,
     evictions: u64,
 }
 
 impl MemTier {
-    fn insert(&mut self, key: Arc<str>, entry: Entry) {
+    fn insert(&mut self, key: CacheKey, entry: Entry) {
         self.bytes += entry.size;
         if let Some((_, old)) = self.lru.push(key, entry) {
             // Either the same key replaced, or the least recent entry pushed out by the count bound.
@@ -103,7 +103,7 @@ struct DiskTier {
 }
 
 enum DiskWrite {
-    Put(Arc<str>, Vec<u8>),
+    Put(CacheKey, Vec<u8>),
     Flush(crossbeam_channel::Sender<()>),
 }
 
@@ -136,15 +136,15 @@ impl ResultCache {
         })
     }
 
-    pub fn get(&self, key: &str) -> Option<CachedResult> {
+    pub fn get(&self, key: CacheKey) -> Option<CachedResult> {
         self.get_at(key, SystemTime::now())
     }
 
     /// Looks a key up as of `now`: memory first, then disk (a disk hit is promoted to memory).
-    pub fn get_at(&self, key: &str, now: SystemTime) -> Option<CachedResult> {
+    pub fn get_at(&self, key: CacheKey, now: SystemTime) -> Option<CachedResult> {
         {
             let mut mem = self.mem.lock();
-            let expired = match mem.lru.get(key) {
+            let expired = match mem.lru.get(&key) {
                 Some(e) if e.expires.is_none_or(|t| t > now) => {
                     let v = e.value.clone();
                     drop(mem);
@@ -155,7 +155,7 @@ impl ResultCache {
                 None => false,
             };
             if expired {
-                if let Some(old) = mem.lru.pop(key) {
+                if let Some(old) = mem.lru.pop(&key) {
                     mem.bytes -= old.size;
                 }
             }
@@ -163,27 +163,27 @@ impl ResultCache {
         if let Some((value, expires)) = self.disk.as_ref().and_then(|d| d.get(key, now)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             self.disk_hits.fetch_add(1, Ordering::Relaxed);
-            let size = entry_size(key, &value);
+            let size = entry_size(&value);
             self.mem
                 .lock()
-                .insert(key.into(), Entry { value: value.clone(), expires, size });
+                .insert(key, Entry { value: value.clone(), expires, size });
             return Some(value);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         None
     }
 
-    pub fn put(&self, key: Arc<str>, value: CachedResult, ttl: Option<Duration>) {
+    pub fn put(&self, key: CacheKey, value: CachedResult, ttl: Option<Duration>) {
         self.put_at(key, value, ttl, SystemTime::now())
     }
 
     /// Stores a result that expires `ttl` after `now` (never without a ttl), in both tiers.
-    pub fn put_at(&self, key: Arc<str>, value: CachedResult, ttl: Option<Duration>, now: SystemTime) {
+    pub fn put_at(&self, key: CacheKey, value: CachedResult, ttl: Option<Duration>, now: SystemTime) {
         let expires = ttl.map(|t| now + t);
         if let Some(disk) = &self.disk {
-            disk.put(key.clone(), &value, expires);
+            disk.put(key, &value, expires);
         }
-        let size = entry_size(&key, &value);
+        let size = entry_size(&value);
         self.mem.lock().insert(key, Entry { value, expires, size });
     }
 
@@ -207,8 +207,8 @@ impl ResultCache {
     }
 }
 
-fn entry_size(key: &str, v: &CachedResult) -> usize {
-    key.len() + v.response.text.len() + ENTRY_OVERHEAD
+fn entry_size(v: &CachedResult) -> usize {
+    v.response.text.len() + ENTRY_OVERHEAD
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -236,10 +236,10 @@ impl DiskTier {
         Ok(DiskTier { db, writes: Some(writes), writer: Some(writer) })
     }
 
-    fn get(&self, key: &str, now: SystemTime) -> Option<(CachedResult, Option<SystemTime>)> {
+    fn get(&self, key: CacheKey, now: SystemTime) -> Option<(CachedResult, Option<SystemTime>)> {
         let tx = self.db.begin_read().ok()?;
         let table = tx.open_table(TABLE).ok()?;
-        let raw = table.get(key).ok()??;
+        let raw = table.get(key.0).ok()??;
         let e: DiskEntry = serde_json::from_slice(raw.value()).ok()?;
         if e.expires.is_some_and(|t| t <= unix(now)) {
             return None;
@@ -254,7 +254,7 @@ impl DiskTier {
         Some((CachedResult { response: Arc::new(response), cost_usd: e.cost_usd }, expires))
     }
 
-    fn put(&self, key: Arc<str>, v: &CachedResult, expires: Option<SystemTime>) {
+    fn put(&self, key: CacheKey, v: &CachedResult, expires: Option<SystemTime>) {
         let e = DiskEntry {
             text: v.response.text.clone(),
             input_tokens: v.response.input_tokens,
@@ -307,7 +307,7 @@ fn disk_writer(db: &redb::Database, rx: crossbeam_channel::Receiver<DiskWrite>) 
                 {
                     let mut table = tx.open_table(TABLE)?;
                     for (k, v) in &puts {
-                        table.insert(&**k, v.as_slice())?;
+                        table.insert(k.0, v.as_slice())?;
                     }
                 }
                 tx.commit()?;
@@ -340,6 +340,10 @@ mod tests {
         }
     }
 
+    fn k(name: &str) -> CacheKey {
+        CacheKey(xxhash_rust::xxh3::xxh3_128(name.as_bytes()))
+    }
+
     fn cache(entries: usize, bytes: usize) -> ResultCache {
         ResultCache::new(&CacheConfig { max_entries: entries, max_bytes: bytes, path: None }).unwrap()
     }
@@ -347,9 +351,9 @@ mod tests {
     #[test]
     fn hit_after_put_and_counts() {
         let c = cache(10, 1 << 20);
-        assert!(c.get("k").is_none());
-        c.put("k".into(), result("v", 0.5), None);
-        let hit = c.get("k").unwrap();
+        assert!(c.get(k("k")).is_none());
+        c.put(k("k"), result("v", 0.5), None);
+        let hit = c.get(k("k")).unwrap();
         assert_eq!(hit.response.text, "v");
         assert_eq!(hit.cost_usd, 0.5);
         let s = c.stats();
@@ -360,35 +364,35 @@ mod tests {
     fn evicts_least_recent_when_over_bytes() {
         let text = "x".repeat(1000);
         // Room for two entries of ~1,100 bytes, not three.
-        let c = cache(100, 2 * (1000 + 1 + ENTRY_OVERHEAD) + 10);
-        c.put("a".into(), result(&text, 1.0), None);
-        c.put("b".into(), result(&text, 1.0), None);
-        assert!(c.get("a").is_some()); // a is now the most recent
-        c.put("c".into(), result(&text, 1.0), None);
-        assert!(c.get("b").is_none(), "b was least recent and must go");
-        assert!(c.get("a").is_some());
-        assert!(c.get("c").is_some());
+        let c = cache(100, 2 * (1000 + ENTRY_OVERHEAD) + 10);
+        c.put(k("a"), result(&text, 1.0), None);
+        c.put(k("b"), result(&text, 1.0), None);
+        assert!(c.get(k("a")).is_some()); // a is now the most recent
+        c.put(k("c"), result(&text, 1.0), None);
+        assert!(c.get(k("b")).is_none(), "b was least recent and must go");
+        assert!(c.get(k("a")).is_some());
+        assert!(c.get(k("c")).is_some());
         let s = c.stats();
         assert_eq!(s.entries, 2);
-        assert!(s.bytes <= 2 * (1000 + 1 + ENTRY_OVERHEAD) as u64 + 10);
+        assert!(s.bytes <= 2 * (1000 + ENTRY_OVERHEAD) as u64 + 10);
         assert_eq!(s.evictions, 1);
     }
 
     #[test]
     fn evicts_by_entry_count() {
         let c = cache(2, 1 << 20);
-        for k in ["a", "b", "c"] {
-            c.put(k.into(), result("v", 1.0), None);
+        for name in ["a", "b", "c"] {
+            c.put(k(name), result("v", 1.0), None);
         }
-        assert!(c.get("a").is_none());
+        assert!(c.get(k("a")).is_none());
         assert_eq!(c.stats().entries, 2);
     }
 
     #[test]
     fn entry_larger_than_the_byte_bound_is_not_kept() {
         let c = cache(10, 50);
-        c.put("k".into(), result(&"x".repeat(100), 1.0), None);
-        assert!(c.get("k").is_none());
+        c.put(k("k"), result(&"x".repeat(100), 1.0), None);
+        assert!(c.get(k("k")).is_none());
         assert_eq!(c.stats().bytes, 0);
     }
 
@@ -396,9 +400,9 @@ mod tests {
     fn expires_after_ttl() {
         let c = cache(10, 1 << 20);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        c.put_at("k".into(), result("v", 1.0), Some(Duration::from_secs(60)), t0);
-        assert!(c.get_at("k", t0 + Duration::from_secs(59)).is_some());
-        assert!(c.get_at("k", t0 + Duration::from_secs(60)).is_none());
+        c.put_at(k("k"), result("v", 1.0), Some(Duration::from_secs(60)), t0);
+        assert!(c.get_at(k("k"), t0 + Duration::from_secs(59)).is_some());
+        assert!(c.get_at(k("k"), t0 + Duration::from_secs(60)).is_none());
         assert_eq!(c.stats().entries, 0, "expired entry is dropped");
     }
 
@@ -409,16 +413,16 @@ mod tests {
         let t0 = SystemTime::now();
         {
             let c = ResultCache::new(&cfg).unwrap();
-            c.put_at("keep".into(), result("kept", 0.25), None, t0);
-            c.put_at("short".into(), result("gone", 0.25), Some(Duration::from_secs(5)), t0);
+            c.put_at(k("keep"), result("kept", 0.25), None, t0);
+            c.put_at(k("short"), result("gone", 0.25), Some(Duration::from_secs(5)), t0);
             c.flush();
         }
         let c = ResultCache::new(&cfg).unwrap();
-        let hit = c.get_at("keep", t0).unwrap();
+        let hit = c.get_at(k("keep"), t0).unwrap();
         assert_eq!(hit.response.text, "kept");
         assert_eq!(hit.cost_usd, 0.25);
         assert_eq!(c.stats().disk_hits, 1);
-        assert!(c.get_at("short", t0 + Duration::from_secs(1)).is_some());
-        assert!(c.get_at("short", t0 + Duration::from_secs(6)).is_none());
+        assert!(c.get_at(k("short"), t0 + Duration::from_secs(1)).is_some());
+        assert!(c.get_at(k("short"), t0 + Duration::from_secs(6)).is_none());
     }
 }

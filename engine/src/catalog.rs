@@ -64,8 +64,8 @@ pub struct Catalog {
     pub backends: Vec<CatalogBackend>,
     pub answer_tool: usize,
     tool_index: HashMap<String, usize>,
-    /// (tool, alias) -> action.
-    action_index: HashMap<(usize, String), usize>,
+    /// Per tool: alias -> action.
+    action_index: Vec<HashMap<String, usize>>,
     preference_scale: f64,
 }
 
@@ -85,15 +85,16 @@ impl Catalog {
             .collect();
         let mut tools = Vec::new();
         let mut actions = Vec::new();
-        let mut action_index = HashMap::new();
+        let mut action_index = Vec::new();
         for (ti, t) in cfg.tools.iter().enumerate() {
             let name: Arc<str> = t.name.as_str().into();
             let mut ids = Vec::new();
+            let mut by_alias = HashMap::new();
             for alias in &t.aliases {
                 let bi = backend_index[cfg.aliases[alias].as_str()];
                 let b = &cfg.backends[bi];
                 let (cost, latency) = expectations(b, &t.name);
-                action_index.insert((ti, alias.clone()), actions.len());
+                by_alias.insert(alias.clone(), actions.len());
                 ids.push(actions.len());
                 actions.push(CatalogAction {
                     tool: ti,
@@ -104,6 +105,7 @@ impl Catalog {
                     expected_latency_ms: latency,
                 });
             }
+            action_index.push(by_alias);
             tools.push(CatalogTool {
                 name,
                 description: t.description.clone(),
@@ -136,8 +138,8 @@ impl Catalog {
                 known: quoted(self.tools.iter().map(|t| &*t.name)),
             });
         };
-        self.action_index
-            .get(&(ti, action.alias.clone()))
+        self.action_index[ti]
+            .get(action.alias.as_str())
             .copied()
             .ok_or_else(|| ResolveError::UnknownAlias {
                 tool: action.tool.clone(),
@@ -200,12 +202,28 @@ impl Catalog {
             .fold(f64::INFINITY, f64::min)
     }
 
-    /// Builds the prompt the chosen model of a tool gets.
+    /// Builds the prompt the chosen model of a tool gets: the tool's template with `{problem}` and
+    /// `{context}` filled in, in one pass.
     pub fn render_prompt(&self, tool: usize, problem: &str, context: &str) -> String {
-        self.tools[tool]
-            .prompt
-            .replace("{problem}", problem)
-            .replace("{context}", context)
+        let template = &self.tools[tool].prompt;
+        let mut out = String::with_capacity(template.len() + problem.len() + context.len());
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let tail = &rest[open..];
+            if let Some(r) = tail.strip_prefix("{problem}") {
+                out.push_str(problem);
+                rest = r;
+            } else if let Some(r) = tail.strip_prefix("{context}") {
+                out.push_str(context);
+                rest = r;
+            } else {
+                out.push('{');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -270,6 +288,13 @@ mod tests {
             .resolve(&Action { tool: "browse".into(), alias: "x".into() })
             .unwrap_err();
         assert!(e.to_string().contains("unknown tool `browse`"), "{e}");
+    }
+
+    #[test]
+    fn prompts_fill_problem_and_context() {
+        let c = catalog();
+        let p = c.render_prompt(c.answer_tool, "What is {x}?", "Documents: a");
+        assert_eq!(p, "Problem: What is {x}?\nDocuments: a\nAnswer the problem.");
     }
 
     #[test]

@@ -14,14 +14,15 @@
 //! Only cacheable calls (by the backend's cache policy) are collapsed: for a call sampled at a
 //! temperature, two identical requests are two different draws and must both be made.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendError, Request, Response};
+use crate::backend::{Backend, BackendError, CacheKey, Request, Response};
 use crate::cache::{CachedResult, ResultCache};
 use crate::config::{BackendConfig, CachePolicy};
 use crate::ledger::{Ledger, Pricing};
@@ -59,14 +60,14 @@ impl CoalescerLimits {
 }
 
 struct Submit {
-    key: Option<Arc<str>>,
+    key: Option<CacheKey>,
     request: Request,
     reply: oneshot::Sender<CallOutcome>,
 }
 
-/// A finished batch, reported back to the actor.
+/// A finished batch.
 struct Done {
-    calls: Vec<(Option<Arc<str>>, Option<oneshot::Sender<CallOutcome>>)>,
+    calls: Vec<(Option<CacheKey>, Option<oneshot::Sender<CallOutcome>>)>,
     results: Vec<Result<Response, BackendError>>,
 }
 
@@ -100,7 +101,6 @@ impl Coalescer {
             cache: cache.clone(),
             ledger,
             inflight: HashMap::new(),
-            permits: Arc::new(Semaphore::new(limits.max_concurrency)),
         };
         tokio::spawn(actor.run(rx));
         Coalescer { name, backend, tx, cache, policy: limits.policy, pricing }
@@ -115,7 +115,7 @@ impl Coalescer {
         };
         let key = cacheable.then(|| request.key(&self.name));
         if let Some(k) = &key {
-            if let Some(hit) = self.cache.get(k) {
+            if let Some(hit) = self.cache.get(*k) {
                 return CallOutcome { result: Ok(hit.response), billed: false, cost_usd: hit.cost_usd };
             }
         }
@@ -144,33 +144,37 @@ struct Actor {
     cache: Arc<ResultCache>,
     ledger: Arc<Ledger>,
     /// Callers waiting on each cacheable call in flight; the first one is the caller that is billed.
-    inflight: HashMap<Arc<str>, Vec<oneshot::Sender<CallOutcome>>>,
-    permits: Arc<Semaphore>,
+    inflight: HashMap<CacheKey, Vec<oneshot::Sender<CallOutcome>>>,
 }
 
 /// A batch being formed.
 #[derive(Default)]
 struct Batch {
     requests: Vec<Request>,
-    calls: Vec<(Option<Arc<str>>, Option<oneshot::Sender<CallOutcome>>)>,
+    calls: Vec<(Option<CacheKey>, Option<oneshot::Sender<CallOutcome>>)>,
 }
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Submit>) {
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        // Batches in flight are polled here rather than spawned: no task, no reply channel per batch.
+        let mut running = FuturesUnordered::new();
+        // Formed batches waiting for a concurrency slot.
+        let mut queued: VecDeque<Batch> = VecDeque::new();
         let mut batch = Batch::default();
         let mut incoming = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut open = true;
-        let mut running = 0usize;
         loop {
+            while running.len() < self.limits.max_concurrency {
+                match queued.pop_front() {
+                    Some(b) => running.push(self.send(b)),
+                    None => break,
+                }
+            }
             let timer = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
-                Some(done) = done_rx.recv(), if running > 0 => {
-                    running -= 1;
-                    self.complete(done);
-                }
+                Some(done) = running.next(), if !running.is_empty() => self.complete(done),
                 n = rx.recv_many(&mut incoming, 256), if open => {
                     if n == 0 {
                         open = false;
@@ -178,13 +182,13 @@ impl Actor {
                     for s in incoming.drain(..) {
                         self.admit(s, &mut batch);
                         if batch.requests.len() >= self.limits.max_batch {
-                            running += self.flush(&mut batch, &done_tx);
+                            queued.push_back(std::mem::take(&mut batch));
                             deadline = None;
                         }
                     }
                     if !batch.requests.is_empty() {
                         if self.limits.max_wait.is_zero() || !open {
-                            running += self.flush(&mut batch, &done_tx);
+                            queued.push_back(std::mem::take(&mut batch));
                             deadline = None;
                         } else if deadline.is_none() {
                             deadline = Some(Instant::now() + self.limits.max_wait);
@@ -192,11 +196,20 @@ impl Actor {
                     }
                 }
                 _ = tokio::time::sleep_until(timer), if deadline.is_some() => {
-                    running += self.flush(&mut batch, &done_tx);
+                    queued.push_back(std::mem::take(&mut batch));
                     deadline = None;
                 }
                 else => break,
             }
+        }
+    }
+
+    /// The call of one batch, as a future the actor polls.
+    fn send(&self, batch: Batch) -> impl std::future::Future<Output = Done> + 'static {
+        let backend = self.backend.clone();
+        async move {
+            let results = backend.call_batch(&batch.requests).await;
+            Done { calls: batch.calls, results }
         }
     }
 
@@ -207,30 +220,13 @@ impl Actor {
                 waiters.push(s.reply);
                 return;
             }
-            self.inflight.insert(k.clone(), vec![s.reply]);
+            self.inflight.insert(*k, vec![s.reply]);
             batch.requests.push(s.request);
             batch.calls.push((s.key, None));
         } else {
             batch.requests.push(s.request);
             batch.calls.push((None, Some(s.reply)));
         }
-    }
-
-    /// Sends the batch; returns how many batches were started (0 or 1).
-    fn flush(&mut self, batch: &mut Batch, done: &mpsc::UnboundedSender<Done>) -> usize {
-        if batch.requests.is_empty() {
-            return 0;
-        }
-        let Batch { requests, calls } = std::mem::take(batch);
-        let backend = self.backend.clone();
-        let permits = self.permits.clone();
-        let done = done.clone();
-        tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("never closed");
-            let results = backend.call_batch(&requests).await;
-            let _ = done.send(Done { calls, results });
-        });
-        1
     }
 
     /// Delivers a finished batch: caches what may be cached, then answers every waiter.
@@ -258,7 +254,7 @@ impl Actor {
             };
             if let (Some(k), Ok(resp)) = (&key, &result) {
                 let value = CachedResult { response: resp.clone(), cost_usd: cost };
-                self.cache.put(k.clone(), value, self.limits.ttl);
+                self.cache.put(*k, value, self.limits.ttl);
             }
             served += waiters.len();
             for (i, w) in waiters.into_iter().enumerate() {

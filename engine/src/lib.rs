@@ -14,6 +14,7 @@ pub mod config;
 pub mod engine;
 mod episode;
 pub mod executor;
+pub mod io;
 pub mod ledger;
 pub mod policy;
 pub mod scheduler;

@@ -174,10 +174,10 @@ mod tests {
     #[test]
     fn softmax_of_fully_masked_row_is_zero() {
         let mut row = [NEG, NEG];
+        assert_eq!(argmax(&row), None);
         assert_eq!(softmax_inplace(&mut row), 0.0);
         assert_eq!(row, [0.0, 0.0]);
         assert_eq!(sample_index(&row, 0.5), None);
-        assert_eq!(argmax(&row), None);
     }
 
     #[test]

@@ -25,15 +25,26 @@ pub struct Request {
 }
 
 impl Request {
-    /// The cache and single-flight key: the backend plus the canonical request.
-    pub fn key(&self, backend: &str) -> Arc<str> {
-        format!(
-            "{backend}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
-            self.tool, self.model, self.max_tokens, self.temperature, self.prompt
-        )
-        .into()
+    /// The cache and single-flight key: a 128-bit hash of the backend and the canonical request
+    /// (every field). 16 bytes instead of the whole prompt keep the cache small and lookups cheap;
+    /// at 2^-64 odds of any collision among four billion entries, equality of hashes stands in for
+    /// equality of requests.
+    pub fn key(&self, backend: &str) -> CacheKey {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [backend.as_bytes(), self.tool.as_bytes(), self.model.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(&self.max_tokens.to_le_bytes());
+        h.update(&self.temperature.to_bits().to_le_bytes());
+        h.update(self.prompt.as_bytes());
+        CacheKey(h.digest128())
     }
 }
+
+/// Identifies a request to a backend for the cache and for single-flight; see [`Request::key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey(pub u128);
 
 /// A backend's answer to one request.
 #[derive(Debug, Clone, PartialEq)]

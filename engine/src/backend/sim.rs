@@ -135,9 +135,13 @@ impl Backend for SimBackend {
     }
 }
 
-/// Evaluates the first `A op B` (integers, op one of + - *) in a text.
+/// Evaluates the first `A op B` (integers, op one of + - *) in the first line of a text (where
+/// the problem is).
 pub fn solve(text: &str) -> Option<i64> {
     let words: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
         .split_whitespace()
         .map(|w| w.trim_matches(|c: char| !c.is_ascii_digit() && !"+-*".contains(c)))
         .collect();

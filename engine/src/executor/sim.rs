@@ -49,6 +49,8 @@ pub struct SimRunner {
     output_tokens: LogNormalDist,
     /// Base score of each tool, indexed like the catalog's tools.
     tool_scores: Vec<f32>,
+    /// The Hermes text of each catalog action, rendered once.
+    calls: Vec<String>,
     /// When the simulated work so far would be done.
     clock: Option<Instant>,
     scores: Vec<f32>,
@@ -63,7 +65,13 @@ impl SimRunner {
             .iter()
             .map(|t| sim.tool_logits.get(&*t.name).copied().unwrap_or(0.0) as f32)
             .collect();
+        let calls = catalog
+            .actions
+            .iter()
+            .map(|a| Action { tool: a.tool_name.to_string(), alias: a.alias.to_string() }.to_hermes())
+            .collect();
         SimRunner {
+            calls,
             output_tokens: LogNormalDist::new(sim.output_tokens),
             catalog,
             seed: cfg.simulation.seed,
@@ -92,13 +100,12 @@ impl SimRunner {
             input.remaining_usd,
             &mut self.scores,
         );
-        let a = &self.catalog.actions[policy::choose(&self.catalog, &mut self.scores, rng.random())];
-        let call = Action { tool: a.tool_name.to_string(), alias: a.alias.to_string() }.to_hermes();
+        let call = &self.calls[policy::choose(&self.catalog, &mut self.scores, rng.random())];
         let text = if rng.random::<f64>() < self.cfg.malformed_rate {
             // A call cut off mid-JSON, as a model that runs out of tokens emits.
             format!("{}</tool_call>", &call[..call.len() / 2])
         } else {
-            call
+            call.clone()
         };
         Decision { text, prompt_tokens: input.prompt_tokens, completion_tokens: tokens }
     }

@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float64Array, Int32Array, Int64Array,
-    ListArray, RecordBatch, StringArray, StructArray,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray,
+    RecordBatch, StringArray, StructArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use arrow::error::ArrowError;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
@@ -46,9 +46,15 @@ pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
         opt_strings(|r| r.answer.as_deref()),
         Arc::new(rows.iter().map(|r| r.correct).collect::<BooleanArray>()),
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.turns))),
-        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.cost_usd))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.latency_ms))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.orchestrator_tokens))),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.cost_usd),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.latency_ms),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.orchestrator_tokens),
+        )),
         Arc::new(calls_column(rows)),
         opt_strings(|r| r.trajectory.as_deref()),
         opt_strings(|r| r.error.as_deref()),
@@ -60,17 +66,21 @@ pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
 /// The `calls` column: the calls of all rows flattened into one struct array, cut by offsets.
 fn calls_column(rows: &[TaskResult]) -> ListArray {
     let calls = || rows.iter().flat_map(|r| r.calls.iter());
-    let strings =
-        |f: fn(&CallRecord) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(calls().map(f))) };
-    let mut cached = BooleanBuilder::with_capacity(calls().count());
-    calls().for_each(|c| cached.append_value(c.cached));
+    let strings = |f: fn(&CallRecord) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(calls().map(f)))
+    };
+    let cached: Vec<bool> = calls().map(|c| c.cached).collect();
     let fields: Vec<ArrayRef> = vec![
         strings(|c| &c.tool),
         strings(|c| &c.alias),
         strings(|c| &c.backend),
-        Arc::new(cached.finish()),
-        Arc::new(Int64Array::from_iter_values(calls().map(|c| c.input_tokens))),
-        Arc::new(Int64Array::from_iter_values(calls().map(|c| c.output_tokens))),
+        Arc::new(BooleanArray::from(cached)),
+        Arc::new(Int64Array::from_iter_values(
+            calls().map(|c| c.input_tokens),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            calls().map(|c| c.output_tokens),
+        )),
         Arc::new(Float64Array::from_iter_values(calls().map(|c| c.cost_usd))),
         Arc::new(Int64Array::from_iter_values(calls().map(|c| c.latency_ms))),
     ];
@@ -85,10 +95,17 @@ pub enum ResultsError {
     #[error("missing column `{column}`")]
     MissingColumn { column: String },
     #[error("column `{column}`: expected {expected}, found {found}")]
-    ColumnType { column: String, expected: String, found: String },
+    ColumnType {
+        column: String,
+        expected: String,
+        found: String,
+    },
     #[error("column `{column}` has nulls but the result schema requires a value")]
     Null { column: String },
-    #[error("row {row}: unknown status `{status}`; expected one of {}", status_names())]
+    #[error(
+        "row {row}: unknown status `{status}`; expected one of {}",
+        status_names()
+    )]
     Status { row: usize, status: String },
 }
 
@@ -120,8 +137,7 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
     let call_costs = call_values.column(6).as_primitive::<Float64Type>();
     let call_latencies = call_int(7);
 
-    let opt_text =
-        |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
+    let opt_text = |a: &StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
     let offsets = calls.value_offsets();
     (0..batch.num_rows())
         .map(|i| {
@@ -167,7 +183,9 @@ fn conform(batch: &RecordBatch) -> Result<RecordBatch, ResultsError> {
     for field in schema.fields() {
         let name = field.name();
         let Ok(i) = batch.schema().index_of(name) else {
-            return Err(ResultsError::MissingColumn { column: name.clone() });
+            return Err(ResultsError::MissingColumn {
+                column: name.clone(),
+            });
         };
         let column = batch.column(i);
         if column.data_type() != field.data_type() {
@@ -178,13 +196,13 @@ fn conform(batch: &RecordBatch) -> Result<RecordBatch, ResultsError> {
             });
         }
         if !field.is_nullable() && column.null_count() > 0 {
-            return Err(ResultsError::Null { column: name.clone() });
+            return Err(ResultsError::Null {
+                column: name.clone(),
+            });
         }
         columns.push(column.clone());
     }
-    // Nested non-null fields were checked along with the type; try_new checks their contents.
-    RecordBatch::try_new(schema, columns)
-        .map_err(|e| ResultsError::Null { column: format!("calls ({e})") })
+    Ok(RecordBatch::try_new(schema, columns).expect("columns were checked against the schema"))
 }
 
 /// Why the result output could not be opened, written or merged.
@@ -198,7 +216,11 @@ pub enum StoreError {
     #[error("output path {} does not name a file", path.display())]
     NotAFile { path: PathBuf },
     #[error("cannot {action} {}: {source}", path.display())]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("{}: {source}", path.display())]
     Parquet { path: PathBuf, source: ParquetError },
     #[error("{}: {source}", path.display())]
@@ -207,12 +229,19 @@ pub enum StoreError {
     NotResults { path: PathBuf, source: ResultsError },
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
-fn parquet_error(path: &Path) -> impl FnOnce(ParquetError) -> StoreError + '_ {
-    move |source| StoreError::Parquet { path: path.to_path_buf(), source }
+fn parquet_error<'a>(path: &'a Path) -> impl FnOnce(ParquetError) -> StoreError + 'a {
+    move |source| StoreError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Durable, resumable result output: rows are committed in segment files beside the output while
@@ -235,21 +264,29 @@ impl ResultStore {
     /// files of an interrupted write are deleted.
     pub fn open(out: &Path, resume: bool) -> Result<(ResultStore, HashSet<String>), StoreError> {
         let Some(name) = out.file_name() else {
-            return Err(StoreError::NotAFile { path: out.to_path_buf() });
+            return Err(StoreError::NotAFile {
+                path: out.to_path_buf(),
+            });
         };
         let parts = with_suffix(out, name, ".parts");
         let exists = |p: &Path| p.try_exists().map_err(io_error("inspect", p));
         let (out_exists, parts_exist) = (exists(out)?, exists(&parts)?);
         if !resume {
             if out_exists {
-                return Err(StoreError::Exists { path: out.to_path_buf() });
+                return Err(StoreError::Exists {
+                    path: out.to_path_buf(),
+                });
             }
             if parts_exist {
                 return Err(StoreError::Exists { path: parts });
             }
         }
 
-        let mut store = ResultStore { out: out.to_path_buf(), parts, next_segment: 0 };
+        let mut store = ResultStore {
+            out: out.to_path_buf(),
+            parts,
+            next_segment: 0,
+        };
         let mut done = HashSet::new();
         if !parts_exist {
             let dir = store.out_dir();
@@ -290,16 +327,15 @@ impl ResultStore {
             return Ok(());
         }
         let batch = results_to_batch(rows);
+        // The number is taken before writing: should a step after the rename fail, a retry must
+        // not replace this segment. A gap in the numbers is harmless.
         let name = format!("seg-{:06}.parquet", self.next_segment);
+        self.next_segment += 1;
         let segment = self.parts.join(&name);
         let tmp = self.parts.join(format!("{name}.tmp"));
         write_durably(&tmp, &segment, &self.parts, |writer| {
             writer.write(&batch).map_err(parquet_error(&tmp))
-        })?;
-        // Counted before anything else can fail: the segment exists now, and a retry must not
-        // overwrite it.
-        self.next_segment += 1;
-        Ok(())
+        })
     }
 
     /// Merges the previous output (when resuming) and every segment into the output file, keeping
@@ -307,7 +343,11 @@ impl ResultStore {
     /// the output. Batches are streamed; only the ids seen are held in memory.
     pub fn finish(self) -> Result<u64, StoreError> {
         let mut sources = Vec::new();
-        if self.out.try_exists().map_err(io_error("inspect", &self.out))? {
+        if self
+            .out
+            .try_exists()
+            .map_err(io_error("inspect", &self.out))?
+        {
             sources.push(self.out.clone());
         }
         sources.extend(self.segments(false)?.into_iter().map(|(_, path)| path));
@@ -318,11 +358,15 @@ impl ResultStore {
         let tmp = self.merge_tmp();
         write_durably(&tmp, &self.out, &out_dir, |writer| {
             for source in &sources {
-                for batch in read_batches(source, None).map_err(parquet_error(source))? {
-                    let batch = batch
-                        .map_err(|e| StoreError::Arrow { path: source.clone(), source: e })?;
-                    let batch = conform(&batch)
-                        .map_err(|e| StoreError::NotResults { path: source.clone(), source: e })?;
+                for batch in read_batches(source, None)? {
+                    let batch = batch.map_err(|e| StoreError::Arrow {
+                        path: source.clone(),
+                        source: e,
+                    })?;
+                    let batch = conform(&batch).map_err(|e| StoreError::NotResults {
+                        path: source.clone(),
+                        source: e,
+                    })?;
                     let ids = batch.column(0).as_string::<i32>();
                     // `conform` checked that ids have no nulls.
                     let keep: BooleanArray = ids
@@ -332,8 +376,10 @@ impl ResultStore {
                     let batch = if keep.true_count() == batch.num_rows() {
                         batch
                     } else {
-                        filter_record_batch(&batch, &keep)
-                            .map_err(|e| StoreError::Arrow { path: source.clone(), source: e })?
+                        filter_record_batch(&batch, &keep).map_err(|e| StoreError::Arrow {
+                            path: source.clone(),
+                            source: e,
+                        })?
                     };
                     rows += batch.num_rows() as u64;
                     writer.write(&batch).map_err(parquet_error(&tmp))?;
@@ -367,14 +413,18 @@ impl ResultStore {
         let mut segments = Vec::new();
         for entry in entries {
             let path = entry.map_err(io_error("list", &self.parts))?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
             if name.ends_with(".tmp") {
                 if clean {
                     fs::remove_file(&path).map_err(io_error("remove", &path))?;
                 }
                 continue;
             }
-            let seq = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".parquet"));
+            let seq = name
+                .strip_prefix("seg-")
+                .and_then(|n| n.strip_suffix(".parquet"));
             if let Some(seq) = seq.and_then(|s| s.parse::<u64>().ok()) {
                 segments.push((seq, path));
             }
@@ -387,12 +437,16 @@ impl ResultStore {
 /// Reads every result row of a Parquet file in [`result_schema`].
 pub fn read_results(path: &Path) -> Result<Vec<TaskResult>, StoreError> {
     let mut rows = Vec::new();
-    for batch in read_batches(path, None).map_err(parquet_error(path))? {
-        let batch =
-            batch.map_err(|source| StoreError::Arrow { path: path.to_path_buf(), source })?;
+    for batch in read_batches(path, None)? {
+        let batch = batch.map_err(|source| StoreError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
         rows.extend(
-            batch_to_results(&batch)
-                .map_err(|source| StoreError::NotResults { path: path.to_path_buf(), source })?,
+            batch_to_results(&batch).map_err(|source| StoreError::NotResults {
+                path: path.to_path_buf(),
+                source,
+            })?,
         );
     }
     Ok(rows)
@@ -400,15 +454,23 @@ pub fn read_results(path: &Path) -> Result<Vec<TaskResult>, StoreError> {
 
 /// Adds the ids of a result file to `ids`, reading only the `id` column.
 fn read_ids(path: &Path, ids: &mut HashSet<String>) -> Result<(), StoreError> {
-    let batches = read_batches(path, Some("id")).map_err(parquet_error(path))?;
+    let batches = read_batches(path, Some("id"))?;
     for batch in batches {
-        let batch =
-            batch.map_err(|source| StoreError::Arrow { path: path.to_path_buf(), source })?;
+        let batch = batch.map_err(|source| StoreError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let Some(column) = batch.column(0).as_string_opt::<i32>() else {
             let found = type_name(batch.column(0).data_type());
-            let source =
-                ResultsError::ColumnType { column: "id".into(), expected: "utf8".into(), found };
-            return Err(StoreError::NotResults { path: path.to_path_buf(), source });
+            let source = ResultsError::ColumnType {
+                column: "id".into(),
+                expected: "utf8".into(),
+                found,
+            };
+            return Err(StoreError::NotResults {
+                path: path.to_path_buf(),
+                source,
+            });
         };
         ids.extend(column.iter().flatten().map(str::to_string));
     }
@@ -416,20 +478,24 @@ fn read_ids(path: &Path, ids: &mut HashSet<String>) -> Result<(), StoreError> {
 }
 
 /// Opens a Parquet file for reading batches, of one column only when `column` is given.
-fn read_batches(
-    path: &Path,
-    column: Option<&str>,
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, ParquetError> {
-    let file = File::open(path).map_err(|e| ParquetError::External(Box::new(e)))?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+fn read_batches(path: &Path, column: Option<&str>) -> Result<ParquetRecordBatchReader, StoreError> {
+    let file = File::open(path).map_err(io_error("open", path))?;
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error(path))?;
     if let Some(column) = column {
         let Ok(root) = builder.schema().index_of(column) else {
-            return Err(ParquetError::General(format!("no column `{column}`")));
+            let source = ResultsError::MissingColumn {
+                column: column.into(),
+            };
+            return Err(StoreError::NotResults {
+                path: path.to_path_buf(),
+                source,
+            });
         };
         let mask = ProjectionMask::roots(builder.parquet_schema(), [root]);
         builder = builder.with_projection(mask);
     }
-    builder.build()
+    builder.build().map_err(parquet_error(path))
 }
 
 /// Writes a Snappy-compressed Parquet file in [`result_schema`] at `tmp`, fsyncs it, renames it to
@@ -443,7 +509,9 @@ fn write_durably(
 ) -> Result<(), StoreError> {
     let result = (|| {
         let mut file = File::create(tmp).map_err(io_error("create", tmp))?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
         let mut writer = ArrowWriter::try_new(&mut file, result_schema(), Some(props))
             .map_err(parquet_error(tmp))?;
         fill(&mut writer)?;
@@ -461,7 +529,9 @@ fn write_durably(
 /// Makes a directory's entries (a rename, a new file) durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("sync directory", dir))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("sync directory", dir))?;
     Ok(())
 }
 
@@ -479,10 +549,11 @@ mod tests {
     use tempfile::TempDir;
 
     fn result(id: &str, calls: usize) -> TaskResult {
+        let status = [Status::Answered, Status::MaxTurns][calls % 2];
         TaskResult {
             id: id.into(),
-            status: if calls % 2 == 0 { Status::Answered } else { Status::MaxTurns },
-            answer: (calls % 2 == 0).then(|| format!("answer of {id}")),
+            status,
+            answer: (status == Status::Answered).then(|| format!("answer of {id}")),
             correct: match calls % 3 {
                 0 => None,
                 1 => Some(true),
@@ -511,7 +582,10 @@ mod tests {
     }
 
     fn results(ids: &[&str]) -> Vec<TaskResult> {
-        ids.iter().enumerate().map(|(i, id)| result(id, i % 4)).collect()
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| result(id, i % 4))
+            .collect()
     }
 
     fn out_path() -> (TempDir, PathBuf) {
@@ -544,14 +618,19 @@ mod tests {
             .unwrap();
         let e = batch_to_results(&bad).unwrap_err().to_string();
         assert_eq!(e, "column `id`: expected utf8, found int32");
-        let e = batch_to_results(&batch.project(&[0]).unwrap()).unwrap_err().to_string();
+        let e = batch_to_results(&batch.project(&[0]).unwrap())
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "missing column `status`");
 
         let mut columns = batch.columns().to_vec();
         columns[1] = Arc::new(StringArray::from(vec!["done"]));
         let bad = RecordBatch::try_new(batch.schema(), columns).unwrap();
         let e = batch_to_results(&bad).unwrap_err().to_string();
-        assert!(e.starts_with("row 1: unknown status `done`; expected one of answered"), "{e}");
+        assert!(
+            e.starts_with("row 1: unknown status `done`; expected one of answered"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -587,7 +666,10 @@ mod tests {
         store.append(&results(&["a"])).unwrap();
         drop(store);
         let e = ResultStore::open(&out, false).unwrap_err().to_string();
-        assert!(e.contains("out.parquet.parts already exists; pass --resume"), "{e}");
+        assert!(
+            e.contains("out.parquet.parts already exists; pass --resume"),
+            "{e}"
+        );
 
         let (store, _) = ResultStore::open(&out, true).unwrap();
         store.finish().unwrap();
@@ -613,14 +695,20 @@ mod tests {
         let (store, done) = ResultStore::open(&out, true).unwrap();
         assert_eq!(done.len(), 5);
         assert_eq!(store.finish().unwrap(), 5);
-        assert_eq!(sorted_ids(&read_results(&out).unwrap()), ["a", "b", "c", "d", "e"]);
+        assert_eq!(
+            sorted_ids(&read_results(&out).unwrap()),
+            ["a", "b", "c", "d", "e"]
+        );
 
         // Resuming a finished run continues from its output.
         let (mut store, done) = ResultStore::open(&out, true).unwrap();
         assert_eq!(done.len(), 5);
         store.append(&results(&["f"])).unwrap();
         assert_eq!(store.finish().unwrap(), 6);
-        assert_eq!(sorted_ids(&read_results(&out).unwrap()), ["a", "b", "c", "d", "e", "f"]);
+        assert_eq!(
+            sorted_ids(&read_results(&out).unwrap()),
+            ["a", "b", "c", "d", "e", "f"]
+        );
     }
 
     #[test]

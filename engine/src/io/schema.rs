@@ -139,7 +139,8 @@ mod tests {
 
     #[test]
     fn task_columns_match_the_task_schema() {
-        let names: Vec<&str> = task_schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let schema = task_schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, TASK_COLUMNS);
     }
 

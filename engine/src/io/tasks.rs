@@ -42,7 +42,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -77,7 +80,10 @@ pub struct Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
-            Position::Line { line, column: Some(column) } => {
+            Position::Line {
+                line,
+                column: Some(column),
+            } => {
                 write!(f, "{}:{line}:{column}", self.input)
             }
             Position::Line { line, column: None } => write!(f, "{}:{line}", self.input),
@@ -112,9 +118,17 @@ pub enum InputError {
     #[error("{at}: field `{field}` is null")]
     NullField { at: Location, field: &'static str },
     #[error("{at}: field `{field}`: {message}")]
-    Field { at: Location, field: String, message: String },
+    Field {
+        at: Location,
+        field: String,
+        message: String,
+    },
     #[error("{at}: duplicate id `{id}` (first seen on {first})")]
-    DuplicateId { at: Location, id: String, first: Position },
+    DuplicateId {
+        at: Location,
+        id: String,
+        first: Position,
+    },
     #[error("{input}: unknown column `{column}`; accepted columns: {}", TASK_COLUMNS.join(", "))]
     UnknownColumn { input: String, column: String },
     #[error("{input}: column `{column}` appears more than once")]
@@ -122,7 +136,12 @@ pub enum InputError {
     #[error("{input}: missing required column `{column}`")]
     MissingColumn { input: String, column: &'static str },
     #[error("{input}: column `{column}`: expected {expected}, found {found}")]
-    ColumnType { input: String, column: &'static str, expected: &'static str, found: String },
+    ColumnType {
+        input: String,
+        column: &'static str,
+        expected: &'static str,
+        found: String,
+    },
 }
 
 impl InputError {
@@ -190,7 +209,10 @@ fn validate(task: &Task) -> Result<(), FieldError> {
     }
     if let Some(turns) = task.max_turns {
         if turns < 1 {
-            return Err(FieldError::new("max_turns", format!("must be at least 1, got {turns}")));
+            return Err(FieldError::new(
+                "max_turns",
+                format!("must be at least 1, got {turns}"),
+            ));
         }
     }
     for (i, (key, weight)) in task.preference.iter().enumerate() {
@@ -201,7 +223,10 @@ fn validate(task: &Task) -> Result<(), FieldError> {
             ));
         }
         if task.preference[..i].iter().any(|(k, _)| k == key) {
-            return Err(FieldError::new("preference", format!("duplicate key `{key}`")));
+            return Err(FieldError::new(
+                "preference",
+                format!("duplicate key `{key}`"),
+            ));
         }
     }
     Ok(())
@@ -216,11 +241,18 @@ struct Acceptor<'a> {
 
 impl<'a> Acceptor<'a> {
     fn new(input: String, check: &'a dyn Fn(&Task) -> Result<(), FieldError>) -> Acceptor<'a> {
-        Acceptor { input, check, first_seen: HashMap::new() }
+        Acceptor {
+            input,
+            check,
+            first_seen: HashMap::new(),
+        }
     }
 
     fn at(&self, position: Position) -> Location {
-        Location { input: self.input.clone(), position }
+        Location {
+            input: self.input.clone(),
+            position,
+        }
     }
 
     fn accept(&mut self, task: &Task, position: Position) -> Result<(), InputError> {
@@ -233,7 +265,10 @@ impl<'a> Acceptor<'a> {
         (self.check)(task).map_err(field_error)?;
         match self.first_seen.entry(task.id.clone()) {
             Entry::Occupied(first) => Err(InputError::DuplicateId {
-                at: self.at(position),
+                at: Location {
+                    input: self.input.clone(),
+                    position,
+                },
                 id: task.id.clone(),
                 first: *first.get(),
             }),
@@ -295,7 +330,10 @@ fn read_jsonl(
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<Vec<Task>, InputError> {
-    let io_error = |source| InputError::Io { input: input.clone(), source };
+    let io_error = |source| InputError::Io {
+        input: input.clone(),
+        source,
+    };
     let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
     let mut acceptor = Acceptor::new(input.clone(), check);
     let mut tasks = Vec::new();
@@ -309,7 +347,10 @@ fn read_jsonl(
         line_no += 1;
         let Ok(mut line) = std::str::from_utf8(&buf) else {
             return Err(InputError::MalformedJson {
-                at: acceptor.at(Position::Line { line: line_no, column: None }),
+                at: acceptor.at(Position::Line {
+                    line: line_no,
+                    column: None,
+                }),
                 message: "the line is not valid UTF-8".into(),
             });
         };
@@ -320,14 +361,25 @@ fn read_jsonl(
             continue;
         }
         let task = parse_line(line, line_no, &acceptor)?;
-        acceptor.accept(&task, Position::Line { line: line_no, column: None })?;
+        acceptor.accept(
+            &task,
+            Position::Line {
+                line: line_no,
+                column: None,
+            },
+        )?;
         tasks.push(task);
     }
     Ok(tasks)
 }
 
 fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, InputError> {
-    let at_column = |column| acceptor.at(Position::Line { line: line_no, column: Some(column) });
+    let at_column = |column| {
+        acceptor.at(Position::Line {
+            line: line_no,
+            column: Some(column),
+        })
+    };
     let start = line.len() - line.trim_start().len();
     // Say plainly when a line holds valid JSON that is not an object: serde's "invalid type:
     // sequence" would not tell a user that each line must be one task.
@@ -341,7 +393,10 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
     };
     if let Some(found) = found {
         if serde_json::from_str::<de::IgnoredAny>(line).is_ok() {
-            return Err(InputError::NotAnObject { at: at_column(start + 1), found });
+            return Err(InputError::NotAnObject {
+                at: at_column(start + 1),
+                found,
+            });
         }
     }
 
@@ -355,13 +410,23 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
         }
     };
     // Trailing characters, such as a second object on the same line.
-    de.end().map_err(|e| json_error(String::new(), e, at_column))?;
+    de.end()
+        .map_err(|e| json_error(String::new(), e, at_column))?;
 
-    let at_line = || acceptor.at(Position::Line { line: line_no, column: None });
-    let id = row.id.ok_or_else(|| InputError::MissingField { at: at_line(), field: "id" })?;
-    let prompt = row
-        .prompt
-        .ok_or_else(|| InputError::MissingField { at: at_line(), field: "prompt" })?;
+    let at_line = || {
+        acceptor.at(Position::Line {
+            line: line_no,
+            column: None,
+        })
+    };
+    let id = row.id.ok_or_else(|| InputError::MissingField {
+        at: at_line(),
+        field: "id",
+    })?;
+    let prompt = row.prompt.ok_or_else(|| InputError::MissingField {
+        at: at_line(),
+        field: "prompt",
+    })?;
     Ok(Task {
         id,
         prompt,
@@ -408,7 +473,10 @@ fn serde_message(e: &serde_json::Error) -> String {
 struct TaskLineOut<'a> {
     id: &'a str,
     prompt: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty", serialize_with = "serialize_preference")]
+    #[serde(
+        skip_serializing_if = "<[_]>::is_empty",
+        serialize_with = "serialize_preference"
+    )]
     preference: &'a [(String, f64)],
     #[serde(skip_serializing_if = "Option::is_none")]
     budget_usd: Option<f64>,
@@ -434,7 +502,10 @@ fn serialize_preference<S: Serializer>(
 /// Writes tasks as JSON Lines, one object per line, in the field names of the task schema.
 pub fn write_tasks_jsonl(path: &Path, tasks: &[Task]) -> Result<(), InputError> {
     let input = path.display().to_string();
-    let io_error = |source| InputError::Io { input: input.clone(), source };
+    let io_error = |source| InputError::Io {
+        input: input.clone(),
+        source,
+    };
     let mut out = BufWriter::new(File::create(path).map_err(io_error)?);
     for task in tasks {
         let line = TaskLineOut {
@@ -486,7 +557,10 @@ impl ColumnKind {
     fn accepts(self, data_type: &DataType) -> bool {
         use DataType::*;
         let is_int = |t: &DataType| {
-            matches!(t, Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64)
+            matches!(
+                t,
+                Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+            )
         };
         let is_text = |t: &DataType| match t {
             Utf8 | LargeUtf8 | Utf8View => true,
@@ -499,12 +573,13 @@ impl ColumnKind {
         match self {
             ColumnKind::Text => is_text(data_type),
             ColumnKind::Int => is_int(data_type),
-            ColumnKind::Float => is_int(data_type) || matches!(data_type, Float16 | Float32 | Float64),
+            ColumnKind::Float => {
+                is_int(data_type) || matches!(data_type, Float16 | Float32 | Float64)
+            }
             ColumnKind::Preference => match data_type {
                 Map(entries, _) => match entries.data_type() {
                     Struct(kv) if kv.len() == 2 => {
-                        is_text(kv[0].data_type())
-                            && ColumnKind::Float.accepts(kv[1].data_type())
+                        is_text(kv[0].data_type()) && ColumnKind::Float.accepts(kv[1].data_type())
                     }
                     _ => false,
                 },
@@ -524,10 +599,16 @@ fn resolve_columns(input: &str, schema: &Schema) -> Result<ColumnIndex, InputErr
     for (i, field) in schema.fields().iter().enumerate() {
         let name = field.name().as_str();
         let Some(slot) = TASK_COLUMNS.iter().position(|c| *c == name) else {
-            return Err(InputError::UnknownColumn { input: input.into(), column: name.into() });
+            return Err(InputError::UnknownColumn {
+                input: input.into(),
+                column: name.into(),
+            });
         };
         if index[slot].is_some() {
-            return Err(InputError::DuplicateColumn { input: input.into(), column: name.into() });
+            return Err(InputError::DuplicateColumn {
+                input: input.into(),
+                column: name.into(),
+            });
         }
         let kind = ColumnKind::of(name);
         if !kind.accepts(field.data_type()) {
@@ -542,14 +623,20 @@ fn resolve_columns(input: &str, schema: &Schema) -> Result<ColumnIndex, InputErr
     }
     for required in ["id", "prompt"] {
         if index[column_slot(required)].is_none() {
-            return Err(InputError::MissingColumn { input: input.into(), column: required });
+            return Err(InputError::MissingColumn {
+                input: input.into(),
+                column: required,
+            });
         }
     }
     Ok(index)
 }
 
 fn column_slot(name: &str) -> usize {
-    TASK_COLUMNS.iter().position(|c| *c == name).expect("a task column")
+    TASK_COLUMNS
+        .iter()
+        .position(|c| *c == name)
+        .expect("a task column")
 }
 
 /// Validates Arrow batches of tasks: a Parquet file's, or a Flight upload's. Row numbers and the
@@ -569,7 +656,10 @@ impl<'a> TaskBatchDecoder<'a> {
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
         let input = input.into();
         resolve_columns(&input, schema)?;
-        Ok(TaskBatchDecoder { acceptor: Acceptor::new(input, check), rows: 0 })
+        Ok(TaskBatchDecoder {
+            acceptor: Acceptor::new(input, check),
+            rows: 0,
+        })
     }
 
     /// Validates and converts one batch. Its schema is checked again, as a stream may change it.
@@ -577,7 +667,10 @@ impl<'a> TaskBatchDecoder<'a> {
         let input = &self.acceptor.input;
         let index = resolve_columns(input, &batch.schema())?;
         let column = |name: &'static str| index[column_slot(name)].map(|i| batch.column(i));
-        let arrow_error = |source| InputError::Arrow { input: input.clone(), source };
+        let arrow_error = |source| InputError::Arrow {
+            input: input.clone(),
+            source,
+        };
 
         let text = |name| -> Result<Option<StringArray>, InputError> {
             column(name)
@@ -611,13 +704,21 @@ impl<'a> TaskBatchDecoder<'a> {
             let position = Position::Row(self.rows + i + 1);
             let at = || self.acceptor.at(position);
             let opt_text = |a: &Option<StringArray>| {
-                a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i).to_string())
+                a.as_ref()
+                    .filter(|a| a.is_valid(i))
+                    .map(|a| a.value(i).to_string())
             };
             if ids.is_null(i) {
-                return Err(InputError::NullField { at: at(), field: "id" });
+                return Err(InputError::NullField {
+                    at: at(),
+                    field: "id",
+                });
             }
             if prompts.is_null(i) {
-                return Err(InputError::NullField { at: at(), field: "prompt" });
+                return Err(InputError::NullField {
+                    at: at(),
+                    field: "prompt",
+                });
             }
             let max_turns = match (&turns, turns_source) {
                 (Some(t), _) if t.is_valid(i) => {
@@ -649,7 +750,10 @@ impl<'a> TaskBatchDecoder<'a> {
                 id: ids.value(i).to_string(),
                 prompt: prompts.value(i).to_string(),
                 preference,
-                budget_usd: budgets.as_ref().filter(|b| b.is_valid(i)).map(|b| b.value(i)),
+                budget_usd: budgets
+                    .as_ref()
+                    .filter(|b| b.is_valid(i))
+                    .map(|b| b.value(i)),
                 max_turns,
                 reference: opt_text(&references),
                 metadata: opt_text(&metadata),
@@ -672,8 +776,12 @@ struct PreferenceColumn {
 impl PreferenceColumn {
     fn new(column: &ArrayRef) -> Result<PreferenceColumn, ArrowError> {
         let map = column.as_map().clone();
-        let keys = cast(map.keys(), &DataType::Utf8)?.as_string::<i32>().clone();
-        let weights = cast(map.values(), &DataType::Float64)?.as_primitive::<Float64Type>().clone();
+        let keys = cast(map.keys(), &DataType::Utf8)?
+            .as_string::<i32>()
+            .clone();
+        let weights = cast(map.values(), &DataType::Float64)?
+            .as_primitive::<Float64Type>()
+            .clone();
         Ok(PreferenceColumn { map, keys, weights })
     }
 
@@ -687,7 +795,10 @@ impl PreferenceColumn {
             .map(|j| {
                 let key = self.keys.value(j).to_string();
                 if self.weights.is_null(j) {
-                    return Err(FieldError::new(format!("preference.{key}"), "weight is null"));
+                    return Err(FieldError::new(
+                        format!("preference.{key}"),
+                        "weight is null",
+                    ));
                 }
                 Ok((key, self.weights.value(j)))
             })
@@ -700,15 +811,24 @@ fn read_parquet(
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<Vec<Task>, InputError> {
-    let file = File::open(path).map_err(|source| InputError::Io { input: input.clone(), source })?;
-    let parquet_error = |source| InputError::Parquet { input: input.clone(), source };
+    let file = File::open(path).map_err(|source| InputError::Io {
+        input: input.clone(),
+        source,
+    })?;
+    let parquet_error = |source| InputError::Parquet {
+        input: input.clone(),
+        source,
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
     let rows = builder.metadata().file_metadata().num_rows();
     let mut decoder = TaskBatchDecoder::new(input.clone(), builder.schema(), check)?;
     let reader = builder.build().map_err(parquet_error)?;
     let mut tasks = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
     for batch in reader {
-        let batch = batch.map_err(|source| InputError::Arrow { input: input.clone(), source })?;
+        let batch = batch.map_err(|source| InputError::Arrow {
+            input: input.clone(),
+            source,
+        })?;
         tasks.extend(decoder.decode(&batch)?);
     }
     Ok(tasks)
@@ -731,7 +851,9 @@ pub fn tasks_to_batch(tasks: &[Task]) -> RecordBatch {
             preferences.keys().append_value(key);
             preferences.values().append_value(*weight);
         }
-        preferences.append(!task.preference.is_empty()).expect("keys and values are balanced");
+        preferences
+            .append(!task.preference.is_empty())
+            .expect("keys and values are balanced");
         budgets.append_option(task.budget_usd);
         turns.append_option(task.max_turns);
         references.append_option(task.reference.as_deref());
@@ -753,12 +875,23 @@ pub fn tasks_to_batch(tasks: &[Task]) -> RecordBatch {
 pub fn write_tasks_parquet(path: &Path, tasks: &[Task]) -> Result<(), InputError> {
     const ROWS_PER_BATCH: usize = 8192;
     let input = path.display().to_string();
-    let parquet_error = |source| InputError::Parquet { input: input.clone(), source };
-    let file = File::create(path).map_err(|source| InputError::Io { input: input.clone(), source })?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut writer = ArrowWriter::try_new(file, task_schema(), Some(props)).map_err(parquet_error)?;
+    let parquet_error = |source| InputError::Parquet {
+        input: input.clone(),
+        source,
+    };
+    let file = File::create(path).map_err(|source| InputError::Io {
+        input: input.clone(),
+        source,
+    })?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, task_schema(), Some(props)).map_err(parquet_error)?;
     for chunk in tasks.chunks(ROWS_PER_BATCH) {
-        writer.write(&tasks_to_batch(chunk)).map_err(parquet_error)?;
+        writer
+            .write(&tasks_to_batch(chunk))
+            .map_err(parquet_error)?;
     }
     writer.close().map_err(parquet_error)?;
     Ok(())
@@ -794,12 +927,19 @@ mod tests {
     }
 
     fn assert_ends_with(message: &str, suffix: &str) {
-        assert!(message.ends_with(suffix), "{message:?} does not end with {suffix:?}");
+        assert!(
+            message.ends_with(suffix),
+            "{message:?} does not end with {suffix:?}"
+        );
     }
 
     fn sample_tasks() -> Vec<Task> {
         vec![
-            Task { id: "t-1".into(), prompt: "What is 2+2?".into(), ..Task::default() },
+            Task {
+                id: "t-1".into(),
+                prompt: "What is 2+2?".into(),
+                ..Task::default()
+            },
             Task {
                 id: "t-2".into(),
                 prompt: "Solve x^2 = 2.\nShow work.".into(),
@@ -833,33 +973,53 @@ mod tests {
 
     #[test]
     fn jsonl_accepts_ndjson_and_json_extensions_blank_lines_and_nulls() {
-        let content = "\n{\"id\": \"a\", \"prompt\": \"p\", \"budget_usd\": null, \"preference\": null, \
+        let content =
+            "\n{\"id\": \"a\", \"prompt\": \"p\", \"budget_usd\": null, \"preference\": null, \
                        \"max_turns\": null, \"reference\": null, \"metadata\": null}\r\n\n   \n";
         for name in ["tasks.ndjson", "tasks.JSON"] {
             let (_dir, path) = file(name, content);
             let tasks = read_tasks(&path, &no_check).unwrap();
-            assert_eq!(tasks, vec![Task { id: "a".into(), prompt: "p".into(), ..Task::default() }]);
+            assert_eq!(
+                tasks,
+                vec![Task {
+                    id: "a".into(),
+                    prompt: "p".into(),
+                    ..Task::default()
+                }]
+            );
         }
     }
 
     #[test]
     fn jsonl_keeps_non_string_metadata_as_json_text() {
-        let (_dir, path) =
-            file("t.jsonl", r#"{"id": "a", "prompt": "p", "metadata": {"k": [1, 2]}}"#);
+        let (_dir, path) = file(
+            "t.jsonl",
+            r#"{"id": "a", "prompt": "p", "metadata": {"k": [1, 2]}}"#,
+        );
         let tasks = read_tasks(&path, &no_check).unwrap();
         assert_eq!(tasks[0].metadata.as_deref(), Some(r#"{"k":[1,2]}"#));
     }
 
     #[test]
     fn jsonl_malformed_json_names_line_and_column() {
-        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p"}"#, "", r#"{"id": "b", "prompt": }"#]);
-        assert!(e.contains("tasks.jsonl:3:23: malformed JSON: expected value"), "{e}");
+        let e = jsonl_error(&[
+            r#"{"id": "a", "prompt": "p"}"#,
+            "",
+            r#"{"id": "b", "prompt": }"#,
+        ]);
+        assert!(
+            e.contains("tasks.jsonl:3:23: malformed JSON: expected value"),
+            "{e}"
+        );
     }
 
     #[test]
     fn jsonl_trailing_characters_are_malformed() {
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p"} {"id": "b"}"#]);
-        assert!(e.contains("tasks.jsonl:1:") && e.contains("malformed JSON: trailing"), "{e}");
+        assert!(
+            e.contains("tasks.jsonl:1:") && e.contains("malformed JSON: trailing"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -873,7 +1033,10 @@ mod tests {
             r#"tasks.jsonl:2:44: field `budget_usd`: invalid type: string "x", expected f64"#,
         );
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "max_turns": 2.5}"#]);
-        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid type"), "{e}");
+        assert!(
+            e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid type"),
+            "{e}"
+        );
         let e = jsonl_error(&[r#"{"id": 7, "prompt": "p"}"#]);
         assert!(e.contains("tasks.jsonl:1:") && e.contains("field `id`: invalid type: integer"));
     }
@@ -881,15 +1044,21 @@ mod tests {
     #[test]
     fn jsonl_wrong_preference_weight_names_the_key() {
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": {"cost": "high"}}"#]);
-        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `preference.cost`: invalid type"));
+        assert!(
+            e.contains("tasks.jsonl:1:") && e.contains("field `preference.cost`: invalid type")
+        );
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": [1]}"#]);
         assert!(e.contains("tasks.jsonl:1:") && e.contains("field `preference`: invalid type"));
     }
 
     #[test]
     fn jsonl_duplicate_preference_key_is_rejected() {
-        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": {"cost": 1, "cost": 2}}"#]);
-        assert_ends_with(&e, "tasks.jsonl:1: field `preference`: duplicate key `cost`");
+        let e =
+            jsonl_error(&[r#"{"id": "a", "prompt": "p", "preference": {"cost": 1, "cost": 2}}"#]);
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:1: field `preference`: duplicate key `cost`",
+        );
     }
 
     #[test]
@@ -921,7 +1090,10 @@ mod tests {
             "tasks.jsonl:2:3: expected a task object (one JSON object per line), found an array",
         );
         let e = jsonl_error(&["42"]);
-        assert!(e.contains("tasks.jsonl:1:1:") && e.ends_with("found a number"), "{e}");
+        assert!(
+            e.contains("tasks.jsonl:1:1:") && e.ends_with("found a number"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -932,23 +1104,38 @@ mod tests {
             "",
             r#"{"id": "t-3", "prompt": "q"}"#,
         ]);
-        assert_ends_with(&e, "tasks.jsonl:4: duplicate id `t-3` (first seen on line 2)");
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:4: duplicate id `t-3` (first seen on line 2)",
+        );
     }
 
     #[test]
     fn jsonl_out_of_range_values_are_field_errors() {
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "max_turns": 0}"#]);
-        assert_ends_with(&e, "tasks.jsonl:1: field `max_turns`: must be at least 1, got 0");
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:1: field `max_turns`: must be at least 1, got 0",
+        );
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "budget_usd": -0.5}"#]);
-        assert_ends_with(&e, "tasks.jsonl:1: field `budget_usd`: must be a finite number >= 0, got -0.5");
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:1: field `budget_usd`: must be a finite number >= 0, got -0.5",
+        );
         let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "max_turns": 3000000000}"#]);
-        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid value"), "{e}");
+        assert!(
+            e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid value"),
+            "{e}"
+        );
     }
 
     #[test]
     fn caller_check_failures_name_line_and_field() {
         let check = |t: &Task| match t.preference.iter().find(|(k, _)| k == "answer-9") {
-            Some((k, _)) => Err(FieldError::new(format!("preference.{k}"), "not an alias of the catalog")),
+            Some((k, _)) => Err(FieldError::new(
+                format!("preference.{k}"),
+                "not an alias of the catalog",
+            )),
             None => Ok(()),
         };
         let (_dir, path) = file(
@@ -956,7 +1143,13 @@ mod tests {
             "{\"id\": \"a\", \"prompt\": \"p\"}\n{\"id\": \"b\", \"prompt\": \"p\", \"preference\": {\"answer-9\": 1}}",
         );
         let e = read_tasks(&path, &check).unwrap_err();
-        assert_eq!(e.location().unwrap().position, Position::Line { line: 2, column: None });
+        assert_eq!(
+            e.location().unwrap().position,
+            Position::Line {
+                line: 2,
+                column: None
+            }
+        );
         assert_ends_with(
             &e.to_string(),
             "tasks.jsonl:2: field `preference.answer-9`: not an alias of the catalog",
@@ -967,13 +1160,19 @@ mod tests {
     fn unsupported_extension_names_path_and_accepted_formats() {
         let (_dir, path) = file("tasks.csv", "id,prompt\n");
         let e = read_tasks(&path, &no_check).unwrap_err().to_string();
-        assert!(e.contains("tasks.csv") && e.contains(".jsonl") && e.contains(".parquet"), "{e}");
+        assert!(
+            e.contains("tasks.csv") && e.contains(".jsonl") && e.contains(".parquet"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_file_names_the_path() {
         let e = read_tasks(Path::new("/nonexistent/tasks.jsonl"), &no_check).unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/tasks.jsonl: "), "{e}");
+        assert!(
+            e.to_string().starts_with("/nonexistent/tasks.jsonl: "),
+            "{e}"
+        );
     }
 
     // --- Parquet ---
@@ -1005,11 +1204,15 @@ mod tests {
 
     /// `n` rows with ids `t-0`.. and prompts `p`; `edit` may change an id.
     fn many(n: usize, edit: impl Fn(usize) -> Option<Option<String>>) -> RecordBatch {
-        let ids: StringArray =
-            (0..n).map(|i| edit(i).unwrap_or_else(|| Some(format!("t-{i}")))).collect();
+        let ids: StringArray = (0..n)
+            .map(|i| edit(i).unwrap_or_else(|| Some(format!("t-{i}"))))
+            .collect();
         batch(vec![
             ("id", Arc::new(ids) as ArrayRef),
-            ("prompt", Arc::new(StringArray::from_iter_values((0..n).map(|_| "p")))),
+            (
+                "prompt",
+                Arc::new(StringArray::from_iter_values((0..n).map(|_| "p"))),
+            ),
         ])
     }
 
@@ -1024,9 +1227,15 @@ mod tests {
     #[test]
     fn parquet_accepts_castable_types() {
         let b = batch(vec![
-            ("prompt", Arc::new(StringViewArray::from(vec!["p1", "p2"])) as ArrayRef),
+            (
+                "prompt",
+                Arc::new(StringViewArray::from(vec!["p1", "p2"])) as ArrayRef,
+            ),
             ("id", Arc::new(LargeStringArray::from(vec!["a", "b"]))),
-            ("budget_usd", Arc::new(Float32Array::from(vec![Some(0.5), None]))),
+            (
+                "budget_usd",
+                Arc::new(Float32Array::from(vec![Some(0.5), None])),
+            ),
             ("max_turns", Arc::new(UInt8Array::from(vec![None, Some(4)]))),
         ]);
         let (_dir, path) = parquet_file(&[b]);
@@ -1034,8 +1243,18 @@ mod tests {
         assert_eq!(
             tasks,
             vec![
-                Task { id: "a".into(), prompt: "p1".into(), budget_usd: Some(0.5), ..Task::default() },
-                Task { id: "b".into(), prompt: "p2".into(), max_turns: Some(4), ..Task::default() },
+                Task {
+                    id: "a".into(),
+                    prompt: "p1".into(),
+                    budget_usd: Some(0.5),
+                    ..Task::default()
+                },
+                Task {
+                    id: "b".into(),
+                    prompt: "p2".into(),
+                    max_turns: Some(4),
+                    ..Task::default()
+                },
             ]
         );
         let b = batch(vec![
@@ -1046,7 +1265,10 @@ mod tests {
         ]);
         let (_dir, path) = parquet_file(&[b]);
         let tasks = read_tasks(&path, &no_check).unwrap();
-        assert_eq!((tasks[0].budget_usd, tasks[0].max_turns), (Some(2.0), Some(9)));
+        assert_eq!(
+            (tasks[0].budget_usd, tasks[0].max_turns),
+            (Some(2.0), Some(9))
+        );
     }
 
     #[test]
@@ -1070,13 +1292,19 @@ mod tests {
             ("prompt", strings(&[Some("p")])),
             ("budget_usd", strings(&[Some("x")])),
         ])]);
-        assert_ends_with(&e, "tasks.parquet: column `budget_usd`: expected float64, found utf8");
+        assert_ends_with(
+            &e,
+            "tasks.parquet: column `budget_usd`: expected float64, found utf8",
+        );
         let e = parquet_error(&[batch(vec![
             ("id", strings(&[Some("a")])),
             ("prompt", strings(&[Some("p")])),
             ("max_turns", Arc::new(Float64Array::from(vec![3.0]))),
         ])]);
-        assert_ends_with(&e, "tasks.parquet: column `max_turns`: expected int32, found float64");
+        assert_ends_with(
+            &e,
+            "tasks.parquet: column `max_turns`: expected int32, found float64",
+        );
         let e = parquet_error(&[batch(vec![
             ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
             ("prompt", strings(&[Some("p")])),
@@ -1098,7 +1326,10 @@ mod tests {
         let e = parquet_error(&[many(2500, |i| (i == 2099).then_some(None))]);
         assert_ends_with(&e, "tasks.parquet: row 2100: field `id` is null");
         let e = parquet_error(&[many(3, |_| None), many(2, |_| None)]);
-        assert!(e.contains("row 4: duplicate id `t-0` (first seen on row 1)"), "{e}");
+        assert!(
+            e.contains("row 4: duplicate id `t-0` (first seen on row 1)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1113,7 +1344,10 @@ mod tests {
     #[test]
     fn parquet_duplicate_id_names_both_rows() {
         let e = parquet_error(&[many(2000, |i| (i == 1499).then(|| Some("t-2".to_string())))]);
-        assert_ends_with(&e, "tasks.parquet: row 1500: duplicate id `t-2` (first seen on row 3)");
+        assert_ends_with(
+            &e,
+            "tasks.parquet: row 1500: duplicate id `t-2` (first seen on row 3)",
+        );
     }
 
     #[test]
@@ -1121,7 +1355,10 @@ mod tests {
         let e = parquet_error(&[batch(vec![
             ("id", strings(&[Some("a"), Some("b")])),
             ("prompt", strings(&[Some("p"), Some("p")])),
-            ("budget_usd", Arc::new(Float64Array::from(vec![1.0, f64::NAN]))),
+            (
+                "budget_usd",
+                Arc::new(Float64Array::from(vec![1.0, f64::NAN])),
+            ),
         ])]);
         assert_ends_with(
             &e,
@@ -1135,9 +1372,15 @@ mod tests {
         let e = parquet_error(&[batch(vec![
             ("id", strings(&[Some("a"), Some("b")])),
             ("prompt", strings(&[Some("p"), Some("p")])),
-            ("max_turns", Arc::new(Int64Array::from(vec![1, 3_000_000_000]))),
+            (
+                "max_turns",
+                Arc::new(Int64Array::from(vec![1, 3_000_000_000])),
+            ),
         ])]);
-        assert_ends_with(&e, "tasks.parquet: row 2: field `max_turns`: 3000000000 does not fit in int32");
+        assert_ends_with(
+            &e,
+            "tasks.parquet: row 2: field `max_turns`: 3000000000 does not fit in int32",
+        );
     }
 
     #[test]
@@ -1151,7 +1394,10 @@ mod tests {
             ("prompt", strings(&[Some("p")])),
             ("preference", Arc::new(prefs.finish())),
         ])]);
-        assert_ends_with(&e, "tasks.parquet: row 1: field `preference.cost`: weight is null");
+        assert_ends_with(
+            &e,
+            "tasks.parquet: row 1: field `preference.cost`: weight is null",
+        );
     }
 
     #[test]
@@ -1171,14 +1417,19 @@ mod tests {
     #[test]
     fn decoder_labels_errors_with_its_input_and_checks_the_schema_first() {
         let schema = Schema::new(vec![Field::new("prompt", DataType::Utf8, false)]);
-        let e = TaskBatchDecoder::new("job 7", &schema, &no_check).err().unwrap();
+        let e = TaskBatchDecoder::new("job 7", &schema, &no_check)
+            .err()
+            .unwrap();
         assert_eq!(e.to_string(), "job 7: missing required column `id`");
 
         let mut decoder = TaskBatchDecoder::new("job 7", &task_schema(), &no_check).unwrap();
         let tasks = sample_tasks();
         assert_eq!(decoder.decode(&tasks_to_batch(&tasks)).unwrap(), tasks);
         let e = decoder.decode(&tasks_to_batch(&tasks[1..])).unwrap_err();
-        assert_eq!(e.to_string(), "job 7: row 4: duplicate id `t-2` (first seen on row 2)");
+        assert_eq!(
+            e.to_string(),
+            "job 7: row 4: duplicate id `t-2` (first seen on row 2)"
+        );
     }
 
     #[test]
