@@ -41,7 +41,10 @@ pub struct BenchArgs {
 
 pub fn main(args: BenchArgs) -> Result<ExitCode> {
     if !(0.0..1.0).contains(&args.repeat_share) {
-        bail!("--repeat-share must be in [0, 1), found {}", args.repeat_share);
+        bail!(
+            "--repeat-share must be in [0, 1), found {}",
+            args.repeat_share
+        );
     }
     let mut cfg = match &args.config {
         Some(p) => tutti_engine::Config::load(p)?,
@@ -50,7 +53,11 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             None => bail!(
                 "unknown profile `{}`; the profiles are: {}",
                 args.profile,
-                bench::PROFILES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+                bench::PROFILES
+                    .iter()
+                    .map(|p| p.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
     };
@@ -61,7 +68,10 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
         cfg.cache.path = None;
     }
     let spec = BenchSpec {
-        profile: args.config.as_ref().map_or(args.profile.clone(), |p| p.display().to_string()),
+        profile: args
+            .config
+            .as_ref()
+            .map_or(args.profile.clone(), |p| p.display().to_string()),
         workload: WorkloadSpec {
             tasks: args.tasks,
             seed: args.seed,
@@ -82,10 +92,19 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
 fn print_run(name: &str, r: &RunReport) {
     println!("{name}");
     println!("  tasks            {} in {:.2} s", r.tasks, r.wall_s);
-    println!("  throughput       {:.1} tasks/s, {:.1} turns/s", r.tasks_per_s, r.turns_per_s);
+    println!(
+        "  throughput       {:.1} tasks/s, {:.1} turns/s",
+        r.tasks_per_s, r.turns_per_s
+    );
     let l = r.task_latency_ms;
-    println!("  task latency ms  p50 {} · p90 {} · p99 {} · max {}", l.p50, l.p90, l.p99, l.max);
-    println!("  cost             ${:.4} (${:.6} per task)", r.cost_usd, r.cost_per_task_usd);
+    println!(
+        "  task latency ms  p50 {} · p90 {} · p99 {} · max {}",
+        l.p50, l.p90, l.p99, l.max
+    );
+    println!(
+        "  cost             ${:.4} (${:.6} per task)",
+        r.cost_usd, r.cost_per_task_usd
+    );
     println!(
         "  backend calls    {} billed, {} cache hits, {:.2} calls per batch",
         r.billed_calls, r.cache_hits, r.coalescing_factor
@@ -94,7 +113,10 @@ fn print_run(name: &str, r: &RunReport) {
     let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("  statuses         {}", statuses.join(", "));
     if r.decode_steps > 0 {
-        println!("  decode steps     {} (mean batch {:.1})", r.decode_steps, r.mean_batch);
+        println!(
+            "  decode steps     {} (mean batch {:.1})",
+            r.decode_steps, r.mean_batch
+        );
     }
 }
 
@@ -104,7 +126,10 @@ fn print_report(r: &BenchReport) {
         r.profile
     );
     print_run("tutti", &r.run);
-    println!("  peak RSS         {:.1} MiB", r.peak_rss_bytes as f64 / (1 << 20) as f64);
+    println!(
+        "  peak RSS         {:.1} MiB",
+        r.peak_rss_bytes as f64 / (1 << 20) as f64
+    );
     if let (Some(b), Some(s)) = (&r.baseline, &r.speedup) {
         print_run(&format!("baseline: {}", b.description), &b.run);
         println!(

@@ -16,7 +16,11 @@ use tutti_engine::Config;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "tutti", version, about = "High-throughput batch routing engine for tool-orchestrating agents")]
+#[command(
+    name = "tutti",
+    version,
+    about = "High-throughput batch routing engine for tool-orchestrating agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -52,12 +52,18 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
     let check = |t: &tutti_engine::Task| {
         catalog
             .check_preference(&t.preference)
-            .map_err(|message| FieldError { field: "preference".into(), message })
+            .map_err(|message| FieldError {
+                field: "preference".into(),
+                message,
+            })
     };
     let tasks = read_tasks(&args.tasks, &check)?;
     let (store, done) = ResultStore::open(&args.output, args.resume)?;
     let total = tasks.len() as u64;
-    let todo: Vec<_> = tasks.into_iter().filter(|t| !done.contains(&t.id)).collect();
+    let todo: Vec<_> = tasks
+        .into_iter()
+        .filter(|t| !done.contains(&t.id))
+        .collect();
     let skipped = total - todo.len() as u64;
 
     let rt = crate::runtime()?;
@@ -83,7 +89,6 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             );
             std::process::exit(130);
         }
-        drop(run);
         engine.flush();
         let rows = writer.await.context("the result writer panicked")??;
         anyhow::Ok((rows, engine.ledger()))
@@ -98,7 +103,11 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
         });
         println!("{out}");
     } else {
-        let statuses: Vec<String> = ledger.tasks.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let statuses: Vec<String> = ledger
+            .tasks
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         eprintln!(
             "tutti: {} rows in {} ({} run now: {}; {} already done); cost ${:.4}, {} billed calls, {} cache hits",
             rows,
@@ -173,7 +182,13 @@ impl Progress {
             bar.set_position(done);
             bar
         });
-        Progress { bar, total, done, started: Instant::now(), last_line: Instant::now() }
+        Progress {
+            bar,
+            total,
+            done,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
     }
 
     fn advance(&mut self, n: u64) {

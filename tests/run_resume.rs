@@ -30,12 +30,19 @@ fn killed_run_resumes_to_every_id_exactly_once() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let segments = std::fs::read_dir(&parts)
-            .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "parquet")).count())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                    .count()
+            })
             .unwrap_or(0);
         if segments >= 2 {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
         assert!(Instant::now() < deadline, "no results committed in time");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -44,13 +51,24 @@ fn killed_run_resumes_to_every_id_exactly_once() {
     assert!(!out.exists(), "the run was killed before it finished");
 
     // Without --resume the leftovers are refused rather than silently overwritten.
-    let (o, err) = run(tutti().arg("run").arg(&tasks).arg("-o").arg(&out).arg("--config").arg(&config));
+    let (o, err) = run(tutti()
+        .arg("run")
+        .arg(&tasks)
+        .arg("-o")
+        .arg(&out)
+        .arg("--config")
+        .arg(&config));
     assert!(!o.status.success());
     assert!(err.contains("--resume"), "{err}");
 
-    let (o, err) = run(
-        tutti().arg("run").arg(&tasks).arg("-o").arg(&out).arg("--config").arg(&config).arg("--resume"),
-    );
+    let (o, err) = run(tutti()
+        .arg("run")
+        .arg(&tasks)
+        .arg("-o")
+        .arg(&out)
+        .arg("--config")
+        .arg(&config)
+        .arg("--resume"));
     assert!(o.status.success(), "{err}");
     let ids = result_ids(&out);
     assert_eq!(ids.len(), 10_000);
@@ -63,10 +81,19 @@ fn killed_run_resumes_to_every_id_exactly_once() {
 fn bundled_example_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.parquet");
-    let (o, err) = run(tutti().arg("run").arg(repo("examples/tasks.jsonl")).arg("-o").arg(&out).arg("--json"));
+    let (o, err) = run(tutti()
+        .arg("run")
+        .arg(repo("examples/tasks.jsonl"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--json"));
     assert!(o.status.success(), "{err}");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let n = std::fs::read_to_string(repo("examples/tasks.jsonl")).unwrap().lines().filter(|l| !l.trim().is_empty()).count();
+    let n = std::fs::read_to_string(repo("examples/tasks.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
     assert_eq!(summary["rows"], n as u64);
     assert_eq!(result_ids(&out).len(), n);
 }

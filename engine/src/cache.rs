@@ -164,9 +164,14 @@ impl ResultCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             self.disk_hits.fetch_add(1, Ordering::Relaxed);
             let size = entry_size(&value);
-            self.mem
-                .lock()
-                .insert(key, Entry { value: value.clone(), expires, size });
+            self.mem.lock().insert(
+                key,
+                Entry {
+                    value: value.clone(),
+                    expires,
+                    size,
+                },
+            );
             return Some(value);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
@@ -178,13 +183,26 @@ impl ResultCache {
     }
 
     /// Stores a result that expires `ttl` after `now` (never without a ttl), in both tiers.
-    pub fn put_at(&self, key: CacheKey, value: CachedResult, ttl: Option<Duration>, now: SystemTime) {
+    pub fn put_at(
+        &self,
+        key: CacheKey,
+        value: CachedResult,
+        ttl: Option<Duration>,
+        now: SystemTime,
+    ) {
         let expires = ttl.map(|t| now + t);
         if let Some(disk) = &self.disk {
             disk.put(key, &value, expires);
         }
         let size = entry_size(&value);
-        self.mem.lock().insert(key, Entry { value, expires, size });
+        self.mem.lock().insert(
+            key,
+            Entry {
+                value,
+                expires,
+                size,
+            },
+        );
     }
 
     /// Waits until every put so far is committed to disk.
@@ -212,7 +230,8 @@ fn entry_size(v: &CachedResult) -> usize {
 }
 
 fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl DiskTier {
@@ -233,7 +252,11 @@ impl DiskTier {
             .name("tutti-cache-writer".into())
             .spawn(move || disk_writer(&writer_db, rx))
             .map_err(|e| err(&e))?;
-        Ok(DiskTier { db, writes: Some(writes), writer: Some(writer) })
+        Ok(DiskTier {
+            db,
+            writes: Some(writes),
+            writer: Some(writer),
+        })
     }
 
     fn get(&self, key: CacheKey, now: SystemTime) -> Option<(CachedResult, Option<SystemTime>)> {
@@ -251,7 +274,13 @@ impl DiskTier {
             output_tokens: e.output_tokens,
             billed_seconds: e.billed_seconds,
         };
-        Some((CachedResult { response: Arc::new(response), cost_usd: e.cost_usd }, expires))
+        Some((
+            CachedResult {
+                response: Arc::new(response),
+                cost_usd: e.cost_usd,
+            },
+            expires,
+        ))
     }
 
     fn put(&self, key: CacheKey, v: &CachedResult, expires: Option<SystemTime>) {
@@ -299,7 +328,11 @@ fn disk_writer(db: &redb::Database, rx: crossbeam_channel::Receiver<DiskWrite>) 
                 DiskWrite::Put(k, v) => puts.push((k, v)),
                 DiskWrite::Flush(done) => flushes.push(done),
             }
-            next = if puts.len() < DISK_BATCH { rx.try_recv().ok() } else { None };
+            next = if puts.len() < DISK_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
         }
         if !puts.is_empty() {
             let result = (|| -> Result<(), redb::Error> {
@@ -345,7 +378,12 @@ mod tests {
     }
 
     fn cache(entries: usize, bytes: usize) -> ResultCache {
-        ResultCache::new(&CacheConfig { max_entries: entries, max_bytes: bytes, path: None }).unwrap()
+        ResultCache::new(&CacheConfig {
+            max_entries: entries,
+            max_bytes: bytes,
+            path: None,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -409,12 +447,21 @@ mod tests {
     #[test]
     fn disk_tier_survives_a_restart_and_honours_ttl() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = CacheConfig { max_entries: 10, max_bytes: 1 << 20, path: Some(dir.path().into()) };
+        let cfg = CacheConfig {
+            max_entries: 10,
+            max_bytes: 1 << 20,
+            path: Some(dir.path().into()),
+        };
         let t0 = SystemTime::now();
         {
             let c = ResultCache::new(&cfg).unwrap();
             c.put_at(k("keep"), result("kept", 0.25), None, t0);
-            c.put_at(k("short"), result("gone", 0.25), Some(Duration::from_secs(5)), t0);
+            c.put_at(
+                k("short"),
+                result("gone", 0.25),
+                Some(Duration::from_secs(5)),
+                t0,
+            );
             c.flush();
         }
         let c = ResultCache::new(&cfg).unwrap();

@@ -48,7 +48,11 @@ pub enum ResolveError {
     #[error("unknown tool `{tool}`; the tools are {known}")]
     UnknownTool { tool: String, known: String },
     #[error("tool `{tool}` has no model `{alias}`; its models are {known}")]
-    UnknownAlias { tool: String, alias: String, known: String },
+    UnknownAlias {
+        tool: String,
+        alias: String,
+        known: String,
+    },
 }
 
 /// A task's preference resolved against the catalog: one additive score per action.
@@ -67,6 +71,8 @@ pub struct Catalog {
     /// Per tool: alias -> action.
     action_index: Vec<HashMap<String, usize>>,
     preference_scale: f64,
+    /// The preference of a task that states none, shared by all of them.
+    neutral: Arc<Preference>,
 }
 
 impl Catalog {
@@ -75,7 +81,10 @@ impl Catalog {
         let backends: Vec<CatalogBackend> = cfg
             .backends
             .iter()
-            .map(|b| CatalogBackend { name: b.name.as_str().into(), pricing: pricing(b) })
+            .map(|b| CatalogBackend {
+                name: b.name.as_str().into(),
+                pricing: pricing(b),
+            })
             .collect();
         let backend_index: HashMap<&str, usize> = cfg
             .backends
@@ -109,7 +118,10 @@ impl Catalog {
             tools.push(CatalogTool {
                 name,
                 description: t.description.clone(),
-                prompt: t.prompt.clone().unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
+                prompt: t
+                    .prompt
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
                 actions: ids,
             });
         }
@@ -122,9 +134,12 @@ impl Catalog {
         Catalog {
             answer_tool: tool_index[ANSWER_TOOL],
             tools,
-            actions,
             backends,
             tool_index,
+            neutral: Arc::new(Preference {
+                bias: vec![0.0; actions.len()],
+            }),
+            actions,
             action_index,
             preference_scale: cfg.orchestrator.preference_scale,
         }
@@ -144,7 +159,12 @@ impl Catalog {
             .ok_or_else(|| ResolveError::UnknownAlias {
                 tool: action.tool.clone(),
                 alias: action.alias.clone(),
-                known: quoted(self.tools[ti].actions.iter().map(|&a| &*self.actions[a].alias)),
+                known: quoted(
+                    self.tools[ti]
+                        .actions
+                        .iter()
+                        .map(|&a| &*self.actions[a].alias),
+                ),
             })
     }
 
@@ -167,17 +187,20 @@ impl Catalog {
     /// minus `scale * weight` times the action's min-max normalised expected cost (for `cost`) and
     /// latency (for `latency`). Unknown keys are ignored here; [`Catalog::check_preference`] rejects
     /// them at input time.
-    pub fn preference(&self, pref: &[(String, f64)]) -> Preference {
-        let mut bias = vec![0f32; self.actions.len()];
+    pub fn preference(&self, pref: &[(String, f64)]) -> Arc<Preference> {
         if pref.is_empty() {
-            return Preference { bias };
+            return self.neutral.clone();
         }
+        let mut bias = vec![0f32; self.actions.len()];
         let scale = self.preference_scale;
         let cost = normalised(self.actions.iter().map(|a| a.expected_cost_usd));
         let latency = normalised(self.actions.iter().map(|a| a.expected_latency_ms));
         for (key, w) in pref {
             match key.as_str() {
-                "cost" => bias.iter_mut().zip(&cost).for_each(|(b, c)| *b -= (scale * w * c) as f32),
+                "cost" => bias
+                    .iter_mut()
+                    .zip(&cost)
+                    .for_each(|(b, c)| *b -= (scale * w * c) as f32),
                 "latency" => bias
                     .iter_mut()
                     .zip(&latency)
@@ -191,7 +214,7 @@ impl Catalog {
                 }
             }
         }
-        Preference { bias }
+        Arc::new(Preference { bias })
     }
 
     /// The cheapest expected call of any action: below it, a task can afford nothing more.
@@ -240,7 +263,9 @@ fn pricing(b: &BackendConfig) -> Pricing {
 fn expectations(b: &BackendConfig, tool: &str) -> (f64, f64) {
     let sim = b.sim.as_ref();
     let latency = b.expected_latency_ms.unwrap_or_else(|| {
-        sim.map_or(1000.0, |s| s.tool_latency_ms.get(tool).unwrap_or(&s.latency_ms).p50)
+        sim.map_or(1000.0, |s| {
+            s.tool_latency_ms.get(tool).unwrap_or(&s.latency_ms).p50
+        })
     });
     let out = b
         .expected_output_tokens
@@ -260,7 +285,10 @@ fn normalised(values: impl Iterator<Item = f64> + Clone) -> Vec<f64> {
 }
 
 fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -268,7 +296,8 @@ mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/toolorchestra-sim.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/toolorchestra-sim.toml");
         Catalog::new(&Config::load(&path).unwrap())
     }
 
@@ -276,16 +305,25 @@ mod tests {
     fn resolves_tool_and_alias_pairs() {
         let c = catalog();
         let a = c
-            .resolve(&Action { tool: "answer".into(), alias: "answer-math-2".into() })
+            .resolve(&Action {
+                tool: "answer".into(),
+                alias: "answer-math-2".into(),
+            })
             .unwrap();
         assert_eq!(&*c.actions[a].alias, "answer-math-2");
         assert_eq!(&*c.backends[c.actions[a].backend].name, "qwen2.5-math-7b");
         let e = c
-            .resolve(&Action { tool: "answer".into(), alias: "search-1".into() })
+            .resolve(&Action {
+                tool: "answer".into(),
+                alias: "search-1".into(),
+            })
             .unwrap_err();
         assert!(e.to_string().contains("has no model `search-1`"), "{e}");
         let e = c
-            .resolve(&Action { tool: "browse".into(), alias: "x".into() })
+            .resolve(&Action {
+                tool: "browse".into(),
+                alias: "x".into(),
+            })
             .unwrap_err();
         assert!(e.to_string().contains("unknown tool `browse`"), "{e}");
     }
@@ -294,14 +332,21 @@ mod tests {
     fn prompts_fill_problem_and_context() {
         let c = catalog();
         let p = c.render_prompt(c.answer_tool, "What is {x}?", "Documents: a");
-        assert_eq!(p, "Problem: What is {x}?\nDocuments: a\nAnswer the problem.");
+        assert_eq!(
+            p,
+            "Problem: What is {x}?\nDocuments: a\nAnswer the problem."
+        );
     }
 
     #[test]
     fn expected_costs_follow_the_price_table() {
         let c = catalog();
         let cost = |alias: &str| {
-            c.actions.iter().find(|a| &*a.alias == alias).unwrap().expected_cost_usd
+            c.actions
+                .iter()
+                .find(|a| &*a.alias == alias)
+                .unwrap()
+                .expected_cost_usd
         };
         assert!(cost("answer-1") > cost("answer-2"));
         assert!(cost("answer-2") > cost("answer-math-2"));

@@ -18,11 +18,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{BoxStream, SelectAll, StreamExt};
+use slab::Slab;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendError, CacheKey, Request, Response};
+use crate::backend::{Backend, BackendError, BatchItem, CacheKey, Request, Response};
 use crate::cache::{CachedResult, ResultCache};
 use crate::config::{BackendConfig, CachePolicy};
 use crate::ledger::{Ledger, Pricing};
@@ -65,10 +66,15 @@ struct Submit {
     reply: oneshot::Sender<CallOutcome>,
 }
 
-/// A finished batch.
-struct Done {
-    calls: Vec<(Option<CacheKey>, Option<oneshot::Sender<CallOutcome>>)>,
-    results: Vec<Result<Response, BackendError>>,
+/// One call of a batch: its single-flight key, or (when it has none) its caller.
+type Call = (Option<CacheKey>, Option<oneshot::Sender<CallOutcome>>);
+
+/// A batch sent to the backend whose answers are still coming in.
+struct InFlight {
+    /// Taken as each answer arrives.
+    calls: Vec<Option<Call>>,
+    served: usize,
+    failures: usize,
 }
 
 /// The handle callers use; cheap to share.
@@ -101,9 +107,17 @@ impl Coalescer {
             cache: cache.clone(),
             ledger,
             inflight: HashMap::new(),
+            batches: Slab::new(),
         };
         tokio::spawn(actor.run(rx));
-        Coalescer { name, backend, tx, cache, policy: limits.policy, pricing }
+        Coalescer {
+            name,
+            backend,
+            tx,
+            cache,
+            policy: limits.policy,
+            pricing,
+        }
     }
 
     /// Makes one call: from the cache, by joining an identical call in flight, or in a batch.
@@ -116,19 +130,35 @@ impl Coalescer {
         let key = cacheable.then(|| request.key(&self.name));
         if let Some(k) = &key {
             if let Some(hit) = self.cache.get(*k) {
-                return CallOutcome { result: Ok(hit.response), billed: false, cost_usd: hit.cost_usd };
+                return CallOutcome {
+                    result: Ok(hit.response),
+                    billed: false,
+                    cost_usd: hit.cost_usd,
+                };
             }
         }
         let (reply, rx) = oneshot::channel();
         let failed = |message: &str| CallOutcome {
-            result: Err(BackendError::Failed { backend: self.name.to_string(), message: message.into() }),
+            result: Err(BackendError::Failed {
+                backend: self.name.to_string(),
+                message: message.into(),
+            }),
             billed: false,
             cost_usd: 0.0,
         };
-        if self.tx.send(Submit { key, request, reply }).is_err() {
+        if self
+            .tx
+            .send(Submit {
+                key,
+                request,
+                reply,
+            })
+            .is_err()
+        {
             return failed("the coalescer has stopped");
         }
-        rx.await.unwrap_or_else(|_| failed("the coalescer dropped the call"))
+        rx.await
+            .unwrap_or_else(|_| failed("the coalescer dropped the call"))
     }
 
     pub fn pricing(&self) -> &Pricing {
@@ -145,36 +175,45 @@ struct Actor {
     ledger: Arc<Ledger>,
     /// Callers waiting on each cacheable call in flight; the first one is the caller that is billed.
     inflight: HashMap<CacheKey, Vec<oneshot::Sender<CallOutcome>>>,
+    /// Batches sent and not fully answered; their number is bounded by `max_concurrency`.
+    batches: Slab<InFlight>,
 }
 
 /// A batch being formed.
 #[derive(Default)]
 struct Batch {
     requests: Vec<Request>,
-    calls: Vec<(Option<CacheKey>, Option<oneshot::Sender<CallOutcome>>)>,
+    calls: Vec<Call>,
 }
+
+/// What the answer streams of all batches in flight yield: (batch slot, an answer, or `None` when
+/// the batch's stream has ended).
+type Answers = SelectAll<BoxStream<'static, (usize, Option<BatchItem>)>>;
 
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Submit>) {
-        // Batches in flight are polled here rather than spawned: no task, no reply channel per batch.
-        let mut running = FuturesUnordered::new();
+        // Answers are polled here rather than in spawned tasks: no task and no reply channel per
+        // batch, and each answer reaches its callers as soon as the backend yields it.
+        let mut answers: Answers = SelectAll::new();
         // Formed batches waiting for a concurrency slot.
         let mut queued: VecDeque<Batch> = VecDeque::new();
         let mut batch = Batch::default();
         let mut incoming = Vec::new();
+        // Armed while a partial batch waits for `max_wait`; one timer, reset rather than rebuilt.
         let mut deadline: Option<Instant> = None;
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         let mut open = true;
         loop {
-            while running.len() < self.limits.max_concurrency {
+            while self.batches.len() < self.limits.max_concurrency {
                 match queued.pop_front() {
-                    Some(b) => running.push(self.send(b)),
+                    Some(b) => self.send(b, &mut answers),
                     None => break,
                 }
             }
-            let timer = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
-                Some(done) = running.next(), if !running.is_empty() => self.complete(done),
+                Some((slot, item)) = answers.next(), if !answers.is_empty() => self.deliver(slot, item),
                 n = rx.recv_many(&mut incoming, 256), if open => {
                     if n == 0 {
                         open = false;
@@ -191,11 +230,13 @@ impl Actor {
                             queued.push_back(std::mem::take(&mut batch));
                             deadline = None;
                         } else if deadline.is_none() {
-                            deadline = Some(Instant::now() + self.limits.max_wait);
+                            let at = Instant::now() + self.limits.max_wait;
+                            deadline = Some(at);
+                            timer.as_mut().reset(at);
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(timer), if deadline.is_some() => {
+                _ = &mut timer, if deadline.is_some() => {
                     queued.push_back(std::mem::take(&mut batch));
                     deadline = None;
                 }
@@ -204,64 +245,95 @@ impl Actor {
         }
     }
 
-    /// The call of one batch, as a future the actor polls.
-    fn send(&self, batch: Batch) -> impl std::future::Future<Output = Done> + 'static {
-        let backend = self.backend.clone();
-        async move {
-            let results = backend.call_batch(&batch.requests).await;
-            Done { calls: batch.calls, results }
-        }
-    }
-
     /// Adds a call to the batch being formed, or to the waiters of an identical call in flight.
     fn admit(&mut self, s: Submit, batch: &mut Batch) {
-        if let Some(k) = &s.key {
-            if let Some(waiters) = self.inflight.get_mut(k) {
+        if let Some(k) = s.key {
+            if let Some(waiters) = self.inflight.get_mut(&k) {
                 waiters.push(s.reply);
                 return;
             }
-            self.inflight.insert(*k, vec![s.reply]);
+            self.inflight.insert(k, vec![s.reply]);
             batch.requests.push(s.request);
-            batch.calls.push((s.key, None));
+            batch.calls.push((Some(k), None));
         } else {
             batch.requests.push(s.request);
             batch.calls.push((None, Some(s.reply)));
         }
     }
 
-    /// Delivers a finished batch: caches what may be cached, then answers every waiter.
-    fn complete(&mut self, done: Done) {
-        let sent = done.calls.len();
-        let mut served = 0;
-        let mut failures = 0;
-        let mut results = done.results.into_iter();
-        for (key, reply) in done.calls {
-            let result = results.next().unwrap_or_else(|| {
-                Err(BackendError::Failed {
-                    backend: format!("#{}", self.index),
-                    message: "the backend returned fewer results than requests".into(),
-                })
-            });
-            let cost = result.as_ref().map_or(0.0, |r| {
-                self.pricing.cost(r.input_tokens, r.output_tokens, r.billed_seconds)
-            });
-            failures += result.is_err() as usize;
-            let result = result.map(Arc::new);
-            let waiters = match (&key, reply) {
-                (_, Some(r)) => vec![r],
-                (Some(k), None) => self.inflight.remove(k).unwrap_or_default(),
-                (None, None) => Vec::new(),
-            };
-            if let (Some(k), Ok(resp)) = (&key, &result) {
-                let value = CachedResult { response: resp.clone(), cost_usd: cost };
-                self.cache.put(*k, value, self.limits.ttl);
+    /// Sends a batch to the backend and adds its answer stream to `answers`.
+    fn send(&mut self, batch: Batch, answers: &mut Answers) {
+        let slot = self.batches.insert(InFlight {
+            calls: batch.calls.into_iter().map(Some).collect(),
+            served: 0,
+            failures: 0,
+        });
+        let stream = self
+            .backend
+            .call_batch(batch.requests)
+            .map(move |item| (slot, Some(item)))
+            .chain(futures::stream::once(async move { (slot, None) }));
+        answers.push(stream.boxed());
+    }
+
+    /// Delivers one answer of a batch, or closes the batch when its stream has ended.
+    fn deliver(&mut self, slot: usize, item: Option<BatchItem>) {
+        match item {
+            Some((i, result)) => {
+                let call = self.batches[slot].calls.get_mut(i).and_then(Option::take);
+                if let Some(call) = call {
+                    let failed = result.is_err();
+                    let served = self.answer(call, result);
+                    let b = &mut self.batches[slot];
+                    b.served += served;
+                    b.failures += failed as usize;
+                }
             }
-            served += waiters.len();
-            for (i, w) in waiters.into_iter().enumerate() {
-                let _ = w.send(CallOutcome { result: result.clone(), billed: i == 0, cost_usd: cost });
+            None => {
+                let b = self.batches.remove(slot);
+                let sent = b.calls.len();
+                let (mut served, mut failures) = (b.served, b.failures);
+                for call in b.calls.into_iter().flatten() {
+                    let missing = Err(BackendError::Failed {
+                        backend: format!("#{}", self.index),
+                        message: "the backend gave no answer for this request".into(),
+                    });
+                    served += self.answer(call, missing);
+                    failures += 1;
+                }
+                self.ledger.record_batch(self.index, sent, served, failures);
             }
         }
-        self.ledger.record_batch(self.index, sent, served, failures);
+    }
+
+    /// Answers every caller of one call (caching a success first); returns how many were served.
+    fn answer(&mut self, (key, reply): Call, result: Result<Response, BackendError>) -> usize {
+        let cost = result.as_ref().map_or(0.0, |r| {
+            self.pricing
+                .cost(r.input_tokens, r.output_tokens, r.billed_seconds)
+        });
+        let result = result.map(Arc::new);
+        let waiters = match (&key, reply) {
+            (_, Some(r)) => vec![r],
+            (Some(k), None) => self.inflight.remove(k).unwrap_or_default(),
+            (None, None) => Vec::new(),
+        };
+        if let (Some(k), Ok(resp)) = (&key, &result) {
+            let value = CachedResult {
+                response: resp.clone(),
+                cost_usd: cost,
+            };
+            self.cache.put(*k, value, self.limits.ttl);
+        }
+        let served = waiters.len();
+        for (i, w) in waiters.into_iter().enumerate() {
+            let _ = w.send(CallOutcome {
+                result: result.clone(),
+                billed: i == 0,
+                cost_usd: cost,
+            });
+        }
+        served
     }
 }
 
@@ -269,7 +341,6 @@ impl Actor {
 mod tests {
     use super::*;
     use crate::config::CacheConfig;
-    use futures::future::BoxFuture;
     use parking_lot::Mutex;
 
     /// A backend that records every batch it gets and echoes each prompt, after an optional delay.
@@ -281,31 +352,41 @@ mod tests {
     }
 
     impl Backend for Recorder {
-        fn call_batch<'a>(
-            &'a self,
-            requests: &'a [Request],
-        ) -> BoxFuture<'a, Vec<Result<Response, BackendError>>> {
-            Box::pin(async move {
-                self.batches
-                    .lock()
-                    .push(requests.iter().map(|r| r.prompt.clone()).collect());
-                tokio::time::sleep(self.delay).await;
-                requests
-                    .iter()
-                    .map(|r| {
-                        if Some(&r.prompt) == self.fail_prompt.as_ref() {
-                            Err(BackendError::Failed { backend: "rec".into(), message: "boom".into() })
+        fn call_batch(&self, requests: Vec<Request>) -> BoxStream<'static, BatchItem> {
+            self.batches
+                .lock()
+                .push(requests.iter().map(|r| r.prompt.clone()).collect());
+            let delay = self.delay;
+            let fail = self.fail_prompt.clone();
+            futures::stream::iter(requests.into_iter().enumerate())
+                .then(move |(i, r)| {
+                    let fail = fail.clone();
+                    async move {
+                        // Answers come one after another, `delay` apart.
+                        tokio::time::sleep(delay).await;
+                        if Some(&r.prompt) == fail.as_ref() {
+                            (
+                                i,
+                                Err(BackendError::Failed {
+                                    backend: "rec".into(),
+                                    message: "boom".into(),
+                                }),
+                            )
                         } else {
-                            Ok(Response {
-                                text: format!("echo {}", r.prompt),
-                                input_tokens: 100,
-                                output_tokens: 10,
-                                billed_seconds: 0.0,
-                            })
+                            let text = format!("echo {}", r.prompt);
+                            (
+                                i,
+                                Ok(Response {
+                                    text,
+                                    input_tokens: 100,
+                                    output_tokens: 10,
+                                    billed_seconds: 0.0,
+                                }),
+                            )
                         }
-                    })
-                    .collect()
-            })
+                    }
+                })
+                .boxed()
         }
     }
 
@@ -330,9 +411,25 @@ mod tests {
             policy,
             ttl: None,
         };
-        let pricing = Pricing { in_per_mtok: 1.0, out_per_mtok: 10.0, ..Default::default() };
-        let co = Coalescer::start(0, "rec".into(), rec.clone(), limits, pricing, cache, ledger.clone());
-        Setup { co: Arc::new(co), rec, ledger }
+        let pricing = Pricing {
+            in_per_mtok: 1.0,
+            out_per_mtok: 10.0,
+            ..Default::default()
+        };
+        let co = Coalescer::start(
+            0,
+            "rec".into(),
+            rec.clone(),
+            limits,
+            pricing,
+            cache,
+            ledger.clone(),
+        );
+        Setup {
+            co: Arc::new(co),
+            rec,
+            ledger,
+        }
     }
 
     fn req(prompt: &str) -> Request {
@@ -370,7 +467,10 @@ mod tests {
         call_all(&s.co, &refs).await;
         let sizes: Vec<usize> = s.rec.batches.lock().iter().map(|b| b.len()).collect();
         assert_eq!(sizes, vec![4, 4]);
-        assert!(t0.elapsed() < Duration::from_millis(1000), "full batches do not wait");
+        assert!(
+            t0.elapsed() < Duration::from_millis(1000),
+            "full batches do not wait"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -380,7 +480,10 @@ mod tests {
         call_all(&s.co, &["a", "b", "c"]).await;
         assert_eq!(s.rec.batches.lock().len(), 1);
         assert_eq!(s.rec.batches.lock()[0].len(), 3);
-        assert!(t0.elapsed() >= Duration::from_millis(50), "waited for more calls");
+        assert!(
+            t0.elapsed() >= Duration::from_millis(50),
+            "waited for more calls"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -398,7 +501,9 @@ mod tests {
         let out = call_all(&s.co, &["same"; 10]).await;
         assert_eq!(s.rec.batches.lock().concat(), vec!["same".to_string()]);
         assert_eq!(out.iter().filter(|o| o.billed).count(), 1);
-        assert!(out.iter().all(|o| o.result.as_ref().unwrap().text == "echo same"));
+        assert!(out
+            .iter()
+            .all(|o| o.result.as_ref().unwrap().text == "echo same"));
         let sum = s.ledger.summary();
         assert_eq!(sum.backends[0].billed_calls, 1);
         assert_eq!(sum.backends[0].requests, 10);
@@ -424,8 +529,36 @@ mod tests {
         assert_eq!(s.rec.batches.lock().concat().len(), 1);
         let later = call_all(&s.co, &["bad"]).await;
         assert!(later[0].result.is_err());
-        assert_eq!(s.rec.batches.lock().concat().len(), 2, "the failure was not cached");
+        assert_eq!(
+            s.rec.batches.lock().concat().len(),
+            2,
+            "the failure was not cached"
+        );
         assert_eq!(s.ledger.summary().backends[0].failures, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_answer_reaches_its_caller_as_soon_as_it_is_done() {
+        // One batch of two; the backend answers the first after 100 ms, the second after 200 ms.
+        let s = setup(2, 1000, CachePolicy::Off, 100);
+        let t0 = Instant::now();
+        let first = {
+            let co = s.co.clone();
+            tokio::spawn(async move {
+                co.call(req("a")).await;
+                t0.elapsed()
+            })
+        };
+        let second = {
+            let co = s.co.clone();
+            tokio::spawn(async move {
+                co.call(req("b")).await;
+                t0.elapsed()
+            })
+        };
+        assert_eq!(first.await.unwrap(), Duration::from_millis(100));
+        assert_eq!(second.await.unwrap(), Duration::from_millis(200));
+        assert_eq!(s.rec.batches.lock().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -126,7 +126,10 @@ pub struct SimulationConfig {
 
 impl Default for SimulationConfig {
     fn default() -> Self {
-        SimulationConfig { seed: 0, time_scale: 1.0 }
+        SimulationConfig {
+            seed: 0,
+            time_scale: 1.0,
+        }
     }
 }
 
@@ -354,15 +357,24 @@ impl Config {
             );
         }
         if !(o.top_p > 0.0 && o.top_p <= 1.0) {
-            return err("orchestrator.top_p", format!("expected a value in (0, 1], found {}", o.top_p));
+            return err(
+                "orchestrator.top_p",
+                format!("expected a value in (0, 1], found {}", o.top_p),
+            );
         }
         if o.executor == ExecutorKind::Sim {
             let Some(sim) = &o.sim else {
-                return err("orchestrator.sim", "the sim executor needs an [orchestrator.sim] table".into());
+                return err(
+                    "orchestrator.sim",
+                    "the sim executor needs an [orchestrator.sim] table".into(),
+                );
             };
             check_dist(origin, "orchestrator.sim.output_tokens", sim.output_tokens)?;
             if !(0.0..=1.0).contains(&sim.malformed_rate) {
-                return err("orchestrator.sim.malformed_rate", "expected a value in [0, 1]".into());
+                return err(
+                    "orchestrator.sim.malformed_rate",
+                    "expected a value in [0, 1]".into(),
+                );
             }
             for tool in sim.tool_logits.keys() {
                 if !self.tools.iter().any(|t| &t.name == tool) {
@@ -374,17 +386,26 @@ impl Config {
             }
         }
         if !(self.simulation.time_scale >= 0.0 && self.simulation.time_scale.is_finite()) {
-            return err("simulation.time_scale", "expected a finite value of 0 or more".into());
+            return err(
+                "simulation.time_scale",
+                "expected a finite value of 0 or more".into(),
+            );
         }
 
         let mut backend_names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             let key = |k: &str| format!("backends[{i}].{k}");
             if !backend_names.insert(b.name.as_str()) {
-                return err(&key("name"), format!("backend `{}` is defined twice", b.name));
+                return err(
+                    &key("name"),
+                    format!("backend `{}` is defined twice", b.name),
+                );
             }
             if b.max_batch == 0 || b.max_concurrency == 0 {
-                return err(&key("max_batch"), "expected max_batch and max_concurrency of at least 1".into());
+                return err(
+                    &key("max_batch"),
+                    "expected max_batch and max_concurrency of at least 1".into(),
+                );
             }
             for (k, v) in [
                 ("price_in_per_mtok", b.price_in_per_mtok),
@@ -398,7 +419,10 @@ impl Config {
             }
             if b.kind == BackendKind::Sim {
                 let Some(sim) = &b.sim else {
-                    return err(&key("sim"), "a backend of kind `sim` needs a [backends.sim] table".into());
+                    return err(
+                        &key("sim"),
+                        "a backend of kind `sim` needs a [backends.sim] table".into(),
+                    );
                 };
                 check_dist(origin, &key("sim.latency_ms"), sim.latency_ms)?;
                 check_dist(origin, &key("sim.output_tokens"), sim.output_tokens)?;
@@ -406,7 +430,10 @@ impl Config {
                     check_dist(origin, &key(&format!("sim.tool_latency_ms.{tool}")), *d)?;
                 }
                 if !(0.0..=1.0).contains(&sim.accuracy) {
-                    return err(&key("sim.accuracy"), format!("expected a value in [0, 1], found {}", sim.accuracy));
+                    return err(
+                        &key("sim.accuracy"),
+                        format!("expected a value in [0, 1], found {}", sim.accuracy),
+                    );
                 }
             }
         }
@@ -421,26 +448,41 @@ impl Config {
         for (i, b) in self.backends.iter().enumerate() {
             if let Some(fb) = &b.fallback {
                 if !self.aliases.contains_key(fb) {
-                    return err(&format!("backends[{i}].fallback"), format!("no alias `{fb}` in [aliases]"));
+                    return err(
+                        &format!("backends[{i}].fallback"),
+                        format!("no alias `{fb}` in [aliases]"),
+                    );
                 }
             }
         }
         let mut tool_names = HashSet::new();
         for (i, t) in self.tools.iter().enumerate() {
             if !tool_names.insert(t.name.as_str()) {
-                return err(&format!("tools[{i}].name"), format!("tool `{}` is defined twice", t.name));
+                return err(
+                    &format!("tools[{i}].name"),
+                    format!("tool `{}` is defined twice", t.name),
+                );
             }
             if t.aliases.is_empty() {
-                return err(&format!("tools[{i}].aliases"), "expected at least one alias".into());
+                return err(
+                    &format!("tools[{i}].aliases"),
+                    "expected at least one alias".into(),
+                );
             }
             for (j, a) in t.aliases.iter().enumerate() {
                 if !self.aliases.contains_key(a) {
-                    return err(&format!("tools[{i}].aliases[{j}]"), format!("no alias `{a}` in [aliases]"));
+                    return err(
+                        &format!("tools[{i}].aliases[{j}]"),
+                        format!("no alias `{a}` in [aliases]"),
+                    );
                 }
             }
         }
         if !tool_names.contains(crate::catalog::ANSWER_TOOL) {
-            return err("tools", "expected a tool named `answer`: it is how an episode ends".into());
+            return err(
+                "tools",
+                "expected a tool named `answer`: it is how an episode ends".into(),
+            );
         }
         Ok(())
     }
@@ -451,7 +493,10 @@ fn check_dist(origin: &str, key: &str, d: Dist) -> Result<(), ConfigError> {
         return Err(ConfigError::at_key(
             origin,
             key,
-            format!("expected 0 < p50 <= p99, found p50 = {}, p99 = {}", d.p50, d.p99),
+            format!(
+                "expected 0 < p50 <= p99, found p50 = {}, p99 = {}",
+                d.p50, d.p99
+            ),
         ));
     }
     Ok(())
@@ -520,7 +565,10 @@ output_tokens = { p50 = 5, p99 = 9 }
 
     #[test]
     fn wrong_type_names_key_and_expectation() {
-        let text = MINIMAL.replace("executor = \"sim\"", "executor = \"sim\"\nmax_turns = \"many\"");
+        let text = MINIMAL.replace(
+            "executor = \"sim\"",
+            "executor = \"sim\"\nmax_turns = \"many\"",
+        );
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(e.contains("orchestrator.max_turns"), "{e}");
         assert!(e.contains("expected"), "{e}");
@@ -538,14 +586,20 @@ output_tokens = { p50 = 5, p99 = 9 }
     fn dangling_alias_is_reported_at_its_key() {
         let text = MINIMAL.replace("a-1 = \"m\"", "a-1 = \"nope\"");
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
-        assert_eq!(e, "t.toml: key `aliases.a-1`: no backend named `nope` in [[backends]]");
+        assert_eq!(
+            e,
+            "t.toml: key `aliases.a-1`: no backend named `nope` in [[backends]]"
+        );
     }
 
     #[test]
     fn tool_alias_must_exist() {
         let text = MINIMAL.replace("aliases = [\"a-1\"]", "aliases = [\"a-1\", \"a-2\"]");
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
-        assert!(e.contains("tools[0].aliases[1]") && e.contains("a-2"), "{e}");
+        assert!(
+            e.contains("tools[0].aliases[1]") && e.contains("a-2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! One episode per task, each a tokio task, at most `max_live_tasks` at once; results go out on a
 //! channel as each episode ends, in completion order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
@@ -39,7 +40,9 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { record_trajectories: true }
+        EngineOptions {
+            record_trajectories: true,
+        }
     }
 }
 
@@ -90,7 +93,11 @@ impl Engine {
             max_malformed_calls: o.max_malformed_calls,
             record_trajectory: opts.record_trajectories,
         };
-        Ok(Engine { env: Arc::new(env), cache, max_live_tasks: o.max_live_tasks })
+        Ok(Engine {
+            env: Arc::new(env),
+            cache,
+            max_live_tasks: o.max_live_tasks,
+        })
     }
 
     /// Runs every task and sends each result as its episode ends. Returns when all have been sent
@@ -102,20 +109,30 @@ impl Engine {
         results: mpsc::Sender<TaskResult>,
         cancel: CancellationToken,
     ) {
+        // Episodes poll a plain flag: the token's own check takes a lock shared by all of them.
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let cancelled = cancelled.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                cancelled.store(true, Ordering::Relaxed);
+            })
+        };
         let live = Arc::new(Semaphore::new(self.max_live_tasks));
         for task in tasks {
             let permit = live.clone().acquire_owned().await.expect("never closed");
             let env = self.env.clone();
             let results = results.clone();
-            let cancel = cancel.clone();
+            let cancelled = cancelled.clone();
             tokio::spawn(async move {
-                let result = run_episode(&env, task, &cancel).await;
+                let result = run_episode(&env, task, &cancelled).await;
                 let _ = results.send(result).await;
                 drop(permit);
             });
         }
         // Wait for the last episodes: every permit back.
         let _ = live.acquire_many(self.max_live_tasks as u32).await;
+        watcher.abort();
     }
 
     pub fn catalog(&self) -> &Catalog {

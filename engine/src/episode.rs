@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_util::sync::CancellationToken;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::sim::stable_hash;
 use crate::backend::Request;
@@ -51,7 +51,11 @@ impl Context {
             self.observations.push_str(&content);
             self.observations.push('\n');
         }
-        self.messages.push(Message { role, content, tokens });
+        self.messages.push(Message {
+            role,
+            content,
+            tokens,
+        });
     }
 }
 
@@ -60,14 +64,23 @@ fn approx_tokens(text: &str) -> u32 {
     (text.len() as u32).div_ceil(4)
 }
 
-pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &CancellationToken) -> TaskResult {
+/// Runs one task to its end. `cancelled` is checked before every turn and every call.
+pub(crate) async fn run_episode(
+    env: &EpisodeEnv,
+    task: Task,
+    cancelled: &AtomicBool,
+) -> TaskResult {
     let started = Instant::now();
-    let preference = Arc::new(env.catalog.preference(&task.preference));
+    let preference = env.catalog.preference(&task.preference);
     let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
     let budget = task.budget_usd.or(env.default_budget_usd);
     let cheapest = env.catalog.cheapest_call_usd();
     let mut ledger = TaskLedger::default();
-    let mut ctx = Context { messages: Vec::new(), hash: 0, observations: String::new() };
+    let mut ctx = Context {
+        messages: Vec::new(),
+        hash: 0,
+        observations: String::new(),
+    };
     ctx.push(Role::User, task.prompt.clone(), approx_tokens(&task.prompt));
     let seq = env.executor.open();
     let mut sent = 0;
@@ -77,7 +90,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancellat
     let mut error = None;
 
     let status = loop {
-        if cancel.is_cancelled() {
+        if cancelled.load(Ordering::Relaxed) {
             break Status::Cancelled;
         }
         if turns >= max_turns {
@@ -105,11 +118,19 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancellat
         };
         sent = ctx.messages.len();
         turns += 1;
-        ledger.record_turn(decision.prompt_tokens, decision.completion_tokens, &env.orchestrator_price);
+        ledger.record_turn(
+            decision.prompt_tokens,
+            decision.completion_tokens,
+            &env.orchestrator_price,
+        );
         let parsed = Action::parse_hermes(&decision.text)
             .map_err(|e| e.to_string())
             .and_then(|a| env.catalog.resolve(&a).map_err(|e| e.to_string()));
-        ctx.push(Role::Assistant, decision.text, decision.completion_tokens as u32);
+        ctx.push(
+            Role::Assistant,
+            decision.text,
+            decision.completion_tokens as u32,
+        );
         let action = match parsed {
             Ok(a) => {
                 malformed = 0;
@@ -118,7 +139,9 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancellat
             Err(e) => {
                 malformed += 1;
                 if malformed >= env.max_malformed_calls {
-                    error = Some(format!("{malformed} malformed tool calls in a row; the last: {e}"));
+                    error = Some(format!(
+                        "{malformed} malformed tool calls in a row; the last: {e}"
+                    ));
                     break Status::Failed;
                 }
                 let msg = format!("Error: invalid tool call: {e}");
@@ -127,7 +150,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancellat
                 continue;
             }
         };
-        if cancel.is_cancelled() {
+        if cancelled.load(Ordering::Relaxed) {
             break Status::Cancelled;
         }
 
@@ -136,7 +159,9 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancellat
         let request = Request {
             tool: a.tool_name.clone(),
             model: model.clone(),
-            prompt: env.catalog.render_prompt(a.tool, &task.prompt, &ctx.observations),
+            prompt: env
+                .catalog
+                .render_prompt(a.tool, &task.prompt, &ctx.observations),
             max_tokens: *max_tokens,
             temperature: *temperature,
         };
@@ -168,7 +193,11 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancellat
             answer = Some(response.text.clone());
             break Status::Answered;
         }
-        ctx.push(Role::Tool, response.text.clone(), response.output_tokens as u32);
+        ctx.push(
+            Role::Tool,
+            response.text.clone(),
+            response.output_tokens as u32,
+        );
     };
     env.executor.release(seq);
 

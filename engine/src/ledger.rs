@@ -87,9 +87,11 @@ struct AtomicF64(AtomicU64);
 impl AtomicF64 {
     fn add(&self, v: f64) {
         if v != 0.0 {
-            let _ = self.0.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + v).to_bits())
-            });
+            let _ = self
+                .0
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                    Some((f64::from_bits(bits) + v).to_bits())
+                });
         }
     }
     fn get(&self) -> f64 {
@@ -208,7 +210,11 @@ impl Ledger {
             orchestrator_cost_usd: self.orchestrator_cost_usd.get(),
             graded: get(&self.graded),
             correct: get(&self.correct),
-            coalescing_factor: if batches == 0 { 0.0 } else { requests as f64 / batches as f64 },
+            coalescing_factor: if batches == 0 {
+                0.0
+            } else {
+                requests as f64 / batches as f64
+            },
             backends,
         }
     }
@@ -268,7 +274,12 @@ mod tests {
 
     #[test]
     fn pricing_adds_tokens_calls_and_seconds() {
-        let p = Pricing { in_per_mtok: 1.25, out_per_mtok: 10.0, per_call: 0.01, per_second: 0.5 };
+        let p = Pricing {
+            in_per_mtok: 1.25,
+            out_per_mtok: 10.0,
+            per_call: 0.01,
+            per_second: 0.5,
+        };
         let c = p.cost(2_000_000, 100_000, 2.0);
         assert!((c - (2.5 + 1.0 + 0.01 + 1.0)).abs() < 1e-12);
     }
@@ -276,7 +287,11 @@ mod tests {
     #[test]
     fn cached_calls_cost_nothing_and_count_as_saved() {
         let mut t = TaskLedger::default();
-        let p = Pricing { in_per_mtok: 1.25, out_per_mtok: 10.0, ..Default::default() };
+        let p = Pricing {
+            in_per_mtok: 1.25,
+            out_per_mtok: 10.0,
+            ..Default::default()
+        };
         let full = p.cost(1000, 200, 0.0);
         t.record_call(call(false), full);
         t.record_call(call(true), full);
@@ -289,9 +304,17 @@ mod tests {
     #[test]
     fn orchestrator_tokens_are_billed_and_reduce_the_budget() {
         let mut t = TaskLedger::default();
-        let p = Pricing { in_per_mtok: 0.2, out_per_mtok: 0.2, per_call: 5.0, ..Default::default() };
+        let p = Pricing {
+            in_per_mtok: 0.2,
+            out_per_mtok: 0.2,
+            per_call: 5.0,
+            ..Default::default()
+        };
         t.record_turn(4000, 1000, &p);
-        assert!((t.cost_usd - 0.001).abs() < 1e-12, "per_call is not charged per turn");
+        assert!(
+            (t.cost_usd - 0.001).abs() < 1e-12,
+            "per_call is not charged per turn"
+        );
         assert!((t.remaining(Some(0.01)) - 0.009).abs() < 1e-12);
         assert_eq!(t.remaining(None), f64::INFINITY);
         assert_eq!(t.orchestrator_tokens(), 5000);

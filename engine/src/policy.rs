@@ -20,13 +20,19 @@ pub fn shape_scores(
     out: &mut Vec<f32>,
 ) {
     out.clear();
-    out.extend(catalog.actions.iter().zip(&preference.bias).map(|(a, bias)| {
-        if a.expected_cost_usd > remaining_usd {
-            f32::NEG_INFINITY
-        } else {
-            tool_scores[a.tool] + bias
-        }
-    }));
+    out.extend(
+        catalog
+            .actions
+            .iter()
+            .zip(&preference.bias)
+            .map(|(a, bias)| {
+                if a.expected_cost_usd > remaining_usd {
+                    f32::NEG_INFINITY
+                } else {
+                    tool_scores[a.tool] + bias
+                }
+            }),
+    );
 }
 
 /// Samples an action from shaped scores (overwritten with probabilities) given a uniform `u` in
@@ -57,7 +63,8 @@ mod tests {
     use crate::config::Config;
 
     fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/toolorchestra-sim.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/toolorchestra-sim.toml");
         Catalog::new(&Config::load(&path).unwrap())
     }
 
@@ -89,7 +96,12 @@ mod tests {
     fn unaffordable_actions_are_never_chosen() {
         let c = catalog();
         let none = c.preference(&[]);
-        let budget = c.actions.iter().map(|a| a.expected_cost_usd).fold(0.0, f64::max) / 3.0;
+        let budget = c
+            .actions
+            .iter()
+            .map(|a| a.expected_cost_usd)
+            .fold(0.0, f64::max)
+            / 3.0;
         let tools = vec![0.0f32; c.tools.len()];
         let mut scores = Vec::new();
         for i in 0..1000 {

@@ -15,7 +15,9 @@
 //! [`StepRunner`]: the simulated executor today, the native model runtime later, unchanged.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -143,7 +145,11 @@ pub fn spawn<R: StepRunner>(runner: R, limits: BatchLimits) -> (SchedulerHandle<
         .name("tutti-scheduler".into())
         .spawn(move || sched.run())
         .expect("spawn the scheduler thread");
-    let handle = SchedulerHandle { tx, next_id: Arc::new(AtomicU64::new(0)), stats };
+    let handle = SchedulerHandle {
+        tx,
+        next_id: Arc::new(AtomicU64::new(0)),
+        stats,
+    };
     (handle, join)
 }
 
@@ -209,8 +215,8 @@ impl<R: StepRunner> Scheduler<R> {
             limits,
             rx,
             stats,
-            parked: HashMap::new(),
-            released: HashSet::new(),
+            parked: HashMap::default(),
+            released: HashSet::default(),
             waiting: BinaryHeap::new(),
             running: Vec::new(),
             arrivals: 0,
@@ -249,7 +255,14 @@ impl<R: StepRunner> Scheduler<R> {
                 };
                 let prefill_left = self.runner.begin_turn(&mut seq, input);
                 self.arrivals += 1;
-                let turn = Turn { id, seq, prefill_left, attained, arrival: self.arrivals, reply };
+                let turn = Turn {
+                    id,
+                    seq,
+                    prefill_left,
+                    attained,
+                    arrival: self.arrivals,
+                    reply,
+                };
                 self.waiting.push(Reverse(ByService(turn)));
             }
             Command::Release(id) => match self.parked.remove(&id) {
@@ -306,16 +319,27 @@ impl<R: StepRunner> Scheduler<R> {
             t.prefill_left -= prefill;
             t.attained += prefill as u64 + decode as u64;
             index.push(i);
-            items.push(StepItem { id: t.id, seq: &mut t.seq, prefill, decode });
+            items.push(StepItem {
+                id: t.id,
+                seq: &mut t.seq,
+                prefill,
+                decode,
+            });
         }
         finished.clear();
         self.runner.step(&mut items, finished);
         drop(items);
 
         self.stats.steps.fetch_add(1, AtomicOrdering::Relaxed);
-        self.stats.seq_steps.fetch_add(index.len() as u64, AtomicOrdering::Relaxed);
-        self.stats.tokens.fetch_add(tokens as u64, AtomicOrdering::Relaxed);
-        self.stats.turns.fetch_add(finished.len() as u64, AtomicOrdering::Relaxed);
+        self.stats
+            .seq_steps
+            .fetch_add(index.len() as u64, AtomicOrdering::Relaxed);
+        self.stats
+            .tokens
+            .fetch_add(tokens as u64, AtomicOrdering::Relaxed);
+        self.stats
+            .turns
+            .fetch_add(finished.len() as u64, AtomicOrdering::Relaxed);
 
         // Remove finished turns from the highest running index down so swap_remove keeps the
         // remaining indices valid.
@@ -342,9 +366,12 @@ mod tests {
     use parking_lot::Mutex;
 
     /// A runner whose turns decode a given number of tokens and that records every step.
+    /// Each step as (sequence, prefill tokens, decoded) per item.
+    type Steps = Arc<Mutex<Vec<Vec<(SeqId, usize, bool)>>>>;
+
     #[derive(Default)]
     struct Recording {
-        steps: Arc<Mutex<Vec<Vec<(SeqId, usize, bool)>>>>,
+        steps: Steps,
         dropped: Arc<Mutex<Vec<SeqId>>>,
     }
 
@@ -362,16 +389,22 @@ mod tests {
         type Output = SeqId;
 
         fn new_seq(&mut self) -> Seq {
-            Seq { id: None, decode_left: 0 }
+            Seq {
+                id: None,
+                decode_left: 0,
+            }
         }
         fn begin_turn(&mut self, seq: &mut Seq, (prefill, decode): Input) -> usize {
             seq.decode_left = decode;
             prefill
         }
         fn step(&mut self, items: &mut [StepItem<'_, Seq>], finished: &mut Vec<(usize, SeqId)>) {
-            self.steps
-                .lock()
-                .push(items.iter().map(|it| (it.id, it.prefill, it.decode)).collect());
+            self.steps.lock().push(
+                items
+                    .iter()
+                    .map(|it| (it.id, it.prefill, it.decode))
+                    .collect(),
+            );
             for (i, it) in items.iter_mut().enumerate() {
                 it.seq.id = Some(it.id);
                 if it.decode {
@@ -389,10 +422,22 @@ mod tests {
         }
     }
 
-    fn start(max_seqs: usize, max_tokens: usize) -> (SchedulerHandle<Recording>, Recording, JoinHandle<Recording>) {
+    fn start(
+        max_seqs: usize,
+        max_tokens: usize,
+    ) -> (SchedulerHandle<Recording>, Recording, JoinHandle<Recording>) {
         let rec = Recording::default();
-        let copy = Recording { steps: rec.steps.clone(), dropped: rec.dropped.clone() };
-        let (h, j) = spawn(rec, BatchLimits { max_seqs, max_batched_tokens: max_tokens });
+        let copy = Recording {
+            steps: rec.steps.clone(),
+            dropped: rec.dropped.clone(),
+        };
+        let (h, j) = spawn(
+            rec,
+            BatchLimits {
+                max_seqs,
+                max_batched_tokens: max_tokens,
+            },
+        );
         (h, copy, j)
     }
 
@@ -422,19 +467,32 @@ mod tests {
             assert!(s.len() <= 4, "more than max_seqs in a step: {s:?}");
             let tokens: usize = s.iter().map(|(_, p, d)| p + *d as usize).sum::<usize>()
                 - s.iter().filter(|(_, p, d)| *p > 0 && *d).count();
-            assert!(tokens <= 16, "more than max_batched_tokens in a step: {s:?}");
+            assert!(
+                tokens <= 16,
+                "more than max_batched_tokens in a step: {s:?}"
+            );
         }
         // Prefills of 7..11 tokens under a 16-token budget must have been chunked somewhere.
         assert!(steps.iter().flatten().any(|(_, p, d)| *p > 0 && !*d));
-        assert_eq!(rec.dropped.lock().len(), 20, "every released sequence is dropped");
+        assert_eq!(
+            rec.dropped.lock().len(),
+            20,
+            "every released sequence is dropped"
+        );
     }
 
     /// Drives a scheduler by hand, without its thread, so the order of events is exact.
     fn manual(max_seqs: usize, max_tokens: usize) -> (Scheduler<Recording>, Recording) {
         let rec = Recording::default();
-        let copy = Recording { steps: rec.steps.clone(), dropped: rec.dropped.clone() };
+        let copy = Recording {
+            steps: rec.steps.clone(),
+            dropped: rec.dropped.clone(),
+        };
         let (_tx, rx) = crossbeam_channel::unbounded();
-        let limits = BatchLimits { max_seqs, max_batched_tokens: max_tokens };
+        let limits = BatchLimits {
+            max_seqs,
+            max_batched_tokens: max_tokens,
+        };
         (Scheduler::new(rec, limits, rx, Arc::default()), copy)
     }
 
@@ -456,12 +514,12 @@ mod tests {
     fn least_attained_service_goes_first() {
         let (mut s, rec) = manual(1, 64);
         let (old, fresh) = (1, 2);
-        let _ = turn(&mut s, old, (50, 5));
+        let _reply = turn(&mut s, old, (50, 5));
         drain(&mut s);
         // `old` has had 55 tokens of service. Its next turn arrives before `fresh`'s first one,
         // yet with one slot `fresh` runs first.
-        let _ = turn(&mut s, old, (1, 1));
-        let _ = turn(&mut s, fresh, (1, 1));
+        let _reply = turn(&mut s, old, (1, 1));
+        let _reply = turn(&mut s, fresh, (1, 1));
         rec.steps.lock().clear();
         drain(&mut s);
         let order: Vec<SeqId> = rec.steps.lock().iter().flatten().map(|x| x.0).collect();
@@ -472,7 +530,7 @@ mod tests {
     fn equal_service_is_first_come_first_served() {
         let (mut s, rec) = manual(1, 64);
         for id in [5, 3, 9] {
-            let _ = turn(&mut s, id, (2, 1));
+            let _reply = turn(&mut s, id, (2, 1));
         }
         drain(&mut s);
         let order: Vec<SeqId> = rec.steps.lock().iter().flatten().map(|x| x.0).collect();
@@ -482,8 +540,8 @@ mod tests {
     #[test]
     fn decodes_go_before_prefill_chunks_within_the_token_budget() {
         let (mut s, rec) = manual(4, 10);
-        let _ = turn(&mut s, 1, (0, 3)); // decoding at once
-        let _ = turn(&mut s, 2, (25, 1)); // a long prefill, chunked
+        let _reply = turn(&mut s, 1, (0, 3)); // decoding at once
+        let _reply = turn(&mut s, 2, (25, 1)); // a long prefill, chunked
         let mut finished = Vec::new();
         s.admit();
         s.step(&mut finished);
@@ -504,7 +562,10 @@ mod tests {
         drop(h);
         join.join().unwrap();
         let steps = rec.steps.lock();
-        let b_steps: Vec<_> = steps.iter().filter(|s| s.iter().any(|x| x.0 == b)).collect();
+        let b_steps: Vec<_> = steps
+            .iter()
+            .filter(|s| s.iter().any(|x| x.0 == b))
+            .collect();
         assert_eq!(b_steps.len(), 3);
         assert!(b_steps.iter().all(|s| s.len() == 1), "{b_steps:?}");
     }

@@ -136,7 +136,10 @@ impl Action {
             .and_then(|m| m.as_str())
             .filter(|m| !m.is_empty())
             .ok_or(ParseError::NoModel)?;
-        Ok(Action { tool, alias: alias.to_string() })
+        Ok(Action {
+            tool,
+            alias: alias.to_string(),
+        })
     }
 
     /// Renders the action as the Hermes text an orchestrator emits.
@@ -183,7 +186,10 @@ pub struct TaskResult {
 /// wrappers, lowercases, collapses whitespace and drops a trailing period.
 pub fn normalize_answer(s: &str) -> String {
     let mut t = s.trim();
-    if let Some(inner) = t.strip_prefix("<answer>").and_then(|r| r.strip_suffix("</answer>")) {
+    if let Some(inner) = t
+        .strip_prefix("<answer>")
+        .and_then(|r| r.strip_suffix("</answer>"))
+    {
         t = inner.trim();
     }
     if let Some(inner) = t.strip_prefix("\\boxed{").and_then(|r| r.strip_suffix('}')) {
@@ -206,7 +212,10 @@ mod tests {
     use super::*;
 
     fn ok(tool: &str, alias: &str) -> Result<Action, ParseError> {
-        Ok(Action { tool: tool.into(), alias: alias.into() })
+        Ok(Action {
+            tool: tool.into(),
+            alias: alias.into(),
+        })
     }
 
     #[test]
@@ -223,7 +232,10 @@ mod tests {
 
     #[test]
     fn round_trips_through_hermes_text() {
-        let a = Action { tool: "enhance_reasoning".into(), alias: "reasoner-3".into() };
+        let a = Action {
+            tool: "enhance_reasoning".into(),
+            alias: "reasoner-3".into(),
+        };
         assert_eq!(Action::parse_hermes(&a.to_hermes()), Ok(a));
     }
 
@@ -251,7 +263,9 @@ mod tests {
             Err(ParseError::NoModel)
         );
         assert_eq!(
-            Action::parse_hermes(r#"<tool_call>{"name": "answer", "arguments": {"model": ""}}</tool_call>"#),
+            Action::parse_hermes(
+                r#"<tool_call>{"name": "answer", "arguments": {"model": ""}}</tool_call>"#
+            ),
             Err(ParseError::NoModel)
         );
         assert!(matches!(

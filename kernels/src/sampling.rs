@@ -39,7 +39,11 @@ pub fn softmax_inplace(row: &mut [f32]) -> f32 {
     };
     let mut sum = 0.0f32;
     for x in row.iter_mut() {
-        let e = if *x == f32::NEG_INFINITY { 0.0 } else { (*x - m).exp() };
+        let e = if *x == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (*x - m).exp()
+        };
         *x = e;
         sum += e;
     }
@@ -153,7 +157,13 @@ mod tests {
             .fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
         let e: Vec<f64> = row
             .iter()
-            .map(|&x| if x.is_finite() { (x as f64 - m).exp() } else { 0.0 })
+            .map(|&x| {
+                if x.is_finite() {
+                    (x as f64 - m).exp()
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let s: f64 = e.iter().sum();
         e.iter().map(|x| x / s).collect()

@@ -37,7 +37,10 @@ pub fn result_ids(path: &Path) -> Vec<String> {
     use arrow::array::{Array, StringArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
     let mut ids = Vec::new();
     for batch in reader {
         let batch = batch.unwrap();

@@ -9,7 +9,7 @@ pub mod sim;
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 
 use crate::config::{BackendConfig, BackendKind, SimulationConfig};
 
@@ -31,7 +31,11 @@ impl Request {
     /// equality of requests.
     pub fn key(&self, backend: &str) -> CacheKey {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for part in [backend.as_bytes(), self.tool.as_bytes(), self.model.as_bytes()] {
+        for part in [
+            backend.as_bytes(),
+            self.tool.as_bytes(),
+            self.model.as_bytes(),
+        ] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
@@ -65,13 +69,16 @@ pub enum BackendError {
     Failed { backend: String, message: String },
 }
 
+/// One answer of a batch: the request's index in the batch and its result.
+pub type BatchItem = (usize, Result<Response, BackendError>);
+
 /// Something that executes calls in batches.
 pub trait Backend: Send + Sync + 'static {
-    /// Answers every request of the batch, in order.
-    fn call_batch<'a>(
-        &'a self,
-        requests: &'a [Request],
-    ) -> BoxFuture<'a, Vec<Result<Response, BackendError>>>;
+    /// Answers every request of the batch, each as soon as it is done: a backend that sends the
+    /// batch as concurrent requests (chat completions) yields them one by one, one that sends a
+    /// single batched request (a completions call with a list of prompts) yields them together.
+    /// Every index must be answered once; the coalescer fails any the stream leaves out.
+    fn call_batch(&self, requests: Vec<Request>) -> BoxStream<'static, BatchItem>;
 
     /// Whether the answer is a function of the request alone, so that the `deterministic` cache
     /// policy may cache it and identical in-flight calls may share one answer.

@@ -10,12 +10,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
 
-use super::{Backend, BackendError, Request, Response};
+use super::{Backend, BatchItem, Request, Response};
 use crate::config::{BackendConfig, Dist, SimulationConfig};
 
 /// A lognormal given by its median and 99th percentile; a constant when they are equal.
@@ -62,7 +62,10 @@ pub struct SimBackend {
 
 impl SimBackend {
     pub fn new(cfg: &BackendConfig, sim: &SimulationConfig) -> SimBackend {
-        let s = cfg.sim.as_ref().expect("validated: sim backends have [backends.sim]");
+        let s = cfg
+            .sim
+            .as_ref()
+            .expect("validated: sim backends have [backends.sim]");
         SimBackend {
             name: cfg.name.clone(),
             seed: sim.seed,
@@ -82,10 +85,18 @@ impl SimBackend {
     fn answer(&self, req: &Request) -> (Response, f64) {
         let h = stable_hash(
             self.seed,
-            &[self.name.as_bytes(), req.tool.as_bytes(), req.prompt.as_bytes()],
+            &[
+                self.name.as_bytes(),
+                req.tool.as_bytes(),
+                req.prompt.as_bytes(),
+            ],
         );
         let mut rng = SmallRng::seed_from_u64(h);
-        let latency = self.tool_latency.get(&*req.tool).unwrap_or(&self.latency).sample(&mut rng);
+        let latency = self
+            .tool_latency
+            .get(&*req.tool)
+            .unwrap_or(&self.latency)
+            .sample(&mut rng);
         let output_tokens = (self.output_tokens.sample(&mut rng).round() as u64)
             .clamp(1, req.max_tokens.max(1) as u64);
         let text = match &*req.tool {
@@ -111,27 +122,26 @@ impl SimBackend {
 }
 
 impl Backend for SimBackend {
-    fn call_batch<'a>(
-        &'a self,
-        requests: &'a [Request],
-    ) -> BoxFuture<'a, Vec<Result<Response, BackendError>>> {
-        Box::pin(async move {
-            let mut slowest = 0f64;
-            let out = requests
-                .iter()
-                .map(|r| {
-                    let (resp, ms) = self.answer(r);
-                    slowest = slowest.max(ms);
-                    Ok(resp)
-                })
-                .collect();
-            // A batch is served in parallel: it takes as long as its slowest request.
-            let wait = slowest * self.time_scale;
-            if wait > 0.0 {
-                tokio::time::sleep(Duration::from_secs_f64(wait / 1000.0)).await;
-            }
-            out
-        })
+    /// The requests of a batch are served concurrently, each done after its own latency.
+    fn call_batch(&self, requests: Vec<Request>) -> BoxStream<'static, BatchItem> {
+        let scale = self.time_scale;
+        let answers: Vec<(Response, f64)> = requests.iter().map(|r| self.answer(r)).collect();
+        if scale <= 0.0 {
+            let items = answers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (resp, _))| (i, Ok(resp)));
+            return futures::stream::iter(items).boxed();
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(i, (resp, ms))| async move {
+                tokio::time::sleep(Duration::from_secs_f64(ms * scale / 1000.0)).await;
+                (i, Ok(resp))
+            })
+            .collect::<FuturesUnordered<_>>()
+            .boxed()
     }
 }
 
@@ -170,7 +180,10 @@ mod tests {
 
     #[test]
     fn lognormal_matches_its_quantiles() {
-        let d = LogNormalDist::new(Dist { p50: 100.0, p99: 1000.0 });
+        let d = LogNormalDist::new(Dist {
+            p50: 100.0,
+            p99: 1000.0,
+        });
         let mut rng = SmallRng::seed_from_u64(1);
         let mut xs: Vec<f64> = (0..20_000).map(|_| d.sample(&mut rng)).collect();
         xs.sort_by(f64::total_cmp);

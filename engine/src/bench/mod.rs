@@ -22,8 +22,14 @@ pub use workload::{generate, sample, WorkloadSpec};
 
 /// Bundled benchmark profiles: name -> config text.
 pub const PROFILES: &[(&str, &str)] = &[
-    ("toolorchestra-sim", include_str!("../../../configs/toolorchestra-sim.toml")),
-    ("control-plane", include_str!("../../../configs/control-plane.toml")),
+    (
+        "toolorchestra-sim",
+        include_str!("../../../configs/toolorchestra-sim.toml"),
+    ),
+    (
+        "control-plane",
+        include_str!("../../../configs/control-plane.toml"),
+    ),
 ];
 
 /// The config of a bundled profile.
@@ -121,7 +127,12 @@ pub fn naive(cfg: &Config) -> Config {
 
 /// Runs `tasks` on a fresh engine built from `cfg` and measures it. Must run inside a runtime.
 pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, EngineError> {
-    let engine = Engine::new(cfg, EngineOptions { record_trajectories: false })?;
+    let engine = Engine::new(
+        cfg,
+        EngineOptions {
+            record_trajectories: false,
+        },
+    )?;
     let n = tasks.len() as u64;
     let (tx, mut rx) = mpsc::channel::<crate::task::TaskResult>(4096);
     let started = Instant::now();
@@ -153,15 +164,27 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
             max: hist.max(),
         },
         cost_usd: ledger.cost_usd,
-        cost_per_task_usd: if n == 0 { 0.0 } else { ledger.cost_usd / n as f64 },
+        cost_per_task_usd: if n == 0 {
+            0.0
+        } else {
+            ledger.cost_usd / n as f64
+        },
         billed_calls: ledger.billed_calls,
         cache_hits: ledger.cache_hits,
         coalescing_factor: ledger.coalescing_factor,
-        accuracy: if ledger.graded == 0 { 0.0 } else { ledger.correct as f64 / ledger.graded as f64 },
+        accuracy: if ledger.graded == 0 {
+            0.0
+        } else {
+            ledger.correct as f64 / ledger.graded as f64
+        },
         statuses: ledger.tasks.clone(),
         cache: engine.cache_stats(),
         decode_steps: steps,
-        mean_batch: if steps == 0 { 0.0 } else { seq_steps as f64 / steps as f64 },
+        mean_batch: if steps == 0 {
+            0.0
+        } else {
+            seq_steps as f64 / steps as f64
+        },
         ledger,
     })
 }
@@ -179,12 +202,22 @@ pub struct BenchSpec {
 pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, EngineError> {
     let catalog = crate::catalog::Catalog::new(cfg);
     let tasks = generate(&spec.workload, &catalog);
-    let run = run_workload(cfg, tasks.clone()).await?;
+    let baseline_tasks = spec.baseline_tasks.map(|k| {
+        let sampled = k < tasks.len();
+        (
+            sampled,
+            if sampled {
+                sample(&tasks, k, spec.workload.seed)
+            } else {
+                tasks.clone()
+            },
+        )
+    });
+    let run = run_workload(cfg, tasks).await?;
     let peak_rss_bytes = peak_rss_bytes();
-    let (baseline, speedup) = match spec.baseline_tasks {
-        Some(k) => {
-            let sampled = k < tasks.len();
-            let subset = if sampled { sample(&tasks, k, spec.workload.seed) } else { tasks };
+    let (baseline, speedup) = match baseline_tasks {
+        Some((sampled, subset)) => {
+            let k = subset.len();
             let b = run_workload(&naive(cfg), subset).await?;
             let speedup = Speedup {
                 tasks_per_s: run.tasks_per_s / b.tasks_per_s,
@@ -193,9 +226,20 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
             };
             let description = format!(
                 "naive harness (2 tasks at a time, no batching, no coalescing, no cache) on {}",
-                if sampled { format!("a seeded sample of {k} tasks of the workload; rates are compared") } else { "the whole workload".to_string() }
+                if sampled {
+                    format!("a seeded sample of {k} tasks of the workload; rates are compared")
+                } else {
+                    "the whole workload".to_string()
+                }
             );
-            (Some(BaselineReport { description, sampled, run: b }), Some(speedup))
+            (
+                Some(BaselineReport {
+                    description,
+                    sampled,
+                    run: b,
+                }),
+                Some(speedup),
+            )
         }
         None => (None, None),
     };

@@ -59,7 +59,11 @@ pub fn generate(spec: &WorkloadSpec, catalog: &Catalog) -> Vec<Task> {
         let id = format!("t{i:07}");
         if repeat && !originals.is_empty() {
             let src = &tasks[originals[rng.random_range(0..originals.len())]];
-            tasks.push(Task { id, metadata: Some(format!("repeat of {}", src.id)), ..src.clone() });
+            tasks.push(Task {
+                id,
+                metadata: Some(format!("repeat of {}", src.id)),
+                ..src.clone()
+            });
             continue;
         }
         let a: i64 = rng.random_range(2..1000);
@@ -80,7 +84,8 @@ pub fn generate(spec: &WorkloadSpec, catalog: &Catalog) -> Vec<Task> {
                 )),
             }
         }
-        let budget_usd = (rng.random::<f64>() < spec.budget_share).then(|| rng.random_range(0.002..0.05));
+        let budget_usd =
+            (rng.random::<f64>() < spec.budget_share).then(|| rng.random_range(0.002..0.05));
         originals.push(i);
         tasks.push(Task {
             id,
@@ -110,19 +115,25 @@ mod tests {
     use crate::config::Config;
 
     fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/toolorchestra-sim.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../configs/toolorchestra-sim.toml");
         Catalog::new(&Config::load(&path).unwrap())
     }
 
     #[test]
     fn same_spec_same_tasks_and_exact_repeat_share() {
         let c = catalog();
-        let spec = WorkloadSpec { tasks: 1000, repeat_share: 0.3, ..Default::default() };
+        let spec = WorkloadSpec {
+            tasks: 1000,
+            repeat_share: 0.3,
+            ..Default::default()
+        };
         let a = generate(&spec, &c);
         assert_eq!(a, generate(&spec, &c));
         let repeats = a.iter().filter(|t| t.metadata.is_some()).count();
         assert_eq!(repeats, 300);
-        let distinct: std::collections::HashSet<&str> = a.iter().map(|t| t.prompt.as_str()).collect();
+        let distinct: std::collections::HashSet<&str> =
+            a.iter().map(|t| t.prompt.as_str()).collect();
         assert!(distinct.len() <= 700);
         for t in &a {
             c.check_preference(&t.preference).unwrap();
@@ -132,7 +143,13 @@ mod tests {
     #[test]
     fn sample_is_seeded_and_a_subset() {
         let c = catalog();
-        let tasks = generate(&WorkloadSpec { tasks: 100, ..Default::default() }, &c);
+        let tasks = generate(
+            &WorkloadSpec {
+                tasks: 100,
+                ..Default::default()
+            },
+            &c,
+        );
         let s = sample(&tasks, 10, 3);
         assert_eq!(s.len(), 10);
         assert_eq!(s, sample(&tasks, 10, 3));

@@ -45,7 +45,11 @@ pub trait Executor: Send + Sync {
     /// A new sequence for an episode.
     fn open(&self) -> u64;
     /// Runs one turn.
-    fn decide<'a>(&'a self, seq: u64, view: TurnView<'a>) -> BoxFuture<'a, Result<Decision, ExecError>>;
+    fn decide<'a>(
+        &'a self,
+        seq: u64,
+        view: TurnView<'a>,
+    ) -> BoxFuture<'a, Result<Decision, ExecError>>;
     /// The episode is over; its sequence's state can go.
     fn release(&self, seq: u64);
     /// The batching scheduler's counters, for executors that batch.

@@ -59,7 +59,11 @@ pub struct SimRunner {
 
 impl SimRunner {
     pub fn new(cfg: &Config, catalog: Arc<Catalog>) -> SimRunner {
-        let sim = cfg.orchestrator.sim.clone().expect("validated: sim executor has [orchestrator.sim]");
+        let sim = cfg
+            .orchestrator
+            .sim
+            .clone()
+            .expect("validated: sim executor has [orchestrator.sim]");
         let tool_scores = catalog
             .tools
             .iter()
@@ -68,7 +72,13 @@ impl SimRunner {
         let calls = catalog
             .actions
             .iter()
-            .map(|a| Action { tool: a.tool_name.to_string(), alias: a.alias.to_string() }.to_hermes())
+            .map(|a| {
+                Action {
+                    tool: a.tool_name.to_string(),
+                    alias: a.alias.to_string(),
+                }
+                .to_hermes()
+            })
             .collect();
         SimRunner {
             calls,
@@ -92,7 +102,8 @@ impl SimRunner {
         let tokens = (self.output_tokens.sample(&mut rng).round() as u64).max(1);
         self.tools.clear();
         self.tools.extend_from_slice(&self.tool_scores);
-        self.tools[self.catalog.answer_tool] += self.cfg.answer_logit_per_turn as f32 * input.turn as f32;
+        self.tools[self.catalog.answer_tool] +=
+            self.cfg.answer_logit_per_turn as f32 * input.turn as f32;
         policy::shape_scores(
             &self.catalog,
             &self.tools,
@@ -107,7 +118,11 @@ impl SimRunner {
         } else {
             call.clone()
         };
-        Decision { text, prompt_tokens: input.prompt_tokens, completion_tokens: tokens }
+        Decision {
+            text,
+            prompt_tokens: input.prompt_tokens,
+            completion_tokens: tokens,
+        }
     }
 
     /// Advances the simulated clock by one step and sleeps once the debt is worth a sleep.
@@ -131,7 +146,10 @@ impl StepRunner for SimRunner {
     type Output = Decision;
 
     fn new_seq(&mut self) -> SimSeq {
-        SimSeq { decode_left: 0, output: None }
+        SimSeq {
+            decode_left: 0,
+            output: None,
+        }
     }
 
     fn begin_turn(&mut self, seq: &mut SimSeq, input: SimInput) -> usize {
@@ -172,7 +190,10 @@ impl SimExecutor {
             max_batched_tokens: cfg.orchestrator.max_batched_tokens,
         };
         let (handle, thread) = scheduler::spawn(SimRunner::new(cfg, catalog), limits);
-        SimExecutor { handle, _thread: thread }
+        SimExecutor {
+            handle,
+            _thread: thread,
+        }
     }
 }
 
@@ -181,8 +202,15 @@ impl Executor for SimExecutor {
         self.handle.open()
     }
 
-    fn decide<'a>(&'a self, seq: u64, view: TurnView<'a>) -> BoxFuture<'a, Result<Decision, ExecError>> {
-        let new_tokens: u64 = view.messages[view.new_from..].iter().map(|m| m.tokens as u64).sum();
+    fn decide<'a>(
+        &'a self,
+        seq: u64,
+        view: TurnView<'a>,
+    ) -> BoxFuture<'a, Result<Decision, ExecError>> {
+        let new_tokens: u64 = view.messages[view.new_from..]
+            .iter()
+            .map(|m| m.tokens as u64)
+            .sum();
         let prompt_tokens: u64 = view.messages.iter().map(|m| m.tokens as u64).sum();
         let input = SimInput {
             context_hash: view.context_hash,
