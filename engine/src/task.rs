@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// One problem to solve. Only `id` and `prompt` are required; the rest falls back to the config.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -101,11 +102,31 @@ pub enum ParseError {
     NoModel,
 }
 
+/// The shape of a Hermes call, borrowed from the text: fields stay raw JSON until checked, so a
+/// call is parsed without building a JSON tree.
 #[derive(Deserialize)]
-struct HermesCall {
-    name: Option<serde_json::Value>,
-    #[serde(default)]
-    arguments: Option<serde_json::Value>,
+struct HermesCall<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct HermesArgs<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+}
+
+/// The string a raw JSON value holds, or `None` when it is not a non-empty string.
+fn raw_string(raw: Option<&RawValue>) -> Option<String> {
+    let raw = raw?.get();
+    if !raw.starts_with('"') {
+        return None;
+    }
+    serde_json::from_str::<String>(raw)
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 impl Action {
@@ -118,28 +139,23 @@ impl Action {
         let start = text.find(OPEN).ok_or(ParseError::Missing)? + OPEN.len();
         let len = text[start..].find(CLOSE).ok_or(ParseError::Unclosed)?;
         let body = text[start..start + len].trim();
-        let call: HermesCall =
+        let call: HermesCall<'_> =
             serde_json::from_str(body).map_err(|e| ParseError::Json(e.to_string()))?;
-        let tool = match call.name {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s,
-            _ => return Err(ParseError::NoName),
+        let tool = raw_string(call.name).ok_or(ParseError::NoName)?;
+        let args = call.arguments.ok_or(ParseError::NoModel)?.get();
+        // Some servers emit `arguments` as a JSON string holding the object.
+        let unwrapped;
+        let args = if args.starts_with('"') {
+            unwrapped = serde_json::from_str::<String>(args)
+                .map_err(|e| ParseError::Json(e.to_string()))?;
+            unwrapped.as_str()
+        } else {
+            args
         };
-        let args = match call.arguments {
-            Some(serde_json::Value::String(s)) => {
-                serde_json::from_str(&s).map_err(|e| ParseError::Json(e.to_string()))?
-            }
-            Some(v) => v,
-            None => return Err(ParseError::NoModel),
-        };
-        let alias = args
-            .get("model")
-            .and_then(|m| m.as_str())
-            .filter(|m| !m.is_empty())
-            .ok_or(ParseError::NoModel)?;
-        Ok(Action {
-            tool,
-            alias: alias.to_string(),
-        })
+        let args: HermesArgs<'_> =
+            serde_json::from_str(args).map_err(|e| ParseError::Json(e.to_string()))?;
+        let alias = raw_string(args.model).ok_or(ParseError::NoModel)?;
+        Ok(Action { tool, alias })
     }
 
     /// Renders the action as the Hermes text an orchestrator emits.

@@ -92,6 +92,7 @@ pub struct Speedup {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub profile: String,
+    /// True when the orchestrator or any backend is simulated.
     pub simulated: bool,
     pub workload_tasks: usize,
     pub repeat_share: f64,
@@ -245,7 +246,11 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
     };
     Ok(BenchReport {
         profile: spec.profile.clone(),
-        simulated: true,
+        simulated: cfg.orchestrator.executor == crate::config::ExecutorKind::Sim
+            || cfg
+                .backends
+                .iter()
+                .any(|b| b.kind == crate::config::BackendKind::Sim),
         workload_tasks: spec.workload.tasks,
         repeat_share: spec.workload.repeat_share,
         tasks_per_s: run.tasks_per_s,
