@@ -291,14 +291,20 @@ fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
         .join(", ")
 }
 
+/// The catalog of the bundled simulated ToolOrchestra config, for tests.
+#[cfg(test)]
+pub(crate) fn sim_catalog() -> Catalog {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/toolorchestra-sim.toml");
+    Catalog::new(&Config::load(&path).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/toolorchestra-sim.toml");
-        Catalog::new(&Config::load(&path).unwrap())
+        sim_catalog()
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! One episode per task, each a tokio task, at most `max_live_tasks` at once; results go out on a
 //! channel as each episode ends, in completion order.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use futures::FutureExt;
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -16,9 +19,9 @@ use crate::coalesce::{Coalescer, CoalescerLimits};
 use crate::config::Config;
 use crate::episode::{run_episode, EpisodeEnv};
 use crate::executor;
-use crate::ledger::{Ledger, LedgerSummary, Pricing};
+use crate::ledger::{Ledger, LedgerSummary, Pricing, TaskLedger};
 use crate::scheduler::SchedulerStats;
-use crate::task::{Task, TaskResult};
+use crate::task::{Status, Task, TaskResult};
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,33 @@ impl Default for EngineOptions {
         EngineOptions {
             record_trajectories: true,
         }
+    }
+}
+
+/// The result of an episode that panicked.
+fn panicked(
+    id: String,
+    metadata: Option<String>,
+    panic: &(dyn std::any::Any + Send),
+) -> TaskResult {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    TaskResult {
+        id,
+        status: Status::Failed,
+        answer: None,
+        correct: None,
+        turns: 0,
+        cost_usd: 0.0,
+        latency_ms: 0,
+        orchestrator_tokens: 0,
+        calls: Vec::new(),
+        trajectory: None,
+        error: Some(format!("internal error: the episode panicked: {what}")),
+        metadata,
     }
 }
 
@@ -125,7 +155,17 @@ impl Engine {
             let results = results.clone();
             let cancelled = cancelled.clone();
             tokio::spawn(async move {
-                let result = run_episode(&env, task, &cancelled).await;
+                // A bug that panics inside one episode fails that task, not the job: its row
+                // still comes out, with the panic as its error.
+                let (id, metadata) = (task.id.clone(), task.metadata.clone());
+                let result = AssertUnwindSafe(run_episode(&env, task, &cancelled))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| {
+                        env.ledger
+                            .record_task(Status::Failed, 0, &TaskLedger::default(), None);
+                        panicked(id, metadata, panic.as_ref())
+                    });
                 let _ = results.send(result).await;
                 drop(permit);
             });

@@ -60,13 +60,6 @@ pub fn cheapest_answer(catalog: &Catalog) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/toolorchestra-sim.toml");
-        Catalog::new(&Config::load(&path).unwrap())
-    }
 
     fn share(c: &Catalog, pref: &Preference, remaining: f64, alias: &str) -> f64 {
         let tools = vec![0.0f32; c.tools.len()];
@@ -84,7 +77,7 @@ mod tests {
 
     #[test]
     fn preference_raises_an_alias_share() {
-        let c = catalog();
+        let c = crate::catalog::sim_catalog();
         let none = c.preference(&[]);
         let liked = c.preference(&[("answer-math-2".into(), 1.0)]);
         let base = share(&c, &none, f64::INFINITY, "answer-math-2");
@@ -94,7 +87,7 @@ mod tests {
 
     #[test]
     fn unaffordable_actions_are_never_chosen() {
-        let c = catalog();
+        let c = crate::catalog::sim_catalog();
         let none = c.preference(&[]);
         let budget = c
             .actions
@@ -113,7 +106,7 @@ mod tests {
 
     #[test]
     fn nothing_affordable_forces_the_cheapest_answer() {
-        let c = catalog();
+        let c = crate::catalog::sim_catalog();
         let tools = vec![0.0f32; c.tools.len()];
         let mut scores = Vec::new();
         shape_scores(&c, &tools, &c.preference(&[]), 0.0, &mut scores);

@@ -112,17 +112,10 @@ pub fn sample(tasks: &[Task], k: usize, seed: u64) -> Vec<Task> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-
-    fn catalog() -> Catalog {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../configs/toolorchestra-sim.toml");
-        Catalog::new(&Config::load(&path).unwrap())
-    }
 
     #[test]
     fn same_spec_same_tasks_and_exact_repeat_share() {
-        let c = catalog();
+        let c = crate::catalog::sim_catalog();
         let spec = WorkloadSpec {
             tasks: 1000,
             repeat_share: 0.3,
@@ -142,7 +135,7 @@ mod tests {
 
     #[test]
     fn sample_is_seeded_and_a_subset() {
-        let c = catalog();
+        let c = crate::catalog::sim_catalog();
         let tasks = generate(
             &WorkloadSpec {
                 tasks: 100,
