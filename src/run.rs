@@ -106,6 +106,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
         let statuses: Vec<String> = ledger
             .tasks
             .iter()
+            .filter(|(_, v)| **v > 0)
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         eprintln!(
