@@ -140,7 +140,21 @@ pub fn spawn<R: StepRunner>(runner: R, limits: BatchLimits) -> (SchedulerHandle<
     assert!(limits.max_seqs > 0 && limits.max_batched_tokens >= limits.max_seqs);
     let (tx, rx) = crossbeam_channel::unbounded();
     let stats = Arc::new(SchedulerStats::default());
-    let sched = Scheduler::new(runner, limits, rx, stats.clone());
+    let mut sched = Scheduler::new(runner, limits, rx, stats.clone());
+    // Waking a task from outside the runtime goes through its shared inject queue and often a
+    // futex; waking it from a task inside is a local queue push. So when there is a runtime, the
+    // outputs of each step travel to it in one message and a delivery task hands them out.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Delivery<R::Output>>>();
+        rt.spawn(async move {
+            while let Some(outputs) = rx.recv().await {
+                for (reply, out) in outputs {
+                    let _ = reply.send(out);
+                }
+            }
+        });
+        sched.delivery = Some(tx);
+    }
     let join = std::thread::Builder::new()
         .name("tutti-scheduler".into())
         .spawn(move || sched.run())
@@ -152,6 +166,9 @@ pub fn spawn<R: StepRunner>(runner: R, limits: BatchLimits) -> (SchedulerHandle<
     };
     (handle, join)
 }
+
+/// A finished turn's output and where it goes.
+type Delivery<O> = (oneshot::Sender<O>, O);
 
 /// A sequence with a turn to run.
 struct Turn<R: StepRunner> {
@@ -201,6 +218,8 @@ struct Scheduler<R: StepRunner> {
     waiting: BinaryHeap<Reverse<ByService<R>>>,
     running: Vec<Turn<R>>,
     arrivals: u64,
+    /// Where finished turns go in bulk; answered one by one from this thread when absent.
+    delivery: Option<tokio::sync::mpsc::UnboundedSender<Vec<Delivery<R::Output>>>>,
 }
 
 impl<R: StepRunner> Scheduler<R> {
@@ -220,6 +239,7 @@ impl<R: StepRunner> Scheduler<R> {
             waiting: BinaryHeap::new(),
             running: Vec::new(),
             arrivals: 0,
+            delivery: None,
         }
     }
 
@@ -348,14 +368,28 @@ impl<R: StepRunner> Scheduler<R> {
             .map(|(item, out)| (index[item], out))
             .collect();
         done.sort_unstable_by_key(|d| Reverse(d.0));
+        let mut outputs = Vec::with_capacity(done.len());
         for (i, out) in done {
             let t = self.running.swap_remove(i);
-            let _ = t.reply.send(out);
+            outputs.push((t.reply, out));
             if self.released.remove(&t.id) {
                 self.runner.drop_seq(t.seq);
             } else {
                 self.parked.insert(t.id, (t.seq, t.attained));
             }
+        }
+        if outputs.is_empty() {
+            return;
+        }
+        let outputs = match &self.delivery {
+            Some(tx) => match tx.send(outputs) {
+                Ok(()) => return,
+                Err(e) => e.0,
+            },
+            None => outputs,
+        };
+        for (reply, out) in outputs {
+            let _ = reply.send(out);
         }
     }
 }
