@@ -34,12 +34,17 @@ pub struct CatalogTool {
     pub prompt: String,
     /// Indices into [`Catalog::actions`].
     pub actions: Vec<usize>,
+    /// The backend that runs what the chosen model wrote (retrieval for a query, the sandbox for
+    /// code); none when the model's reply is the observation.
+    pub then: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
 pub struct CatalogBackend {
     pub name: Arc<str>,
     pub pricing: Pricing,
+    /// The backend and alias that serve this backend's calls while its breaker is open.
+    pub fallback: Option<(usize, Arc<str>)>,
 }
 
 /// Why an action does not resolve.
@@ -84,6 +89,7 @@ impl Catalog {
             .map(|b| CatalogBackend {
                 name: b.name.as_str().into(),
                 pricing: pricing(b),
+                fallback: None,
             })
             .collect();
         let backend_index: HashMap<&str, usize> = cfg
@@ -92,6 +98,15 @@ impl Catalog {
             .enumerate()
             .map(|(i, b)| (b.name.as_str(), i))
             .collect();
+        let mut backends = backends;
+        for (i, b) in cfg.backends.iter().enumerate() {
+            backends[i].fallback = b.fallback.as_ref().map(|alias| {
+                (
+                    backend_index[cfg.aliases[alias].as_str()],
+                    alias.as_str().into(),
+                )
+            });
+        }
         let mut tools = Vec::new();
         let mut actions = Vec::new();
         let mut action_index = Vec::new();
@@ -123,6 +138,7 @@ impl Catalog {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
                 actions: ids,
+                then: t.then.as_ref().map(|b| backend_index[b.as_str()]),
             });
         }
         let tool_index: HashMap<String, usize> = cfg

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, BatchItem, CacheKey, Request, Response};
+use crate::breaker::Breaker;
 use crate::cache::{CachedResult, ResultCache};
 use crate::config::{BackendConfig, CachePolicy};
 use crate::ledger::{Ledger, Pricing};
@@ -46,6 +47,8 @@ pub struct CoalescerLimits {
     pub max_concurrency: usize,
     pub policy: CachePolicy,
     pub ttl: Option<Duration>,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 impl CoalescerLimits {
@@ -56,6 +59,8 @@ impl CoalescerLimits {
             max_concurrency: b.max_concurrency,
             policy: b.cache,
             ttl: b.cache_ttl_s.map(Duration::from_secs_f64),
+            breaker_failures: b.breaker_failures,
+            breaker_cooldown: Duration::from_millis(b.breaker_cooldown_ms),
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct Coalescer {
     cache: Arc<ResultCache>,
     policy: CachePolicy,
     pricing: Pricing,
+    breaker: Arc<Breaker>,
 }
 
 impl Coalescer {
@@ -99,7 +105,12 @@ impl Coalescer {
         ledger: Arc<Ledger>,
     ) -> Coalescer {
         let (tx, rx) = mpsc::unbounded_channel();
+        let breaker = Arc::new(Breaker::new(
+            limits.breaker_failures,
+            limits.breaker_cooldown,
+        ));
         let actor = Actor {
+            breaker: breaker.clone(),
             index,
             backend: backend.clone(),
             limits: limits.clone(),
@@ -117,6 +128,7 @@ impl Coalescer {
             cache,
             policy: limits.policy,
             pricing,
+            breaker,
         }
     }
 
@@ -136,6 +148,15 @@ impl Coalescer {
                     cost_usd: hit.cost_usd,
                 };
             }
+        }
+        if !self.breaker.allow() {
+            return CallOutcome {
+                result: Err(BackendError::Unavailable {
+                    backend: self.name.to_string(),
+                }),
+                billed: false,
+                cost_usd: 0.0,
+            };
         }
         let (reply, rx) = oneshot::channel();
         let failed = |message: &str| CallOutcome {
@@ -177,6 +198,7 @@ struct Actor {
     inflight: HashMap<CacheKey, Vec<oneshot::Sender<CallOutcome>>>,
     /// Batches sent and not fully answered; their number is bounded by `max_concurrency`.
     batches: Slab<InFlight>,
+    breaker: Arc<Breaker>,
 }
 
 /// A batch being formed.
@@ -312,6 +334,9 @@ impl Actor {
             self.pricing
                 .cost(r.input_tokens, r.output_tokens, r.billed_seconds)
         });
+        if self.breaker.record(result.is_ok()) {
+            self.ledger.record_breaker_open(self.index);
+        }
         let result = result.map(Arc::new);
         let waiters = match (&key, reply) {
             (_, Some(r)) => vec![r],
@@ -410,6 +435,8 @@ mod tests {
             max_concurrency: 4,
             policy,
             ttl: None,
+            breaker_failures: 1000,
+            breaker_cooldown: Duration::from_secs(5),
         };
         let pricing = Pricing {
             in_per_mtok: 1.0,

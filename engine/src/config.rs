@@ -151,6 +151,10 @@ pub struct ToolConfig {
     pub aliases: Vec<String>,
     /// Prompt sent to the chosen model; `{problem}` and `{context}` are filled in.
     pub prompt: Option<String>,
+    /// A backend (`retrieval` or `python`) that runs what the chosen model wrote: its query, or
+    /// its code. The observation is that backend's answer. Without it, the model's reply is the
+    /// observation.
+    pub then: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -162,6 +166,15 @@ pub enum BackendKind {
     Retrieval,
     Sim,
     VllmRs,
+}
+
+/// How an `openai` backend sends its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiApi {
+    #[default]
+    Chat,
+    Completions,
 }
 
 /// Which results of a backend may be cached (and which identical in-flight calls may be collapsed).
@@ -184,6 +197,38 @@ pub struct BackendConfig {
     pub model: Option<String>,
     /// Name of the environment variable holding the API key (never the key itself).
     pub api_key_env: Option<String>,
+    /// Name of an environment variable that, when set, overrides `endpoint`.
+    pub endpoint_env: Option<String>,
+    /// `openai` backends: `chat` (one /v1/chat/completions request per call, sent concurrently) or
+    /// `completions` (one /v1/completions request per batch, with a list of prompts rendered
+    /// client-side with `chat_template`).
+    #[serde(default)]
+    pub api: OpenAiApi,
+    /// Jinja chat template (minijinja) for the `completions` api: gets `messages` and
+    /// `add_generation_prompt`.
+    pub chat_template: Option<String>,
+    /// Delay before the first retry; doubled each time, with jitter, or what Retry-After says.
+    #[serde(default = "defaults::retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// Consecutive failed calls that open the circuit breaker.
+    #[serde(default = "defaults::breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before letting one probe call through.
+    #[serde(default = "defaults::breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+    /// `retrieval` backends: the index directory (relative to the config file), passages per
+    /// search and characters per passage.
+    pub index: Option<PathBuf>,
+    #[serde(default = "defaults::top_k")]
+    pub top_k: usize,
+    #[serde(default = "defaults::passage_chars")]
+    pub passage_chars: usize,
+    /// `python` backends: the interpreter, and the sandbox's limits.
+    pub python: Option<String>,
+    #[serde(default = "defaults::sandbox_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default = "defaults::sandbox_output_bytes")]
+    pub max_output_bytes: usize,
     #[serde(default)]
     pub price_in_per_mtok: f64,
     #[serde(default)]
@@ -296,6 +341,27 @@ mod defaults {
     pub fn expected_input_tokens() -> u32 {
         1000
     }
+    pub fn retry_base_ms() -> u64 {
+        200
+    }
+    pub fn breaker_failures() -> u32 {
+        5
+    }
+    pub fn breaker_cooldown_ms() -> u64 {
+        5000
+    }
+    pub fn top_k() -> usize {
+        3
+    }
+    pub fn passage_chars() -> usize {
+        800
+    }
+    pub fn sandbox_memory_mb() -> u64 {
+        1024
+    }
+    pub fn sandbox_output_bytes() -> usize {
+        64 << 10
+    }
     pub fn cache_entries() -> usize {
         200_000
     }
@@ -314,10 +380,17 @@ impl Config {
             message: format!("cannot read the config: {e}"),
         })?;
         let mut cfg = Config::parse(&text, &origin)?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if let Some(p) = &cfg.cache.path {
             if p.is_relative() {
-                let base = path.parent().unwrap_or(Path::new("."));
                 cfg.cache.path = Some(base.join(p));
+            }
+        }
+        for b in &mut cfg.backends {
+            if let Some(p) = &b.index {
+                if p.is_relative() {
+                    b.index = Some(base.join(p));
+                }
             }
         }
         Ok(cfg)
@@ -462,6 +535,14 @@ impl Config {
                     &format!("tools[{i}].name"),
                     format!("tool `{}` is defined twice", t.name),
                 );
+            }
+            if let Some(then) = &t.then {
+                if !backend_names.contains(then.as_str()) {
+                    return err(
+                        &format!("tools[{i}].then"),
+                        format!("no backend named `{then}` in [[backends]]"),
+                    );
+                }
             }
             if t.aliases.is_empty() {
                 return err(

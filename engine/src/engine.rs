@@ -92,7 +92,7 @@ impl Engine {
         let mut coalescers = Vec::with_capacity(cfg.backends.len());
         let mut request_params = Vec::with_capacity(cfg.backends.len());
         for (i, b) in cfg.backends.iter().enumerate() {
-            let backend = backend::build(b, &cfg.simulation)?;
+            let backend = backend::build(b, &cfg.simulation, ledger.clone(), i)?;
             coalescers.push(Coalescer::start(
                 i,
                 names[i].clone(),

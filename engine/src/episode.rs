@@ -12,7 +12,7 @@ use std::time::Instant;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::backend::sim::stable_hash;
-use crate::backend::Request;
+use crate::backend::{BackendError, Request, Response};
 use crate::catalog::Catalog;
 use crate::coalesce::Coalescer;
 use crate::executor::{Executor, TurnView};
@@ -56,6 +56,68 @@ impl Context {
             content,
             tokens,
         });
+    }
+}
+
+/// Calls `backend` for `tool` through its coalescer and records the call in the task's ledger.
+/// When the backend's breaker is open and it has a fallback alias, the fallback serves instead.
+async fn call(
+    env: &EpisodeEnv,
+    ledger: &mut TaskLedger,
+    tool: usize,
+    backend: usize,
+    alias: &Arc<str>,
+    prompt: String,
+) -> Result<Arc<Response>, BackendError> {
+    let mut target = (backend, alias.clone());
+    let mut fallen_back = false;
+    loop {
+        let (model, max_tokens, temperature) = &env.request_params[target.0];
+        let request = Request {
+            tool: env.catalog.tools[tool].name.clone(),
+            model: model.clone(),
+            prompt: prompt.clone(),
+            max_tokens: *max_tokens,
+            temperature: *temperature,
+        };
+        let t0 = Instant::now();
+        let outcome = env.coalescers[target.0].call(request).await;
+        let latency_ms = t0.elapsed().as_millis() as i64;
+        match outcome.result {
+            Ok(response) => {
+                let record = CallRecord {
+                    tool: env.catalog.tools[tool].name.clone(),
+                    alias: target.1.clone(),
+                    backend: env.catalog.backends[target.0].name.clone(),
+                    cached: !outcome.billed,
+                    input_tokens: response.input_tokens as i64,
+                    output_tokens: response.output_tokens as i64,
+                    cost_usd: 0.0,
+                    latency_ms,
+                };
+                ledger.record_call(record, outcome.cost_usd);
+                return Ok(response);
+            }
+            Err(BackendError::Unavailable { .. }) if !fallen_back => {
+                match &env.catalog.backends[target.0].fallback {
+                    Some(fb) => {
+                        env.ledger.record_fallback(target.0);
+                        target = fb.clone();
+                        fallen_back = true;
+                    }
+                    None => {
+                        ledger.record_failed_call();
+                        return Err(BackendError::Unavailable {
+                            backend: env.catalog.backends[target.0].name.to_string(),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                ledger.record_failed_call();
+                return Err(e);
+            }
+        }
     }
 }
 
@@ -155,48 +217,42 @@ pub(crate) async fn run_episode(
         }
 
         let a = &env.catalog.actions[action];
-        let (model, max_tokens, temperature) = &env.request_params[a.backend];
-        let request = Request {
-            tool: a.tool_name.clone(),
-            model: model.clone(),
-            prompt: env
-                .catalog
-                .render_prompt(a.tool, &task.prompt, &ctx.observations),
-            max_tokens: *max_tokens,
-            temperature: *temperature,
-        };
-        let t0 = Instant::now();
-        let outcome = env.coalescers[a.backend].call(request).await;
-        let latency_ms = t0.elapsed().as_millis() as i64;
-        let response = match outcome.result {
+        let prompt = env
+            .catalog
+            .render_prompt(a.tool, &task.prompt, &ctx.observations);
+        let response = match call(env, &mut ledger, a.tool, a.backend, &a.alias, prompt).await {
             Ok(r) => r,
             Err(e) => {
-                ledger.record_failed_call();
                 let msg = format!("Error: {e}");
                 let tokens = approx_tokens(&msg);
                 ctx.push(Role::Tool, msg, tokens);
                 continue;
             }
         };
-        let record = CallRecord {
-            tool: a.tool_name.clone(),
-            alias: a.alias.clone(),
-            backend: env.catalog.backends[a.backend].name.clone(),
-            cached: !outcome.billed,
-            input_tokens: response.input_tokens as i64,
-            output_tokens: response.output_tokens as i64,
-            cost_usd: 0.0,
-            latency_ms,
-        };
-        ledger.record_call(record, outcome.cost_usd);
         if a.tool == env.catalog.answer_tool {
             answer = Some(response.text.clone());
             break Status::Answered;
         }
+        // A tool that runs what the model wrote: retrieval for its query, the sandbox for its code.
+        let observation = match env.catalog.tools[a.tool].then {
+            None => response,
+            Some(runner) => {
+                let written = response.text.clone();
+                match call(env, &mut ledger, a.tool, runner, &a.alias, written).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let msg = format!("Error: {e}");
+                        let tokens = approx_tokens(&msg);
+                        ctx.push(Role::Tool, msg, tokens);
+                        continue;
+                    }
+                }
+            }
+        };
         ctx.push(
             Role::Tool,
-            response.text.clone(),
-            response.output_tokens as u32,
+            observation.text.clone(),
+            observation.output_tokens as u32,
         );
     };
     env.executor.release(seq);

@@ -109,6 +109,12 @@ struct BackendCounters {
     /// Requests actually sent in those batches.
     billed: AtomicU64,
     failures: AtomicU64,
+    /// Requests sent again after a retryable failure (429, 5xx, timeout, reset).
+    retries: AtomicU64,
+    /// Times the circuit breaker opened.
+    breaker_opens: AtomicU64,
+    /// Calls served by the fallback alias because this backend's breaker was open.
+    fallbacks: AtomicU64,
 }
 
 /// Job-wide totals, shared by every episode and coalescer of an engine.
@@ -158,6 +164,27 @@ impl Ledger {
         c.failures.fetch_add(failures as u64, Ordering::Relaxed);
     }
 
+    pub fn record_retry(&self, backend: usize) {
+        self.backends[backend]
+            .1
+            .retries
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_breaker_open(&self, backend: usize) {
+        self.backends[backend]
+            .1
+            .breaker_opens
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_fallback(&self, backend: usize) {
+        self.backends[backend]
+            .1
+            .fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Folds a finished episode into the totals.
     pub fn record_task(&self, status: Status, turns: u32, t: &TaskLedger, correct: Option<bool>) {
         self.tasks[status as usize].fetch_add(1, Ordering::Relaxed);
@@ -191,6 +218,9 @@ impl Ledger {
                 billed_calls: get(&c.billed),
                 batches: get(&c.batches),
                 failures: get(&c.failures),
+                retries: get(&c.retries),
+                breaker_opens: get(&c.breaker_opens),
+                fallbacks: get(&c.fallbacks),
             })
             .collect();
         let requests: u64 = backends.iter().map(|b| b.requests).sum();
@@ -253,6 +283,9 @@ pub struct BackendSummary {
     pub billed_calls: u64,
     pub batches: u64,
     pub failures: u64,
+    pub retries: u64,
+    pub breaker_opens: u64,
+    pub fallbacks: u64,
 }
 
 #[cfg(test)]

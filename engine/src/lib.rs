@@ -7,6 +7,7 @@
 //! back through [`io`]. [`bench`] drives the same engine with generated workloads.
 
 pub mod backend;
+pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod coalesce;

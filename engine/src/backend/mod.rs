@@ -5,6 +5,10 @@
 //! (OpenAI-compatible servers, the Python sandbox, retrieval, in-process models) come with their
 //! issues; [`sim::SimBackend`] is the workload model the benchmarks run on.
 
+pub mod openai;
+pub mod python;
+pub mod retrieval;
+pub mod sandbox;
 pub mod sim;
 
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 
 use crate::config::{BackendConfig, BackendKind, SimulationConfig};
+use crate::ledger::Ledger;
 
 /// One call to a backend: the chosen model is asked to do `tool` on `prompt`.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +72,9 @@ pub enum BackendError {
     Timeout { backend: String },
     #[error("backend `{backend}` failed: {message}")]
     Failed { backend: String, message: String },
+    /// Not tried: the backend's circuit breaker is open after repeated failures.
+    #[error("backend `{backend}` is unavailable: its circuit breaker is open")]
+    Unavailable { backend: String },
 }
 
 /// One answer of a batch: the request's index in the batch and its result.
@@ -95,10 +103,26 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Builds the backend a config entry describes.
-pub fn build(cfg: &BackendConfig, sim: &SimulationConfig) -> Result<Arc<dyn Backend>, BuildError> {
+/// Builds the backend a config entry describes; `index` is its number in the ledger.
+pub fn build(
+    cfg: &BackendConfig,
+    sim: &SimulationConfig,
+    ledger: Arc<Ledger>,
+    index: usize,
+) -> Result<Arc<dyn Backend>, BuildError> {
+    let err = |message: String| BuildError {
+        name: cfg.name.clone(),
+        message,
+    };
     match cfg.kind {
         BackendKind::Sim => Ok(Arc::new(sim::SimBackend::new(cfg, sim))),
+        BackendKind::Openai => Ok(Arc::new(
+            openai::OpenAiBackend::new(cfg, ledger, index).map_err(err)?,
+        )),
+        BackendKind::Python => Ok(Arc::new(python::PythonBackend::new(cfg))),
+        BackendKind::Retrieval => Ok(Arc::new(
+            retrieval::RetrievalBackend::new(cfg).map_err(err)?,
+        )),
         other => Err(BuildError {
             name: cfg.name.clone(),
             message: format!(

@@ -1,0 +1,381 @@
+//! Models behind OpenAI-compatible servers (vLLM, SGLang, llama.cpp's llama-server, hosted APIs).
+//!
+//! Two ways to send a batch, chosen per backend (`api`): `chat` sends each call as its own
+//! `/v1/chat/completions` request, all at once, and yields each answer as it arrives;
+//! `completions` renders each call with the chat template client-side and sends the whole batch
+//! as one `/v1/completions` request with a list of prompts. Either way every request goes through
+//! [`OpenAiClient::post`], which retries 429s, 5xx, timeouts and resets with exponential backoff
+//! and jitter, honouring `Retry-After`, and counts each retry in the ledger.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::{Backend, BackendError, BatchItem, Request, Response};
+use crate::config::{BackendConfig, OpenAiApi};
+use crate::ledger::Ledger;
+
+/// Backoff never waits longer than this between two tries, whatever Retry-After says.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Used when the config sets no timeout.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// An HTTP client for one OpenAI-compatible server, with the retry policy of one backend.
+pub struct OpenAiClient {
+    name: String,
+    http: reqwest::Client,
+    base: String,
+    api_key: Option<String>,
+    timeout: Duration,
+    retries: u32,
+    retry_base: Duration,
+    ledger: Option<(Arc<Ledger>, usize)>,
+}
+
+/// How one try of a request ended when it did not succeed.
+enum TryError {
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    Fatal(String),
+}
+
+impl OpenAiClient {
+    /// `endpoint` is the base URL (`http://127.0.0.1:8080/v1`); the key, when named, comes from
+    /// the environment and is never logged.
+    pub fn new(
+        name: &str,
+        endpoint: &str,
+        api_key_env: Option<&str>,
+        timeout: Option<Duration>,
+        retries: u32,
+        retry_base: Duration,
+    ) -> Result<OpenAiClient, String> {
+        let api_key = match api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                format!("the environment variable `{var}` (api_key_env) is not set")
+            })?),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(OpenAiClient {
+            name: name.to_string(),
+            http,
+            base: endpoint.trim_end_matches('/').to_string(),
+            api_key,
+            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+            retries,
+            retry_base,
+            ledger: None,
+        })
+    }
+
+    /// Counts retries in the ledger under backend number `index`.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>, index: usize) -> Self {
+        self.ledger = Some((ledger, index));
+        self
+    }
+
+    /// POSTs a JSON body to `path` (relative to the base URL), retrying what can be retried.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, BackendError> {
+        let url = format!("{}/{}", self.base, path);
+        let mut attempt = 0u32;
+        loop {
+            let error = match self.try_once(&url, body).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let (message, retry_after) = match error {
+                TryError::Fatal(message) => return Err(self.failed(message)),
+                TryError::Retryable {
+                    message,
+                    retry_after,
+                } => (message, retry_after),
+            };
+            if attempt >= self.retries {
+                let tries = attempt + 1;
+                return Err(self.failed(format!("{message} (after {tries} tries)")));
+            }
+            attempt += 1;
+            if let Some((ledger, index)) = &self.ledger {
+                ledger.record_retry(*index);
+            }
+            tokio::time::sleep(self.backoff(attempt, retry_after)).await;
+        }
+    }
+
+    async fn try_once(&self, url: &str, body: &Value) -> Result<Value, TryError> {
+        let mut rb = self.http.post(url).json(body).timeout(self.timeout);
+        if let Some(key) = &self.api_key {
+            rb = rb.bearer_auth(key);
+        }
+        let resp = rb.send().await.map_err(|e| TryError::Retryable {
+            message: if e.is_timeout() {
+                "timed out".into()
+            } else {
+                format!("request failed: {e}")
+            },
+            retry_after: None,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.json::<Value>().await.map_err(|e| TryError::Retryable {
+                message: format!("unreadable response body: {e}"),
+                retry_after: None,
+            });
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+        let text = resp.text().await.unwrap_or_default();
+        let message = format!(
+            "HTTP {}: {}",
+            status.as_u16(),
+            text.chars().take(300).collect::<String>()
+        );
+        if status.as_u16() == 429 || status.is_server_error() {
+            Err(TryError::Retryable {
+                message,
+                retry_after,
+            })
+        } else {
+            Err(TryError::Fatal(message))
+        }
+    }
+
+    /// Exponential backoff with ±50% jitter, at least what Retry-After asked for.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self.retry_base.saturating_mul(1 << (attempt - 1).min(16));
+        let jitter = rand::rng().random_range(0.5..1.5);
+        let wait = exp.mul_f64(jitter).max(retry_after.unwrap_or_default());
+        wait.min(MAX_BACKOFF)
+    }
+
+    fn failed(&self, message: String) -> BackendError {
+        BackendError::Failed {
+            backend: self.name.clone(),
+            message,
+        }
+    }
+}
+
+/// A chat template for the `completions` api, rendered client-side.
+struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+}
+
+impl ChatTemplate {
+    fn new(source: &str) -> Result<ChatTemplate, String> {
+        let mut env = minijinja::Environment::new();
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| format!("chat_template does not parse: {e}"))?;
+        Ok(ChatTemplate { env })
+    }
+
+    fn render(&self, prompt: &str) -> Result<String, String> {
+        let messages = [json!({"role": "user", "content": prompt})];
+        self.env
+            .get_template("chat")
+            .and_then(|t| {
+                t.render(
+                    minijinja::context! { messages => messages, add_generation_prompt => true },
+                )
+            })
+            .map_err(|e| format!("chat_template failed to render: {e}"))
+    }
+}
+
+pub struct OpenAiBackend {
+    client: Arc<OpenAiClient>,
+    api: OpenAiApi,
+    template: Option<Arc<ChatTemplate>>,
+}
+
+impl OpenAiBackend {
+    pub fn new(
+        cfg: &BackendConfig,
+        ledger: Arc<Ledger>,
+        index: usize,
+    ) -> Result<OpenAiBackend, String> {
+        let endpoint = endpoint(cfg)?;
+        let client = OpenAiClient::new(
+            &cfg.name,
+            &endpoint,
+            cfg.api_key_env.as_deref(),
+            cfg.timeout_ms.map(Duration::from_millis),
+            cfg.retries,
+            Duration::from_millis(cfg.retry_base_ms),
+        )?
+        .with_ledger(ledger, index);
+        let template = match (&cfg.chat_template, cfg.api) {
+            (Some(t), _) => Some(Arc::new(ChatTemplate::new(t)?)),
+            (None, OpenAiApi::Completions) => {
+                return Err(
+                    "the `completions` api needs a `chat_template` to render prompts".into(),
+                )
+            }
+            (None, OpenAiApi::Chat) => None,
+        };
+        Ok(OpenAiBackend {
+            client: Arc::new(client),
+            api: cfg.api,
+            template,
+        })
+    }
+}
+
+/// The backend's base URL: `endpoint`, unless the variable named by `endpoint_env` is set.
+pub fn endpoint(cfg: &BackendConfig) -> Result<String, String> {
+    if let Some(var) = &cfg.endpoint_env {
+        if let Ok(url) = std::env::var(var) {
+            if !url.is_empty() {
+                return Ok(url);
+            }
+        }
+    }
+    cfg.endpoint.clone().ok_or_else(|| {
+        "an `openai` backend needs an `endpoint` (base URL, e.g. http://127.0.0.1:8080/v1)".into()
+    })
+}
+
+fn usage(v: &Value, key: &str) -> u64 {
+    v.get("usage")
+        .and_then(|u| u.get(key))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+impl Backend for OpenAiBackend {
+    fn call_batch(&self, requests: Vec<Request>) -> BoxStream<'static, BatchItem> {
+        match self.api {
+            OpenAiApi::Chat => {
+                let client = self.client.clone();
+                requests
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, r)| {
+                        let client = client.clone();
+                        async move { (i, chat(&client, &r).await) }
+                    })
+                    .collect::<FuturesUnordered<_>>()
+                    .boxed()
+            }
+            OpenAiApi::Completions => {
+                let client = self.client.clone();
+                let template = self.template.clone().expect("checked in new");
+                futures::stream::once(
+                    async move { completions(&client, &template, &requests).await },
+                )
+                .flat_map(futures::stream::iter)
+                .boxed()
+            }
+        }
+    }
+}
+
+async fn chat(client: &OpenAiClient, r: &Request) -> Result<Response, BackendError> {
+    let body = json!({
+        "model": &*r.model,
+        "messages": [{"role": "user", "content": r.prompt}],
+        "max_tokens": r.max_tokens,
+        "temperature": r.temperature,
+    });
+    let v = client.post("chat/completions", &body).await?;
+    let text = v
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            client.failed(format!(
+                "no choices[0].message.content in the response: {v}"
+            ))
+        })?;
+    Ok(Response {
+        text: text.to_string(),
+        input_tokens: usage(&v, "prompt_tokens"),
+        output_tokens: usage(&v, "completion_tokens"),
+        billed_seconds: 0.0,
+    })
+}
+
+/// One `/v1/completions` request for the whole batch. Requests of a batch share model, max_tokens
+/// and temperature in practice (they come from one backend's config); the first one's are used.
+async fn completions(
+    client: &OpenAiClient,
+    template: &ChatTemplate,
+    requests: &[Request],
+) -> Vec<BatchItem> {
+    let fail_all = |e: BackendError| {
+        (0..requests.len())
+            .map(|i| (i, Err(e.clone())))
+            .collect::<Vec<_>>()
+    };
+    let prompts: Result<Vec<String>, String> = requests
+        .iter()
+        .map(|r| template.render(&r.prompt))
+        .collect();
+    let prompts = match prompts {
+        Ok(p) => p,
+        Err(e) => return fail_all(client.failed(e)),
+    };
+    let first = &requests[0];
+    let body = json!({
+        "model": &*first.model,
+        "prompt": prompts,
+        "max_tokens": first.max_tokens,
+        "temperature": first.temperature,
+    });
+    let v = match client.post("completions", &body).await {
+        Ok(v) => v,
+        Err(e) => return fail_all(e),
+    };
+    let Some(choices) = v.get("choices").and_then(Value::as_array) else {
+        return fail_all(client.failed(format!("no choices in the response: {v}")));
+    };
+    // Usage is reported for the whole request; each call is billed its share, by prompt length.
+    let total_in = usage(&v, "prompt_tokens");
+    let total_out = usage(&v, "completion_tokens");
+    let chars: usize = prompts.iter().map(String::len).sum::<usize>().max(1);
+    let mut out: Vec<Option<Result<Response, BackendError>>> = vec![None; requests.len()];
+    let mut outputs = 0usize;
+    for (pos, c) in choices.iter().enumerate() {
+        let i = c
+            .get("index")
+            .and_then(Value::as_u64)
+            .map_or(pos, |x| x as usize);
+        if let (Some(slot), Some(text)) = (out.get_mut(i), c.get("text").and_then(Value::as_str)) {
+            outputs += text.len();
+            *slot = Some(Ok(Response {
+                text: text.to_string(),
+                input_tokens: total_in * prompts[i].len() as u64 / chars as u64,
+                output_tokens: 0,
+                billed_seconds: 0.0,
+            }));
+        }
+    }
+    let outputs = outputs.max(1);
+    for r in out.iter_mut().flatten().flatten() {
+        r.output_tokens = (total_out * r.text.len() as u64).div_ceil(outputs as u64);
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                i,
+                r.unwrap_or_else(|| {
+                    Err(client.failed(format!("the response has no choice for prompt {i}")))
+                }),
+            )
+        })
+        .collect()
+}

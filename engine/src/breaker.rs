@@ -1,0 +1,130 @@
+//! A circuit breaker per backend: after `threshold` failed calls in a row it opens and calls fail
+//! at once (so the episode can use the backend's fallback alias) instead of piling up retries on a
+//! server that is down. After `cooldown` it lets one probe call through: success closes it, failure
+//! opens it again.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe call is out; everyone else waits for its verdict.
+    Probing,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<State>,
+    threshold: u32,
+    cooldown: Duration,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    /// Whether a call may go to the backend now.
+    pub fn allow(&self) -> bool {
+        self.allow_at(Instant::now())
+    }
+
+    pub fn allow_at(&self, now: Instant) -> bool {
+        let mut s = self.state.lock();
+        match *s {
+            State::Closed { .. } => true,
+            State::Open { until } if now >= until => {
+                *s = State::Probing;
+                true
+            }
+            State::Open { .. } | State::Probing => false,
+        }
+    }
+
+    /// Records a call's outcome; returns true when this outcome opened the breaker.
+    pub fn record(&self, ok: bool) -> bool {
+        self.record_at(ok, Instant::now())
+    }
+
+    pub fn record_at(&self, ok: bool, now: Instant) -> bool {
+        let mut s = self.state.lock();
+        if ok {
+            *s = State::Closed { failures: 0 };
+            return false;
+        }
+        match *s {
+            State::Closed { failures } if failures + 1 >= self.threshold => {
+                *s = State::Open {
+                    until: now + self.cooldown,
+                };
+                true
+            }
+            State::Closed { failures } => {
+                *s = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            State::Probing => {
+                *s = State::Open {
+                    until: now + self.cooldown,
+                };
+                true
+            }
+            // A call that was already in flight when the breaker opened.
+            State::Open { .. } => false,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(*self.state.lock(), State::Open { .. } | State::Probing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_failures_in_a_row() {
+        let b = Breaker::new(3, Duration::from_secs(5));
+        let t = Instant::now();
+        assert!(!b.record_at(false, t));
+        assert!(!b.record_at(true, t), "a success resets the count");
+        assert!(!b.record_at(false, t));
+        assert!(!b.record_at(false, t));
+        assert!(b.allow_at(t));
+        assert!(b.record_at(false, t), "third failure in a row opens");
+        assert!(!b.allow_at(t + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn lets_one_probe_through_after_the_cooldown() {
+        let b = Breaker::new(1, Duration::from_secs(5));
+        let t = Instant::now();
+        assert!(b.record_at(false, t));
+        let later = t + Duration::from_secs(5);
+        assert!(b.allow_at(later), "the probe");
+        assert!(!b.allow_at(later), "only one probe");
+        assert!(b.record_at(false, later), "a failed probe opens again");
+        assert!(!b.allow_at(later + Duration::from_secs(1)));
+        let again = later + Duration::from_secs(5);
+        assert!(b.allow_at(again));
+        assert!(!b.record_at(true, again));
+        assert!(
+            b.allow_at(again) && b.allow_at(again),
+            "closed after a good probe"
+        );
+    }
+}
