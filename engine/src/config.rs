@@ -87,6 +87,22 @@ pub struct OrchestratorConfig {
     pub price_out_per_mtok: f64,
     /// Cost model and behaviour of the `sim` executor.
     pub sim: Option<SimExecutorConfig>,
+    /// `openai` executor: how to reach the server (as for `openai` backends).
+    pub endpoint_env: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api: OpenAiApi,
+    pub chat_template: Option<String>,
+    /// Send the server a GBNF grammar that admits exactly one valid tool call of the catalog
+    /// (llama.cpp's `grammar` field), so every call a small model emits parses.
+    #[serde(default)]
+    pub grammar: bool,
+    /// Tokens the orchestrator may write per turn.
+    #[serde(default = "defaults::orchestrator_max_tokens")]
+    pub max_tokens: u32,
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// The `sim` executor: a workload model of an orchestrator for benchmarks, not a model.
@@ -340,6 +356,9 @@ mod defaults {
     }
     pub fn expected_input_tokens() -> u32 {
         1000
+    }
+    pub fn orchestrator_max_tokens() -> u32 {
+        512
     }
     pub fn retry_base_ms() -> u64 {
         200

@@ -162,7 +162,7 @@ impl OpenAiClient {
         wait.min(MAX_BACKOFF)
     }
 
-    fn failed(&self, message: String) -> BackendError {
+    pub fn failed(&self, message: String) -> BackendError {
         BackendError::Failed {
             backend: self.name.clone(),
             message,
@@ -171,12 +171,12 @@ impl OpenAiClient {
 }
 
 /// A chat template for the `completions` api, rendered client-side.
-struct ChatTemplate {
+pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
 }
 
 impl ChatTemplate {
-    fn new(source: &str) -> Result<ChatTemplate, String> {
+    pub fn new(source: &str) -> Result<ChatTemplate, String> {
         let mut env = minijinja::Environment::new();
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| format!("chat_template does not parse: {e}"))?;
@@ -184,7 +184,11 @@ impl ChatTemplate {
     }
 
     fn render(&self, prompt: &str) -> Result<String, String> {
-        let messages = [json!({"role": "user", "content": prompt})];
+        self.render_messages(&[json!({"role": "user", "content": prompt})])
+    }
+
+    /// Renders a conversation (`role`/`content` objects) with the generation prompt added.
+    pub fn render_messages(&self, messages: &[Value]) -> Result<String, String> {
         self.env
             .get_template("chat")
             .and_then(|t| {
@@ -249,7 +253,7 @@ pub fn endpoint(cfg: &BackendConfig) -> Result<String, String> {
     })
 }
 
-fn usage(v: &Value, key: &str) -> u64 {
+pub(crate) fn usage(v: &Value, key: &str) -> u64 {
     v.get("usage")
         .and_then(|u| u.get(key))
         .and_then(Value::as_u64)

@@ -4,6 +4,7 @@
 //! `native` (in-process model, same scheduler) and `openai` (remote server) executors come with
 //! their issues and implement the same [`Executor`] trait.
 
+pub mod openai;
 pub mod sim;
 
 use std::sync::Arc;
@@ -62,9 +63,9 @@ pub trait Executor: Send + Sync {
 pub fn build(cfg: &Config, catalog: Arc<Catalog>) -> Result<Arc<dyn Executor>, ExecError> {
     match cfg.orchestrator.executor {
         ExecutorKind::Sim => Ok(Arc::new(sim::SimExecutor::start(cfg, catalog))),
-        ExecutorKind::Native | ExecutorKind::Openai => Err(ExecError(format!(
-            "the `{}` executor is not built yet in this version of tutti; the `sim` executor is available",
-            if cfg.orchestrator.executor == ExecutorKind::Native { "native" } else { "openai" }
-        ))),
+        ExecutorKind::Openai => Ok(Arc::new(openai::OpenAiExecutor::new(cfg, catalog)?)),
+        ExecutorKind::Native => Err(ExecError(
+            "the `native` executor is not built yet in this version of tutti; `sim` and `openai` are available".into(),
+        )),
     }
 }

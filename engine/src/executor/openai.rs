@@ -1,0 +1,331 @@
+//! The `openai` executor: the orchestrator behind an OpenAI-compatible server, as ToolOrchestra
+//! serves Orchestrator-8B (vLLM with the Hermes tool parser).
+//!
+//! Prompt strategy `history`: the conversation grows turn by turn (system prompt with the tool
+//! catalog, the task's preference and remaining budget; the problem; then each reply and tool
+//! response), which keeps the server's KV prefix reusable. Two ways to ask:
+//! - `api = "chat"`: `/v1/chat/completions` with `tools=` from the catalog; the call is read from
+//!   `tool_calls`, or failing that from Hermes `<tool_call>` text in the content;
+//! - `api = "completions"`: the conversation is rendered with the chat template client-side and
+//!   sent to `/v1/completions`; with `grammar = true` a GBNF grammar (llama.cpp servers) admits
+//!   exactly one valid tool call of the catalog, so every call parses whatever the model.
+//!
+//! At most `max_seqs` turns are in flight at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use super::{Decision, ExecError, Executor, TurnView};
+use crate::backend::openai::{usage, ChatTemplate, OpenAiClient};
+use crate::catalog::Catalog;
+use crate::config::{Config, OpenAiApi};
+use crate::task::{Action, Role};
+
+pub struct OpenAiExecutor {
+    client: OpenAiClient,
+    model: String,
+    api: OpenAiApi,
+    template: Option<ChatTemplate>,
+    grammar: Option<String>,
+    tools: Value,
+    system: String,
+    max_tokens: u32,
+    temperature: f64,
+    in_flight: Semaphore,
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+impl OpenAiExecutor {
+    pub fn new(cfg: &Config, catalog: Arc<Catalog>) -> Result<OpenAiExecutor, ExecError> {
+        let o = &cfg.orchestrator;
+        let endpoint = o
+            .endpoint_env
+            .as_ref()
+            .and_then(|v| std::env::var(v).ok())
+            .filter(|u| !u.is_empty())
+            .or_else(|| o.endpoint.clone())
+            .ok_or_else(|| {
+                ExecError("the `openai` executor needs `orchestrator.endpoint`".into())
+            })?;
+        let client = OpenAiClient::new(
+            "orchestrator",
+            &endpoint,
+            o.api_key_env.as_deref(),
+            o.timeout_ms.map(Duration::from_millis),
+            o.retries,
+            Duration::from_millis(200),
+        )
+        .map_err(ExecError)?;
+        let template = match (&o.chat_template, o.api) {
+            (Some(t), _) => Some(ChatTemplate::new(t).map_err(ExecError)?),
+            (None, OpenAiApi::Completions) => {
+                return Err(ExecError(
+                    "`orchestrator.api = \"completions\"` needs `orchestrator.chat_template`"
+                        .into(),
+                ))
+            }
+            (None, OpenAiApi::Chat) => None,
+        };
+        Ok(OpenAiExecutor {
+            client,
+            model: o.model.clone().unwrap_or_else(|| "orchestrator".into()),
+            api: o.api,
+            template,
+            grammar: o.grammar.then(|| tool_call_grammar(&catalog)),
+            tools: tools_json(&catalog),
+            system: system_prompt(&catalog),
+            max_tokens: o.max_tokens,
+            temperature: o.temperature,
+            in_flight: Semaphore::new(o.max_seqs),
+            next_seq: Default::default(),
+        })
+    }
+
+    /// The conversation so far, as chat messages.
+    fn messages(&self, view: &TurnView<'_>) -> Vec<Value> {
+        let mut system = self.system.clone();
+        if !view.task.preference.is_empty() {
+            let prefs: Vec<String> = view
+                .task
+                .preference
+                .iter()
+                .map(|(k, w)| format!("{k}: {w}"))
+                .collect();
+            system.push_str(&format!(
+                "\nThe user's preference weights: {}.",
+                prefs.join(", ")
+            ));
+        }
+        if view.remaining_usd.is_finite() {
+            system.push_str(&format!("\nRemaining budget: ${:.4}.", view.remaining_usd));
+        }
+        let mut out = vec![json!({"role": "system", "content": system})];
+        for m in view.messages {
+            let (role, content) = match m.role {
+                Role::User => ("user", format!("Problem: {}", m.content)),
+                Role::Assistant => ("assistant", m.content.clone()),
+                Role::Tool => (
+                    "user",
+                    format!("<tool_response>\n{}\n</tool_response>", m.content),
+                ),
+            };
+            out.push(json!({"role": role, "content": content}));
+        }
+        out
+    }
+
+    async fn turn(&self, view: TurnView<'_>) -> Result<Decision, ExecError> {
+        let messages = self.messages(&view);
+        let _slot = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ExecError("executor closed".into()))?;
+        let failed = |e: crate::backend::BackendError| ExecError(e.to_string());
+        match self.api {
+            OpenAiApi::Chat => {
+                let mut body = json!({
+                    "model": self.model,
+                    "messages": messages,
+                    "max_tokens": self.max_tokens,
+                    "temperature": self.temperature,
+                    "tools": self.tools,
+                });
+                if let Some(g) = &self.grammar {
+                    body["grammar"] = json!(g);
+                }
+                let v = self
+                    .client
+                    .post("chat/completions", &body)
+                    .await
+                    .map_err(failed)?;
+                let msg = v
+                    .pointer("/choices/0/message")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let text = match msg.pointer("/tool_calls/0/function") {
+                    Some(f) => tool_call_text(f),
+                    None => msg
+                        .get("content")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                };
+                Ok(Decision {
+                    text,
+                    prompt_tokens: usage(&v, "prompt_tokens"),
+                    completion_tokens: usage(&v, "completion_tokens"),
+                })
+            }
+            OpenAiApi::Completions => {
+                let template = self.template.as_ref().expect("checked in new");
+                let prompt = template.render_messages(&messages).map_err(ExecError)?;
+                let mut body = json!({
+                    "model": self.model,
+                    "prompt": prompt,
+                    "max_tokens": self.max_tokens,
+                    "temperature": self.temperature,
+                });
+                if let Some(g) = &self.grammar {
+                    body["grammar"] = json!(g);
+                }
+                let v = self
+                    .client
+                    .post("completions", &body)
+                    .await
+                    .map_err(failed)?;
+                let text = v
+                    .pointer("/choices/0/text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                Ok(Decision {
+                    text,
+                    prompt_tokens: usage(&v, "prompt_tokens"),
+                    completion_tokens: usage(&v, "completion_tokens"),
+                })
+            }
+        }
+    }
+}
+
+impl Executor for OpenAiExecutor {
+    fn open(&self) -> u64 {
+        self.next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn decide<'a>(
+        &'a self,
+        _seq: u64,
+        view: TurnView<'a>,
+    ) -> BoxFuture<'a, Result<Decision, ExecError>> {
+        Box::pin(self.turn(view))
+    }
+
+    fn release(&self, _seq: u64) {}
+}
+
+/// A structured tool call rendered as the Hermes text the episode parses.
+fn tool_call_text(function: &Value) -> String {
+    let name = function.get("name").and_then(Value::as_str).unwrap_or("");
+    let args = match function.get("arguments") {
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
+        Some(v) => v.clone(),
+        None => Value::Null,
+    };
+    match args.get("model").and_then(Value::as_str) {
+        Some(alias) => Action {
+            tool: name.to_string(),
+            alias: alias.to_string(),
+        }
+        .to_hermes(),
+        None => format!(
+            "<tool_call>{}</tool_call>",
+            json!({"name": name, "arguments": args})
+        ),
+    }
+}
+
+/// The catalog as OpenAI function definitions: every tool takes one argument, `model`, an enum.
+pub fn tools_json(catalog: &Catalog) -> Value {
+    Value::Array(
+        catalog
+            .tools
+            .iter()
+            .map(|t| {
+                let aliases: Vec<&str> = t
+                    .actions
+                    .iter()
+                    .map(|&a| &*catalog.actions[a].alias)
+                    .collect();
+                json!({
+                    "type": "function",
+                    "function": {
+                        "name": &*t.name,
+                        "description": t.description,
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"model": {"type": "string", "enum": aliases}},
+                            "required": ["model"],
+                        },
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The system prompt: ToolOrchestra's opening line and the tools in Hermes form.
+fn system_prompt(catalog: &Catalog) -> String {
+    format!(
+        "You are good at using tools.\n\nYou may call one function to assist with the problem. \
+         The functions are given in <tools></tools> tags:\n<tools>\n{}\n</tools>\n\n\
+         Reply with one function call as JSON within <tool_call></tool_call> tags:\n\
+         <tool_call>{{\"name\": <function-name>, \"arguments\": {{\"model\": <model>}}}}</tool_call>",
+        tools_json(catalog)
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|t| t["function"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+/// A GBNF grammar admitting exactly the Hermes calls of the catalog, in the form `to_hermes` writes.
+pub fn tool_call_grammar(catalog: &Catalog) -> String {
+    let lit = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let calls: Vec<String> = catalog
+        .tools
+        .iter()
+        .map(|t| {
+            let aliases: Vec<String> = t
+                .actions
+                .iter()
+                .map(|&a| lit(&catalog.actions[a].alias))
+                .collect();
+            format!(
+                "{} ( {} ) {}",
+                lit(&format!(
+                    "{{\"name\":\"{}\",\"arguments\":{{\"model\":\"",
+                    t.name
+                )),
+                aliases.join(" | "),
+                lit("\"}}")
+            )
+        })
+        .collect();
+    format!(
+        "root ::= {} call {}\ncall ::= {}\n",
+        lit("<tool_call>"),
+        lit("</tool_call>"),
+        calls.join(" | ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grammar_lists_every_tool_and_alias() {
+        let c = crate::catalog::sim_catalog();
+        let g = tool_call_grammar(&c);
+        for a in &c.actions {
+            assert!(g.contains(&format!("\"{}\"", a.alias)), "{g}");
+        }
+        assert!(g.starts_with("root ::= \"<tool_call>\" call \"</tool_call>\""));
+    }
+
+    #[test]
+    fn structured_tool_calls_become_hermes_text() {
+        let f = json!({"name": "answer", "arguments": "{\"model\": \"answer-2\"}"});
+        let a = Action::parse_hermes(&tool_call_text(&f)).unwrap();
+        assert_eq!((a.tool.as_str(), a.alias.as_str()), ("answer", "answer-2"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Against a real OpenAI-compatible server on loopback that nobody here wrote: llama.cpp's
+//! `llama-server` serving the reference GGUF (installed by scripts/setup-llama-server.sh, which
+//! .ci/run runs). Outside CI the tests skip, saying why, when the server or model is missing.
+
+mod common;
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tutti_engine::backend::openai::OpenAiBackend;
+use tutti_engine::backend::{Backend, Request};
+use tutti_engine::ledger::Ledger;
+use tutti_engine::Config;
+
+fn cache_dir() -> PathBuf {
+    std::env::var_os("TUTTI_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"))
+}
+
+/// The server binary and model, or why the test cannot run.
+fn installed() -> Option<(PathBuf, PathBuf)> {
+    let server = cache_dir().join("llama-server/bin/llama-server");
+    let model = cache_dir().join("models/gemma-3-270m-Q4_K_M.gguf");
+    if server.exists() && model.exists() {
+        return Some((server, model));
+    }
+    let why = format!(
+        "{} or {} is missing; run scripts/setup-llama-server.sh",
+        server.display(),
+        model.display()
+    );
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install llama-server: {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running llama-server, stopped on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Option<Server> {
+    let (bin, model) = installed()?;
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["-m"])
+        .arg(model)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "-np",
+            "4",
+            "-c",
+            "8192",
+            "-t",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
+        });
+        if ok {
+            return Some(server);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "llama-server did not become healthy"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A TCP proxy that counts the HTTP requests it forwards (by their request lines).
+async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", upstream))
+                    .await
+                    .unwrap();
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = cr.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        let chunk = &buf[..n];
+                        let posts = chunk.windows(6).filter(|w| w == b"POST /").count();
+                        c.fetch_add(posts, Ordering::SeqCst);
+                        if sw.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (port, count)
+}
+
+fn backend_config(api: &str, port: u16) -> tutti_engine::config::BackendConfig {
+    let text = std::fs::read_to_string(repo("configs/local-openai.toml")).unwrap();
+    let mut cfg = Config::parse(&text, "local-openai.toml").unwrap();
+    let mut b = cfg.backends.remove(0);
+    b.endpoint = Some(format!("http://127.0.0.1:{port}/v1"));
+    b.endpoint_env = None;
+    b.api = if api == "chat" {
+        tutti_engine::config::OpenAiApi::Chat
+    } else {
+        tutti_engine::config::OpenAiApi::Completions
+    };
+    b.max_tokens = 8;
+    b
+}
+
+fn requests(n: usize) -> Vec<Request> {
+    (0..n)
+        .map(|i| Request {
+            tool: "answer".into(),
+            model: "gemma-3-270m".into(),
+            prompt: format!("What is {i} + 2?"),
+            max_tokens: 8,
+            temperature: 0.0,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_completions_are_one_http_request_and_chat_calls_are_one_each() {
+    let Some(server) = start_server() else { return };
+    let (proxy, posts) = counting_proxy(server.port).await;
+    let ledger = Arc::new(Ledger::new(&["local".into()]));
+
+    let batch =
+        OpenAiBackend::new(&backend_config("completions", proxy), ledger.clone(), 0).unwrap();
+    let answers: Vec<_> = batch.call_batch(requests(3)).collect().await;
+    assert_eq!(answers.len(), 3);
+    for (_, r) in &answers {
+        let r = r.as_ref().expect("a completion");
+        assert!(
+            r.input_tokens > 0 && r.output_tokens > 0,
+            "usage is billed: {r:?}"
+        );
+    }
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "one /v1/completions request for the batch"
+    );
+
+    let chat = OpenAiBackend::new(&backend_config("chat", proxy), ledger, 0).unwrap();
+    let answers: Vec<_> = chat.call_batch(requests(3)).collect().await;
+    assert!(answers
+        .iter()
+        .all(|(_, r)| r.as_ref().is_ok_and(|r| r.output_tokens > 0)));
+    assert_eq!(posts.load(Ordering::SeqCst), 4, "one chat request per call");
+}
+
+#[test]
+fn local_openai_config_runs_the_example_with_real_tool_calls() {
+    let Some(server) = start_server() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index");
+    let (o, err) = run(tutti()
+        .arg("index")
+        .arg(repo("examples/corpus/python-stdlib.jsonl"))
+        .arg("-o")
+        .arg(&index));
+    assert!(o.status.success(), "{err}");
+    let config = dir.path().join("local.toml");
+    let text = std::fs::read_to_string(repo("configs/local-openai.toml"))
+        .unwrap()
+        .replace(
+            "index = \"../.tutti/index\"",
+            &format!("index = {:?}", index.display().to_string()),
+        );
+    std::fs::write(&config, text).unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(repo("examples/tasks.jsonl"))
+        .unwrap()
+        .lines()
+        .take(6)
+        .map(String::from)
+        .collect();
+    std::fs::write(&tasks, lines.join("\n") + "\n").unwrap();
+    let out = dir.path().join("out.parquet");
+    let (o, err) = run(tutti()
+        .arg("run")
+        .arg(&tasks)
+        .arg("-o")
+        .arg(&out)
+        .arg("--config")
+        .arg(&config)
+        .arg("--json")
+        .env(
+            "TUTTI_OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{}/v1", server.port),
+        ));
+    assert!(o.status.success(), "{err}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["rows"], 6);
+    let ledger = &summary["ledger"];
+    assert!(ledger["billed_calls"].as_u64().unwrap() >= 1, "{summary}");
+    assert!(ledger["orchestrator_tokens"].as_u64().unwrap() > 0);
+    assert!(ledger["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        ledger["tasks"]["failed"], 0,
+        "every tool call is valid under the grammar: {summary}"
+    );
+    assert_eq!(result_ids(&out).len(), 6);
+}
