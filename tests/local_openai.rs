@@ -4,110 +4,16 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::llama;
 use common::*;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tutti_engine::backend::openai::OpenAiBackend;
 use tutti_engine::backend::{Backend, Request};
 use tutti_engine::ledger::Ledger;
-use tutti_engine::Config;
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("TUTTI_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"))
-}
-
-/// The server binary and model, or why the test cannot run.
-fn installed() -> Option<(PathBuf, PathBuf)> {
-    let server = cache_dir().join("llama-server/bin/llama-server");
-    let model = cache_dir().join("models/gemma-3-270m-Q4_K_M.gguf");
-    if server.exists() && model.exists() {
-        return Some((server, model));
-    }
-    let why = format!(
-        "{} or {} is missing; run scripts/setup-llama-server.sh",
-        server.display(),
-        model.display()
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install llama-server: {why}"
-    );
-    eprintln!("skipped: {why}");
-    None
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running llama-server, stopped on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server() -> Option<Server> {
-    let (bin, model) = installed()?;
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["-m"])
-        .arg(model)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "-np",
-            "4",
-            "-c",
-            "8192",
-            "-t",
-            "2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200")
-        });
-        if ok {
-            return Some(server);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "llama-server did not become healthy"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// A TCP proxy that counts the HTTP requests it forwards (by their request lines).
 async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
@@ -150,21 +56,6 @@ async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
     (port, count)
 }
 
-fn backend_config(api: &str, port: u16) -> tutti_engine::config::BackendConfig {
-    let text = std::fs::read_to_string(repo("configs/local-openai.toml")).unwrap();
-    let mut cfg = Config::parse(&text, "local-openai.toml").unwrap();
-    let mut b = cfg.backends.remove(0);
-    b.endpoint = Some(format!("http://127.0.0.1:{port}/v1"));
-    b.endpoint_env = None;
-    b.api = if api == "chat" {
-        tutti_engine::config::OpenAiApi::Chat
-    } else {
-        tutti_engine::config::OpenAiApi::Completions
-    };
-    b.max_tokens = 8;
-    b
-}
-
 fn requests(n: usize) -> Vec<Request> {
     (0..n)
         .map(|i| Request {
@@ -179,12 +70,18 @@ fn requests(n: usize) -> Vec<Request> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_completions_are_one_http_request_and_chat_calls_are_one_each() {
-    let Some(server) = start_server() else { return };
+    let Some(server) = llama::start_server() else {
+        return;
+    };
     let (proxy, posts) = counting_proxy(server.port).await;
     let ledger = Arc::new(Ledger::new(&["local".into()]));
 
-    let batch =
-        OpenAiBackend::new(&backend_config("completions", proxy), ledger.clone(), 0).unwrap();
+    let batch = OpenAiBackend::new(
+        &llama::backend_config("completions", proxy),
+        ledger.clone(),
+        0,
+    )
+    .unwrap();
     let answers: Vec<_> = batch.call_batch(requests(3)).collect().await;
     assert_eq!(answers.len(), 3);
     for (_, r) in &answers {
@@ -200,7 +97,7 @@ async fn batched_completions_are_one_http_request_and_chat_calls_are_one_each() 
         "one /v1/completions request for the batch"
     );
 
-    let chat = OpenAiBackend::new(&backend_config("chat", proxy), ledger, 0).unwrap();
+    let chat = OpenAiBackend::new(&llama::backend_config("chat", proxy), ledger, 0).unwrap();
     let answers: Vec<_> = chat.call_batch(requests(3)).collect().await;
     assert!(answers
         .iter()
@@ -210,7 +107,9 @@ async fn batched_completions_are_one_http_request_and_chat_calls_are_one_each() 
 
 #[test]
 fn local_openai_config_runs_the_example_with_real_tool_calls() {
-    let Some(server) = start_server() else { return };
+    let Some(server) = llama::start_server() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let index = dir.path().join("index");
     let (o, err) = run(tutti()

@@ -532,7 +532,7 @@ mod tests {
             .iter()
             .all(|o| o.result.as_ref().unwrap().text == "echo same"));
         let sum = s.ledger.summary();
-        assert_eq!(sum.backends[0].billed_calls, 1);
+        assert_eq!(sum.backends[0].sent, 1);
         assert_eq!(sum.backends[0].requests, 10);
         // Later identical calls hit the cache: still one call.
         let again = call_all(&s.co, &["same"]).await;

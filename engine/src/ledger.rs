@@ -106,8 +106,8 @@ struct BackendCounters {
     requests: AtomicU64,
     /// `call_batch` invocations.
     batches: AtomicU64,
-    /// Requests actually sent in those batches.
-    billed: AtomicU64,
+    /// Requests actually sent in those batches (failed ones included).
+    sent: AtomicU64,
     failures: AtomicU64,
     /// Requests sent again after a retryable failure (429, 5xx, timeout, reset).
     retries: AtomicU64,
@@ -159,7 +159,7 @@ impl Ledger {
     pub fn record_batch(&self, backend: usize, sent: usize, served: usize, failures: usize) {
         let c = &self.backends[backend].1;
         c.batches.fetch_add(1, Ordering::Relaxed);
-        c.billed.fetch_add(sent as u64, Ordering::Relaxed);
+        c.sent.fetch_add(sent as u64, Ordering::Relaxed);
         c.requests.fetch_add(served as u64, Ordering::Relaxed);
         c.failures.fetch_add(failures as u64, Ordering::Relaxed);
     }
@@ -215,7 +215,7 @@ impl Ledger {
             .map(|(name, c)| BackendSummary {
                 backend: name.to_string(),
                 requests: get(&c.requests),
-                billed_calls: get(&c.billed),
+                sent: get(&c.sent),
                 batches: get(&c.batches),
                 failures: get(&c.failures),
                 retries: get(&c.retries),
@@ -279,8 +279,10 @@ impl LedgerSummary {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BackendSummary {
     pub backend: String,
+    /// Calls that reached the coalescer, collapsed duplicates included.
     pub requests: u64,
-    pub billed_calls: u64,
+    /// Requests sent to the backend, failed ones included.
+    pub sent: u64,
     pub batches: u64,
     pub failures: u64,
     pub retries: u64,

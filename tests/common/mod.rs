@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: the real `tutti` binary and real files.
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod llama;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
