@@ -17,6 +17,7 @@ mod episode;
 pub mod executor;
 pub mod io;
 pub mod ledger;
+pub mod limits;
 pub mod policy;
 pub mod scheduler;
 pub mod task;

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::{Backend, BackendError, BatchItem, Request, Response};
 use crate::config::{BackendConfig, OpenAiApi};
 use crate::ledger::Ledger;
+use crate::limits::{estimate_tokens, RateLimits};
 
 /// Backoff never waits longer than this between two tries, whatever Retry-After says.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -202,6 +203,7 @@ impl ChatTemplate {
 
 pub struct OpenAiBackend {
     client: Arc<OpenAiClient>,
+    limits: Arc<RateLimits>,
     api: OpenAiApi,
     template: Option<Arc<ChatTemplate>>,
 }
@@ -233,6 +235,7 @@ impl OpenAiBackend {
         };
         Ok(OpenAiBackend {
             client: Arc::new(client),
+            limits: Arc::new(RateLimits::new(cfg.rpm, cfg.tpm)),
             api: cfg.api,
             template,
         })
@@ -265,12 +268,19 @@ impl Backend for OpenAiBackend {
         match self.api {
             OpenAiApi::Chat => {
                 let client = self.client.clone();
+                let limits = self.limits.clone();
                 requests
                     .into_iter()
                     .enumerate()
                     .map(move |(i, r)| {
                         let client = client.clone();
-                        async move { (i, chat(&client, &r).await) }
+                        let limits = limits.clone();
+                        async move {
+                            limits
+                                .acquire(estimate_tokens(&r.prompt, r.max_tokens))
+                                .await;
+                            (i, chat(&client, &r).await)
+                        }
                     })
                     .collect::<FuturesUnordered<_>>()
                     .boxed()
@@ -278,9 +288,15 @@ impl Backend for OpenAiBackend {
             OpenAiApi::Completions => {
                 let client = self.client.clone();
                 let template = self.template.clone().expect("checked in new");
-                futures::stream::once(
-                    async move { completions(&client, &template, &requests).await },
-                )
+                let limits = self.limits.clone();
+                futures::stream::once(async move {
+                    let tokens = requests
+                        .iter()
+                        .map(|r| estimate_tokens(&r.prompt, r.max_tokens))
+                        .sum();
+                    limits.acquire(tokens).await;
+                    completions(&client, &template, &requests).await
+                })
                 .flat_map(futures::stream::iter)
                 .boxed()
             }
