@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Tasks the naive harness runs at most (a seeded sample of the workload when fewer).
     #[arg(long, default_value_t = 200)]
     baseline_tasks: usize,
+    /// Run these tasks (JSONL or Parquet) instead of a generated workload: with `--config`, this
+    /// benchmarks a real deployment with the same figures as the simulated profiles.
+    #[arg(long)]
+    tasks_file: Option<PathBuf>,
     /// Workload seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -67,7 +71,20 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
         }
         cfg.cache.path = None;
     }
+    let tasks = match &args.tasks_file {
+        Some(path) => {
+            let catalog = tutti_engine::catalog::Catalog::new(&cfg);
+            let check = |t: &tutti_engine::Task| {
+                catalog
+                    .check_preference(&t.preference)
+                    .map_err(|m| tutti_engine::io::tasks::FieldError::new("preference", m))
+            };
+            Some(tutti_engine::io::tasks::read_tasks(path, &check)?)
+        }
+        None => None,
+    };
     let spec = BenchSpec {
+        tasks,
         profile: args
             .config
             .as_ref()
@@ -110,6 +127,14 @@ fn print_run(name: &str, r: &RunReport) {
         r.billed_calls, r.cache_hits, r.coalescing_factor
     );
     println!("  accuracy         {:.1}%", r.accuracy * 100.0);
+    let (retries, opens, fallbacks) = r.ledger.backends.iter().fold((0, 0, 0), |(a, b, c), x| {
+        (a + x.retries, b + x.breaker_opens, c + x.fallbacks)
+    });
+    if retries + opens + fallbacks > 0 {
+        println!(
+            "  failures         {retries} retries, {opens} breaker opens, {fallbacks} fallbacks"
+        );
+    }
     let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("  statuses         {}", statuses.join(", "));
     if r.decode_steps > 0 {
@@ -122,8 +147,13 @@ fn print_run(name: &str, r: &RunReport) {
 
 fn print_report(r: &BenchReport) {
     println!(
-        "tutti bench — profile {} — SIMULATION: simulated orchestrator and backends, real engine",
-        r.profile
+        "tutti bench — {}{}",
+        r.profile,
+        if r.simulated {
+            " — SIMULATION: simulated parts, real engine"
+        } else {
+            ""
+        }
     );
     print_run("tutti", &r.run);
     println!(

@@ -120,6 +120,12 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             ledger.billed_calls,
             ledger.cache_hits
         );
+        let (retries, opens, fallbacks) = ledger.backends.iter().fold((0, 0, 0), |(a, b, c), x| {
+            (a + x.retries, b + x.breaker_opens, c + x.fallbacks)
+        });
+        if retries + opens + fallbacks > 0 {
+            eprintln!("tutti: {retries} retries, {opens} circuit-breaker opens, {fallbacks} calls served by fallbacks");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

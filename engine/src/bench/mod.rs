@@ -138,9 +138,10 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
     let (tx, mut rx) = mpsc::channel::<crate::task::TaskResult>(4096);
     let started = Instant::now();
     let collect = tokio::spawn(async move {
-        let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+        // Task latencies from 1 ms to a day, to 3 significant figures.
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).expect("valid bounds");
         while let Some(r) = rx.recv().await {
-            hist.saturating_record(r.latency_ms.max(0) as u64);
+            hist.saturating_record(r.latency_ms.clamp(1, 86_400_000) as u64);
         }
         hist
     });
@@ -195,6 +196,8 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
 pub struct BenchSpec {
     pub profile: String,
     pub workload: WorkloadSpec,
+    /// Tasks to run instead of a generated workload (`tutti bench --tasks-file`).
+    pub tasks: Option<Vec<Task>>,
     /// Run the naive harness too, on at most this many tasks of the same workload.
     pub baseline_tasks: Option<usize>,
 }
@@ -202,7 +205,11 @@ pub struct BenchSpec {
 /// Runs a benchmark: the workload on tutti, then optionally the naive harness.
 pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, EngineError> {
     let catalog = crate::catalog::Catalog::new(cfg);
-    let tasks = generate(&spec.workload, &catalog);
+    let tasks = match &spec.tasks {
+        Some(given) => given.clone(),
+        None => generate(&spec.workload, &catalog),
+    };
+    let workload_tasks = tasks.len();
     let baseline_tasks = spec.baseline_tasks.map(|k| {
         let sampled = k < tasks.len();
         (
@@ -251,7 +258,7 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
                 .backends
                 .iter()
                 .any(|b| b.kind == crate::config::BackendKind::Sim),
-        workload_tasks: spec.workload.tasks,
+        workload_tasks,
         repeat_share: spec.workload.repeat_share,
         tasks_per_s: run.tasks_per_s,
         turns_per_s: run.turns_per_s,
