@@ -97,6 +97,13 @@ pub struct OrchestratorConfig {
     /// (llama.cpp's `grammar` field), so every call a small model emits parses.
     #[serde(default)]
     pub grammar: bool,
+    /// `history` (the conversation grows turn by turn; the server's KV prefix stays reusable) or
+    /// `toolorchestra` (the prompt Orchestrator-8B was trained on, rebuilt every turn).
+    #[serde(default)]
+    pub prompt_strategy: PromptStrategy,
+    /// Tokens each part (documents, code, attempts) of a `toolorchestra` prompt keeps.
+    #[serde(default = "defaults::prompt_part_tokens")]
+    pub prompt_part_tokens: u32,
     /// Tokens the orchestrator may write per turn.
     #[serde(default = "defaults::orchestrator_max_tokens")]
     pub max_tokens: u32,
@@ -182,6 +189,15 @@ pub enum BackendKind {
     Retrieval,
     Sim,
     VllmRs,
+}
+
+/// How the `openai` executor builds its prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptStrategy {
+    #[default]
+    History,
+    Toolorchestra,
 }
 
 /// How an `openai` backend sends its calls.
@@ -355,6 +371,9 @@ mod defaults {
         1024
     }
     pub fn expected_input_tokens() -> u32 {
+        1000
+    }
+    pub fn prompt_part_tokens() -> u32 {
         1000
     }
     pub fn orchestrator_max_tokens() -> u32 {

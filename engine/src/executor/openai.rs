@@ -22,10 +22,13 @@ use tokio::sync::Semaphore;
 use super::{Decision, ExecError, Executor, TurnView};
 use crate::backend::openai::{usage, ChatTemplate, OpenAiClient};
 use crate::catalog::Catalog;
-use crate::config::{Config, OpenAiApi};
+use crate::config::{Config, OpenAiApi, PromptStrategy};
 use crate::task::{Action, Role};
 
 pub struct OpenAiExecutor {
+    strategy: PromptStrategy,
+    /// Characters each part of a `toolorchestra` prompt keeps (its token budget, times four).
+    part_chars: usize,
     client: OpenAiClient,
     model: String,
     api: OpenAiApi,
@@ -71,6 +74,8 @@ impl OpenAiExecutor {
             (None, OpenAiApi::Chat) => None,
         };
         Ok(OpenAiExecutor {
+            strategy: o.prompt_strategy,
+            part_chars: o.prompt_part_tokens as usize * 4,
             client,
             model: o.model.clone().unwrap_or_else(|| "orchestrator".into()),
             api: o.api,
@@ -102,6 +107,12 @@ impl OpenAiExecutor {
         }
         if view.remaining_usd.is_finite() {
             system.push_str(&format!("\nRemaining budget: ${:.4}.", view.remaining_usd));
+        }
+        if self.strategy == PromptStrategy::Toolorchestra {
+            return vec![
+                json!({"role": "system", "content": system}),
+                json!({"role": "user", "content": toolorchestra_prompt(view, self.part_chars)}),
+            ];
         }
         let mut out = vec![json!({"role": "system", "content": system})];
         for m in view.messages {
@@ -208,6 +219,49 @@ impl Executor for OpenAiExecutor {
     }
 
     fn release(&self, _seq: u64) {}
+}
+
+/// ToolOrchestra's prompt, rebuilt every turn: the problem, the documents retrieved so far, the
+/// code run so far with its output, earlier attempts, and "Choose an appropriate tool." Each part
+/// keeps its most recent `part_chars` characters.
+fn toolorchestra_prompt(view: &TurnView<'_>, part_chars: usize) -> String {
+    let (mut docs, mut code, mut attempts) = (String::new(), String::new(), String::new());
+    let mut last_tool = String::new();
+    for m in view.messages {
+        match m.role {
+            Role::User => {}
+            Role::Assistant => {
+                last_tool = Action::parse_hermes(&m.content)
+                    .map(|a| a.tool)
+                    .unwrap_or_default();
+            }
+            Role::Tool => {
+                let part = match last_tool.as_str() {
+                    "search" => &mut docs,
+                    "enhance_reasoning" => &mut code,
+                    _ => &mut attempts,
+                };
+                part.push_str(&m.content);
+                part.push('\n');
+            }
+        }
+    }
+    let tail = |s: &str| -> String {
+        let n = s.chars().count();
+        s.chars().skip(n.saturating_sub(part_chars)).collect()
+    };
+    let mut p = format!("Problem: {}\n", view.task.prompt);
+    for (title, part) in [
+        ("Documents:", &docs),
+        ("Code and outputs:", &code),
+        ("Earlier attempts:", &attempts),
+    ] {
+        if !part.is_empty() {
+            p.push_str(&format!("\n{title}\n{}\n", tail(part).trim_end()));
+        }
+    }
+    p.push_str("\nChoose an appropriate tool.");
+    p
 }
 
 /// A structured tool call rendered as the Hermes text the episode parses.
@@ -320,6 +374,52 @@ mod tests {
             assert!(g.contains(&format!("\"{}\"", a.alias)), "{g}");
         }
         assert!(g.starts_with("root ::= \"<tool_call>\" call \"</tool_call>\""));
+    }
+
+    #[test]
+    fn toolorchestra_prompt_sorts_observations_by_tool_and_cuts_them() {
+        use crate::task::{Message, Task};
+        let msg = |role, content: &str| Message {
+            role,
+            content: content.to_string(),
+            tokens: 1,
+        };
+        let call = |tool: &str| {
+            Action {
+                tool: tool.into(),
+                alias: "x".into(),
+            }
+            .to_hermes()
+        };
+        let task = Task {
+            id: "t".into(),
+            prompt: "What is 2 + 2?".into(),
+            ..Default::default()
+        };
+        let messages = vec![
+            msg(Role::User, "What is 2 + 2?"),
+            msg(Role::Assistant, &call("search")),
+            msg(Role::Tool, "Documents: arithmetic basics"),
+            msg(Role::Assistant, &call("enhance_reasoning")),
+            msg(Role::Tool, &format!("{}4", "x".repeat(100))),
+        ];
+        let pref = std::sync::Arc::new(crate::catalog::Preference { bias: vec![] });
+        let view = TurnView {
+            task: &task,
+            messages: &messages,
+            new_from: 0,
+            turn: 2,
+            remaining_usd: f64::INFINITY,
+            preference: &pref,
+            context_hash: 0,
+        };
+        let p = toolorchestra_prompt(&view, 10);
+        assert!(p.starts_with("Problem: What is 2 + 2?\n"), "{p}");
+        // Each part keeps its last 10 characters (its trailing newline included).
+        assert!(p.contains("Documents:\nic basics\n"), "{p}");
+        assert!(p.contains("Code and outputs:\nxxxxxxxx4\n"), "{p}");
+        assert!(!p.contains("Earlier attempts"), "{p}");
+        assert!(p.ends_with("Choose an appropriate tool."), "{p}");
     }
 
     #[test]
