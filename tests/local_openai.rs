@@ -125,6 +125,8 @@ fn local_openai_config_runs_the_example_with_real_tool_calls() {
             "index = \"../.tutti/index\"",
             &format!("index = {:?}", index.display().to_string()),
         );
+    // Grade with a model, as ToolOrchestra does.
+    let text = format!("{text}\n[grading]\njudge = \"answer-2\"\n");
     std::fs::write(&config, text).unwrap();
     let tasks = dir.path().join("tasks.jsonl");
     let lines: Vec<String> = std::fs::read_to_string(repo("examples/tasks.jsonl"))
@@ -159,4 +161,17 @@ fn local_openai_config_runs_the_example_with_real_tool_calls() {
         "every tool call is valid under the grammar: {summary}"
     );
     assert_eq!(result_ids(&out).len(), 6);
+    let results = tutti_engine::io::results::read_results(&out).unwrap();
+    for r in results
+        .iter()
+        .filter(|r| r.status == tutti_engine::Status::Answered)
+    {
+        let last = r.calls.last().expect("an answered task made calls");
+        assert_eq!(
+            &*last.tool, "judge",
+            "the judge graded {}: {:?}",
+            r.id, r.calls
+        );
+        assert!(r.correct.is_some());
+    }
 }

@@ -72,6 +72,8 @@ pub struct Catalog {
     pub actions: Vec<CatalogAction>,
     pub backends: Vec<CatalogBackend>,
     pub answer_tool: usize,
+    /// The judge's backend and alias, when answers are graded by a model.
+    pub judge: Option<(usize, Arc<str>)>,
     tool_index: HashMap<String, usize>,
     /// Per tool: alias -> action.
     action_index: Vec<HashMap<String, usize>>,
@@ -149,6 +151,12 @@ impl Catalog {
             .collect();
         Catalog {
             answer_tool: tool_index[ANSWER_TOOL],
+            judge: cfg.grading.judge.as_ref().map(|alias| {
+                (
+                    backend_index[cfg.aliases[alias].as_str()],
+                    alias.as_str().into(),
+                )
+            }),
             tools,
             backends,
             tool_index,

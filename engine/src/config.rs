@@ -37,6 +37,17 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
+    #[serde(default)]
+    pub grading: GradingConfig,
+}
+
+/// How answers are graded against a task's reference.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradingConfig {
+    /// An alias whose model judges whether an answer matches the reference (as ToolOrchestra
+    /// grades with GPT-5), billed like any call. Without one: normalised exact match.
+    pub judge: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -595,6 +606,11 @@ impl Config {
                         format!("no alias `{a}` in [aliases]"),
                     );
                 }
+            }
+        }
+        if let Some(judge) = &self.grading.judge {
+            if !self.aliases.contains_key(judge) {
+                return err("grading.judge", format!("no alias `{judge}` in [aliases]"));
             }
         }
         if !tool_names.contains(crate::catalog::ANSWER_TOOL) {

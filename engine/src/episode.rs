@@ -64,7 +64,7 @@ impl Context {
 async fn call(
     env: &EpisodeEnv,
     ledger: &mut TaskLedger,
-    tool: usize,
+    tool: &Arc<str>,
     backend: usize,
     alias: &Arc<str>,
     prompt: String,
@@ -74,7 +74,7 @@ async fn call(
     loop {
         let (model, max_tokens, temperature) = &env.request_params[target.0];
         let request = Request {
-            tool: env.catalog.tools[tool].name.clone(),
+            tool: tool.clone(),
             model: model.clone(),
             prompt: prompt.clone(),
             max_tokens: *max_tokens,
@@ -86,7 +86,7 @@ async fn call(
         match outcome.result {
             Ok(response) => {
                 let record = CallRecord {
-                    tool: env.catalog.tools[tool].name.clone(),
+                    tool: tool.clone(),
                     alias: target.1.clone(),
                     backend: env.catalog.backends[target.0].name.clone(),
                     cached: !outcome.billed,
@@ -119,6 +119,17 @@ async fn call(
             }
         }
     }
+}
+
+/// The tool name a judge's call is recorded under.
+const JUDGE: &str = "judge";
+
+/// What the judge is asked: does the answer match the reference?
+fn judge_prompt(problem: &str, reference: &str, answer: &str) -> String {
+    format!(
+        "Problem: {problem}\nReference answer: {reference}\nCandidate answer: {answer}\n\
+         Does the candidate answer match the reference answer? Reply with yes or no."
+    )
 }
 
 /// A rough token count for text the executor did not tokenise (error observations).
@@ -220,7 +231,8 @@ pub(crate) async fn run_episode(
         let prompt = env
             .catalog
             .render_prompt(a.tool, &task.prompt, &ctx.observations);
-        let response = match call(env, &mut ledger, a.tool, a.backend, &a.alias, prompt).await {
+        let response = match call(env, &mut ledger, &a.tool_name, a.backend, &a.alias, prompt).await
+        {
             Ok(r) => r,
             Err(e) => {
                 let msg = format!("Error: {e}");
@@ -238,7 +250,7 @@ pub(crate) async fn run_episode(
             None => response,
             Some(runner) => {
                 let written = response.text.clone();
-                match call(env, &mut ledger, a.tool, runner, &a.alias, written).await {
+                match call(env, &mut ledger, &a.tool_name, runner, &a.alias, written).await {
                     Ok(r) => r,
                     Err(e) => {
                         let msg = format!("Error: {e}");
@@ -258,7 +270,18 @@ pub(crate) async fn run_episode(
     env.executor.release(seq);
 
     let correct = match (&answer, &task.reference) {
-        (Some(a), Some(r)) => Some(grade(a, r)),
+        (Some(a), Some(r)) => match &env.catalog.judge {
+            Some((backend, alias)) => {
+                let prompt = judge_prompt(&task.prompt, r, a);
+                let verdict = call(env, &mut ledger, &JUDGE.into(), *backend, alias, prompt).await;
+                match verdict {
+                    Ok(v) => Some(v.text.trim_start().to_ascii_lowercase().starts_with("yes")),
+                    // A judge that cannot be reached leaves the answer graded by exact match.
+                    Err(_) => Some(grade(a, r)),
+                }
+            }
+            None => Some(grade(a, r)),
+        },
         (None, Some(_)) => Some(false),
         _ => None,
     };
