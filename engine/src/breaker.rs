@@ -3,6 +3,7 @@
 //! server that is down. After `cooldown` it lets one probe call through: success closes it, failure
 //! opens it again.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -21,6 +22,8 @@ enum State {
 
 #[derive(Debug)]
 pub struct Breaker {
+    /// Set while the state is not closed: callers on the hot path read only this.
+    tripped: AtomicBool,
     state: Mutex<State>,
     threshold: u32,
     cooldown: Duration,
@@ -29,6 +32,7 @@ pub struct Breaker {
 impl Breaker {
     pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
         Breaker {
+            tripped: AtomicBool::new(false),
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold: threshold.max(1),
             cooldown,
@@ -41,6 +45,9 @@ impl Breaker {
     }
 
     pub fn allow_at(&self, now: Instant) -> bool {
+        if !self.tripped.load(Ordering::Acquire) {
+            return true;
+        }
         let mut s = self.state.lock();
         match *s {
             State::Closed { .. } => true,
@@ -61,6 +68,7 @@ impl Breaker {
         let mut s = self.state.lock();
         if ok {
             *s = State::Closed { failures: 0 };
+            self.tripped.store(false, Ordering::Release);
             return false;
         }
         match *s {
@@ -68,6 +76,7 @@ impl Breaker {
                 *s = State::Open {
                     until: now + self.cooldown,
                 };
+                self.tripped.store(true, Ordering::Release);
                 true
             }
             State::Closed { failures } => {
@@ -80,6 +89,7 @@ impl Breaker {
                 *s = State::Open {
                     until: now + self.cooldown,
                 };
+                self.tripped.store(true, Ordering::Release);
                 true
             }
             // A call that was already in flight when the breaker opened.
