@@ -96,10 +96,6 @@ impl Breaker {
             State::Open { .. } => false,
         }
     }
-
-    pub fn is_open(&self) -> bool {
-        matches!(*self.state.lock(), State::Open { .. } | State::Probing)
-    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,13 @@ struct Context {
 }
 
 impl Context {
+    /// Appends an error the orchestrator should see and react to.
+    fn push_error(&mut self, error: &dyn std::fmt::Display) {
+        let msg = format!("Error: {error}");
+        let tokens = approx_tokens(&msg);
+        self.push(Role::Tool, msg, tokens);
+    }
+
     fn push(&mut self, role: Role, content: String, tokens: u32) {
         self.hash = stable_hash(self.hash, &[&[role as u8], content.as_bytes()]);
         if role == Role::Tool {
@@ -217,9 +224,7 @@ pub(crate) async fn run_episode(
                     ));
                     break Status::Failed;
                 }
-                let msg = format!("Error: invalid tool call: {e}");
-                let tokens = approx_tokens(&msg);
-                ctx.push(Role::Tool, msg, tokens);
+                ctx.push_error(&format_args!("invalid tool call: {e}"));
                 continue;
             }
         };
@@ -235,9 +240,7 @@ pub(crate) async fn run_episode(
         {
             Ok(r) => r,
             Err(e) => {
-                let msg = format!("Error: {e}");
-                let tokens = approx_tokens(&msg);
-                ctx.push(Role::Tool, msg, tokens);
+                ctx.push_error(&e);
                 continue;
             }
         };
@@ -253,9 +256,7 @@ pub(crate) async fn run_episode(
                 match call(env, &mut ledger, &a.tool_name, runner, &a.alias, written).await {
                     Ok(r) => r,
                     Err(e) => {
-                        let msg = format!("Error: {e}");
-                        let tokens = approx_tokens(&msg);
-                        ctx.push(Role::Tool, msg, tokens);
+                        ctx.push_error(&e);
                         continue;
                     }
                 }

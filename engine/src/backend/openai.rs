@@ -214,7 +214,7 @@ impl OpenAiBackend {
         ledger: Arc<Ledger>,
         index: usize,
     ) -> Result<OpenAiBackend, String> {
-        let endpoint = endpoint(cfg)?;
+        let endpoint = resolve_endpoint(cfg.endpoint.as_deref(), cfg.endpoint_env.as_deref())?;
         let client = OpenAiClient::new(
             &cfg.name,
             &endpoint,
@@ -242,17 +242,20 @@ impl OpenAiBackend {
     }
 }
 
-/// The backend's base URL: `endpoint`, unless the variable named by `endpoint_env` is set.
-pub fn endpoint(cfg: &BackendConfig) -> Result<String, String> {
-    if let Some(var) = &cfg.endpoint_env {
-        if let Ok(url) = std::env::var(var) {
-            if !url.is_empty() {
-                return Ok(url);
-            }
-        }
+/// A base URL: `endpoint`, unless the variable named by `endpoint_env` is set (and not empty).
+/// Used by `openai` backends and the `openai` executor alike.
+pub fn resolve_endpoint(
+    endpoint: Option<&str>,
+    endpoint_env: Option<&str>,
+) -> Result<String, String> {
+    if let Some(url) = endpoint_env
+        .and_then(|v| std::env::var(v).ok())
+        .filter(|u| !u.is_empty())
+    {
+        return Ok(url);
     }
-    cfg.endpoint.clone().ok_or_else(|| {
-        "an `openai` backend needs an `endpoint` (base URL, e.g. http://127.0.0.1:8080/v1)".into()
+    endpoint.map(str::to_string).ok_or_else(|| {
+        "an OpenAI-compatible server needs an `endpoint` (base URL, e.g. http://127.0.0.1:8080/v1)".into()
     })
 }
 

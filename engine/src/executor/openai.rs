@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::{Decision, ExecError, Executor, TurnView};
-use crate::backend::openai::{usage, ChatTemplate, OpenAiClient};
+use crate::backend::openai::{resolve_endpoint, usage, ChatTemplate, OpenAiClient};
 use crate::catalog::Catalog;
 use crate::config::{Config, OpenAiApi, PromptStrategy};
 use crate::task::{Action, Role};
@@ -45,15 +45,8 @@ pub struct OpenAiExecutor {
 impl OpenAiExecutor {
     pub fn new(cfg: &Config, catalog: Arc<Catalog>) -> Result<OpenAiExecutor, ExecError> {
         let o = &cfg.orchestrator;
-        let endpoint = o
-            .endpoint_env
-            .as_ref()
-            .and_then(|v| std::env::var(v).ok())
-            .filter(|u| !u.is_empty())
-            .or_else(|| o.endpoint.clone())
-            .ok_or_else(|| {
-                ExecError("the `openai` executor needs `orchestrator.endpoint`".into())
-            })?;
+        let endpoint = resolve_endpoint(o.endpoint.as_deref(), o.endpoint_env.as_deref())
+            .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
         let client = OpenAiClient::new(
             "orchestrator",
             &endpoint,
@@ -136,71 +129,51 @@ impl OpenAiExecutor {
             .acquire()
             .await
             .map_err(|_| ExecError("executor closed".into()))?;
-        let failed = |e: crate::backend::BackendError| ExecError(e.to_string());
-        match self.api {
+        let (path, mut body) = match self.api {
+            OpenAiApi::Chat => (
+                "chat/completions",
+                json!({"messages": messages, "tools": self.tools}),
+            ),
+            OpenAiApi::Completions => {
+                let template = self.template.as_ref().expect("checked in new");
+                let prompt = template.render_messages(&messages).map_err(ExecError)?;
+                ("completions", json!({"prompt": prompt}))
+            }
+        };
+        body["model"] = json!(self.model);
+        body["max_tokens"] = json!(self.max_tokens);
+        body["temperature"] = json!(self.temperature);
+        if let Some(g) = &self.grammar {
+            body["grammar"] = json!(g);
+        }
+        let v = self
+            .client
+            .post(path, &body)
+            .await
+            .map_err(|e| ExecError(e.to_string()))?;
+        let text = match self.api {
             OpenAiApi::Chat => {
-                let mut body = json!({
-                    "model": self.model,
-                    "messages": messages,
-                    "max_tokens": self.max_tokens,
-                    "temperature": self.temperature,
-                    "tools": self.tools,
-                });
-                if let Some(g) = &self.grammar {
-                    body["grammar"] = json!(g);
-                }
-                let v = self
-                    .client
-                    .post("chat/completions", &body)
-                    .await
-                    .map_err(failed)?;
-                let msg = v
-                    .pointer("/choices/0/message")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                let text = match msg.pointer("/tool_calls/0/function") {
+                let msg = v.pointer("/choices/0/message").unwrap_or(&Value::Null);
+                match msg.pointer("/tool_calls/0/function") {
                     Some(f) => tool_call_text(f),
                     None => msg
                         .get("content")
                         .and_then(Value::as_str)
                         .unwrap_or("")
                         .to_string(),
-                };
-                Ok(Decision {
-                    text,
-                    prompt_tokens: usage(&v, "prompt_tokens"),
-                    completion_tokens: usage(&v, "completion_tokens"),
-                })
-            }
-            OpenAiApi::Completions => {
-                let template = self.template.as_ref().expect("checked in new");
-                let prompt = template.render_messages(&messages).map_err(ExecError)?;
-                let mut body = json!({
-                    "model": self.model,
-                    "prompt": prompt,
-                    "max_tokens": self.max_tokens,
-                    "temperature": self.temperature,
-                });
-                if let Some(g) = &self.grammar {
-                    body["grammar"] = json!(g);
                 }
-                let v = self
-                    .client
-                    .post("completions", &body)
-                    .await
-                    .map_err(failed)?;
-                let text = v
-                    .pointer("/choices/0/text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                Ok(Decision {
-                    text,
-                    prompt_tokens: usage(&v, "prompt_tokens"),
-                    completion_tokens: usage(&v, "completion_tokens"),
-                })
             }
-        }
+            OpenAiApi::Completions => v
+                .pointer("/choices/0/text")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        };
+        Ok(Decision {
+            text,
+            prompt_tokens: usage(&v, "prompt_tokens"),
+            completion_tokens: usage(&v, "completion_tokens"),
+        })
     }
 }
 
