@@ -78,12 +78,21 @@ async fn call(
 ) -> Result<Arc<Response>, BackendError> {
     let mut target = (backend, alias.clone());
     let mut fallen_back = false;
+    let mut prompt = Some(prompt);
     loop {
+        // Keep a copy of the prompt only while a fallback may still need it.
+        let may_fall_back = !fallen_back && env.catalog.backends[target.0].fallback.is_some();
+        let prompt = if may_fall_back {
+            prompt.clone()
+        } else {
+            prompt.take()
+        }
+        .expect("present until sent for good");
         let (model, max_tokens, temperature) = &env.request_params[target.0];
         let request = Request {
             tool: tool.clone(),
             model: model.clone(),
-            prompt: prompt.clone(),
+            prompt,
             max_tokens: *max_tokens,
             temperature: *temperature,
         };
