@@ -1,7 +1,9 @@
 //! The `tutti` command: argument parsing and wiring. The work lives in `tutti-engine`.
 
 mod bench;
+mod client;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,18 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Build a retrieval index (BM25) from a JSON Lines corpus with fields id, title, text.
     Index(IndexArgs),
+    /// Serve batch jobs over Arrow Flight (durable: a restarted server resumes its jobs).
+    Serve(serve::ServeArgs),
+    /// Submit a task file to a server as a job; prints the job id.
+    Submit(client::SubmitArgs),
+    /// Show a job's state and progress.
+    Status(client::JobArgs),
+    /// Write a job's results so far to a Parquet file.
+    Results(client::ResultsArgs),
+    /// Cancel a job: live episodes stop, unfinished tasks end `cancelled`.
+    Cancel(client::JobArgs),
+    /// List the server's jobs.
+    Jobs(client::JobsArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +85,12 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Index(args) => index(args),
+        Command::Serve(args) => serve::main(args),
+        Command::Submit(args) => client::submit(args),
+        Command::Status(args) => client::status(args),
+        Command::Results(args) => client::results(args),
+        Command::Cancel(args) => client::cancel(args),
+        Command::Jobs(args) => client::jobs(args),
     };
     match result {
         Ok(code) => code,

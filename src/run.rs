@@ -11,14 +11,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tutti_engine::catalog::Catalog;
-use tutti_engine::io::results::ResultStore;
+use tutti_engine::io::results::{commit_stream, ResultStore, COMMIT_ROWS};
 use tutti_engine::io::tasks::{read_tasks, FieldError};
 use tutti_engine::{Engine, EngineOptions, TaskResult};
 
-/// Results are committed when this many are waiting…
-const COMMIT_ROWS: usize = 2048;
-/// …or when the oldest uncommitted one has waited this long.
-const COMMIT_EVERY: Duration = Duration::from_millis(250);
 /// Plain progress lines when stderr is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -73,7 +69,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
         let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
         let progress = Progress::new(total, skipped);
         let writer = tokio::spawn(write_results(rx, store, progress));
-        let run = engine.run(todo, tx, cancel.clone());
+        let run = engine.run(futures::stream::iter(todo), tx, cancel.clone());
         tokio::pin!(run);
         let interrupted = tokio::select! {
             _ = &mut run => false,
@@ -130,36 +126,13 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Commits results in groups (every COMMIT_ROWS rows or COMMIT_EVERY), then merges the output.
+/// Commits results as they come (see [`commit_stream`]), then merges the output.
 async fn write_results(
-    mut rx: mpsc::Receiver<TaskResult>,
-    mut store: ResultStore,
+    rx: mpsc::Receiver<TaskResult>,
+    store: ResultStore,
     mut progress: Progress,
 ) -> Result<u64> {
-    let mut pending: Vec<TaskResult> = Vec::new();
-    let mut oldest: Option<Instant> = None;
-    loop {
-        let timeout = oldest.map_or(COMMIT_EVERY, |t| COMMIT_EVERY.saturating_sub(t.elapsed()));
-        let next = tokio::time::timeout(timeout, rx.recv()).await;
-        let closed = matches!(next, Ok(None));
-        if let Ok(Some(r)) = next {
-            pending.push(r);
-            oldest.get_or_insert_with(Instant::now);
-        }
-        let due = oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY);
-        if !pending.is_empty() && (closed || due || pending.len() >= COMMIT_ROWS) {
-            let batch = std::mem::take(&mut pending);
-            let n = batch.len() as u64;
-            store = tokio::task::spawn_blocking(move || store.append(&batch).map(|_| store))
-                .await
-                .context("the result writer panicked")??;
-            oldest = None;
-            progress.advance(n);
-        }
-        if closed {
-            break;
-        }
-    }
+    let store = commit_stream(rx, store, true, |rows| progress.advance(rows.len() as u64)).await?;
     progress.finish();
     let rows = tokio::task::spawn_blocking(move || store.finish())
         .await

@@ -283,8 +283,39 @@ impl Actor {
         }
     }
 
-    /// Sends a batch to the backend and adds its answer stream to `answers`.
-    fn send(&mut self, batch: Batch, answers: &mut Answers) {
+    /// Whether every caller of a call has gone (its episode was cancelled): such a call is not
+    /// sent. A cacheable call whose callers have all gone leaves the in-flight map.
+    fn abandoned(&mut self, call: &Call) -> bool {
+        match call {
+            (_, Some(reply)) => reply.is_closed(),
+            (Some(k), None) => {
+                let gone = self
+                    .inflight
+                    .get(k)
+                    .is_none_or(|waiters| waiters.iter().all(|w| w.is_closed()));
+                if gone {
+                    self.inflight.remove(k);
+                }
+                gone
+            }
+            (None, None) => true,
+        }
+    }
+
+    /// Sends a batch to the backend and adds its answer stream to `answers`. Calls whose callers
+    /// have all gone are dropped first; a batch left empty is not sent.
+    fn send(&mut self, mut batch: Batch, answers: &mut Answers) {
+        let gone: Vec<usize> = (0..batch.calls.len())
+            .filter(|&i| self.abandoned(&batch.calls[i]))
+            .collect();
+        for &i in gone.iter().rev() {
+            batch.requests.remove(i);
+            batch.calls.remove(i);
+        }
+        if batch.requests.is_empty() {
+            return;
+        }
+        self.ledger.record_sent(self.index, batch.requests.len());
         let slot = self.batches.insert(InFlight {
             calls: batch.calls.into_iter().map(Some).collect(),
             served: 0,
@@ -313,7 +344,6 @@ impl Actor {
             }
             None => {
                 let b = self.batches.remove(slot);
-                let sent = b.calls.len();
                 let (mut served, mut failures) = (b.served, b.failures);
                 for call in b.calls.into_iter().flatten() {
                     let missing = Err(BackendError::Failed {
@@ -323,7 +353,7 @@ impl Actor {
                     served += self.answer(call, missing);
                     failures += 1;
                 }
-                self.ledger.record_batch(self.index, sent, served, failures);
+                self.ledger.record_batch(self.index, served, failures);
             }
         }
     }

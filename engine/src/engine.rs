@@ -4,10 +4,9 @@
 //! channel as each episode ends, in completion order.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures::FutureExt;
+use futures::{FutureExt, Stream, StreamExt};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +16,7 @@ use crate::cache::{CacheStats, ResultCache};
 use crate::catalog::Catalog;
 use crate::coalesce::{Coalescer, CoalescerLimits};
 use crate::config::Config;
-use crate::episode::{run_episode, EpisodeEnv};
+use crate::episode::{run_episode, Cancel, EpisodeEnv};
 use crate::executor;
 use crate::ledger::{Ledger, LedgerSummary, Pricing, TaskLedger};
 use crate::scheduler::SchedulerStats;
@@ -49,6 +48,29 @@ impl Default for EngineOptions {
     }
 }
 
+/// The result of a task that ran no turn: it ended with `status` and `error`.
+fn ended_early(
+    id: String,
+    metadata: Option<String>,
+    status: Status,
+    error: Option<String>,
+) -> TaskResult {
+    TaskResult {
+        id,
+        status,
+        answer: None,
+        correct: None,
+        turns: 0,
+        cost_usd: 0.0,
+        latency_ms: 0,
+        orchestrator_tokens: 0,
+        calls: Vec::new(),
+        trajectory: None,
+        error,
+        metadata,
+    }
+}
+
 /// The result of an episode that panicked.
 fn panicked(
     id: String,
@@ -60,26 +82,15 @@ fn panicked(
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into());
-    TaskResult {
-        id,
-        status: Status::Failed,
-        answer: None,
-        correct: None,
-        turns: 0,
-        cost_usd: 0.0,
-        latency_ms: 0,
-        orchestrator_tokens: 0,
-        calls: Vec::new(),
-        trajectory: None,
-        error: Some(format!("internal error: the episode panicked: {what}")),
-        metadata,
-    }
+    let error = format!("internal error: the episode panicked: {what}");
+    ended_early(id, metadata, Status::Failed, Some(error))
 }
 
 pub struct Engine {
     env: Arc<EpisodeEnv>,
     cache: Arc<ResultCache>,
-    max_live_tasks: usize,
+    /// `max_live_tasks` permits, shared by every job this engine runs at once.
+    live: Arc<Semaphore>,
 }
 
 impl Engine {
@@ -126,39 +137,55 @@ impl Engine {
         Ok(Engine {
             env: Arc::new(env),
             cache,
-            max_live_tasks: o.max_live_tasks,
+            live: Arc::new(Semaphore::new(o.max_live_tasks)),
         })
     }
 
     /// Runs every task and sends each result as its episode ends. Returns when all have been sent
-    /// (or the receiver is gone). After `cancel`, episodes stop at their next step and report
-    /// `cancelled`, and tasks not yet started are reported `cancelled` without running.
+    /// (or the receiver is gone). Episodes of every job run on this engine share its
+    /// `max_live_tasks` bound. After `cancel`, episodes stop at once (a turn or call in progress is
+    /// abandoned, and a call not yet sent is never sent) and report `cancelled`; tasks not yet
+    /// started are reported `cancelled` without running.
     pub async fn run(
         &self,
-        tasks: impl IntoIterator<Item = Task>,
+        tasks: impl Stream<Item = Task>,
         results: mpsc::Sender<TaskResult>,
         cancel: CancellationToken,
     ) {
-        // Episodes poll a plain flag: the token's own check takes a lock shared by all of them.
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let watcher = {
-            let cancelled = cancelled.clone();
-            tokio::spawn(async move {
-                cancel.cancelled().await;
-                cancelled.store(true, Ordering::Relaxed);
-            })
-        };
-        let live = Arc::new(Semaphore::new(self.max_live_tasks));
-        for task in tasks {
-            let permit = live.clone().acquire_owned().await.expect("never closed");
+        let mut tasks = std::pin::pin!(tasks);
+        let cancel = Arc::new(Cancel::new(cancel));
+        let watcher = tokio::spawn(cancel.clone().watch());
+        // Each episode holds a clone of `running`; `recv` returns `None` once all have ended.
+        let (running, mut ended) = mpsc::channel::<()>(1);
+        while let Some(task) = tasks.next().await {
+            // A cancelled job does not wait for room among the live tasks of other jobs.
+            let permit = tokio::select! {
+                biased;
+                p = self.live.clone().acquire_owned(), if !cancel.is_set() => {
+                    Some(p.expect("never closed"))
+                }
+                _ = cancel.cancelled() => None,
+            };
+            let Some(permit) = permit else {
+                let ledger = TaskLedger::default();
+                self.env
+                    .ledger
+                    .record_task(Status::Cancelled, 0, &ledger, None);
+                let row = ended_early(task.id, task.metadata, Status::Cancelled, None);
+                if results.send(row).await.is_err() {
+                    break;
+                }
+                continue;
+            };
             let env = self.env.clone();
             let results = results.clone();
-            let cancelled = cancelled.clone();
+            let cancel = cancel.clone();
+            let running = running.clone();
             tokio::spawn(async move {
                 // A bug that panics inside one episode fails that task, not the job: its row
                 // still comes out, with the panic as its error.
                 let (id, metadata) = (task.id.clone(), task.metadata.clone());
-                let result = AssertUnwindSafe(run_episode(&env, task, &cancelled))
+                let result = AssertUnwindSafe(run_episode(&env, task, &cancel))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|panic| {
@@ -167,11 +194,11 @@ impl Engine {
                         panicked(id, metadata, panic.as_ref())
                     });
                 let _ = results.send(result).await;
-                drop(permit);
+                drop((permit, running));
             });
         }
-        // Wait for the last episodes: every permit back.
-        let _ = live.acquire_many(self.max_live_tasks as u32).await;
+        drop(running);
+        let _ = ended.recv().await;
         watcher.abort();
     }
 

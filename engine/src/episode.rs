@@ -6,10 +6,12 @@
 //! `answer` or a limit ends it: max turns, budget, too many malformed calls in a row, a failure of
 //! the executor, or cancellation.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::sim::stable_hash;
 use crate::backend::{BackendError, Request, Response};
@@ -33,6 +35,48 @@ pub(crate) struct EpisodeEnv {
     pub default_budget_usd: Option<f64>,
     pub max_malformed_calls: u32,
     pub record_trajectory: bool,
+}
+
+/// A job's cancellation, as its episodes see it.
+pub(crate) struct Cancel {
+    /// Set once the token is cancelled. Episodes check this plain flag between steps: the token's
+    /// own check takes a lock shared by every episode of the job.
+    flag: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Cancel {
+    pub fn new(token: CancellationToken) -> Cancel {
+        Cancel {
+            flag: AtomicBool::new(token.is_cancelled()),
+            token,
+        }
+    }
+
+    /// Sets the flag when the token is cancelled; spawned once per job.
+    pub async fn watch(self: Arc<Self>) {
+        self.token.cancelled().await;
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Completes once the job is cancelled.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// Runs `work` unless the job is cancelled first; `None` when cancelled. Dropping `work`
+    /// abandons it: a call still queued in a coalescer is then never sent.
+    async fn or_cancelled<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            out = work => Some(out),
+            _ = self.token.cancelled() => None,
+        }
+    }
 }
 
 /// The evolving context of an episode.
@@ -70,6 +114,7 @@ impl Context {
 /// When the backend's breaker is open and it has a fallback alias, the fallback serves instead.
 async fn call(
     env: &EpisodeEnv,
+    cancel: &Cancel,
     ledger: &mut TaskLedger,
     tool: &Arc<str>,
     backend: usize,
@@ -97,7 +142,12 @@ async fn call(
             temperature: *temperature,
         };
         let t0 = Instant::now();
-        let outcome = env.coalescers[target.0].call(request).await;
+        let Some(outcome) = cancel
+            .or_cancelled(env.coalescers[target.0].call(request))
+            .await
+        else {
+            return Err(BackendError::Cancelled);
+        };
         let latency_ms = t0.elapsed().as_millis() as i64;
         match outcome.result {
             Ok(response) => {
@@ -153,12 +203,9 @@ fn approx_tokens(text: &str) -> u32 {
     (text.len() as u32).div_ceil(4)
 }
 
-/// Runs one task to its end. `cancelled` is checked before every turn and every call.
-pub(crate) async fn run_episode(
-    env: &EpisodeEnv,
-    task: Task,
-    cancelled: &AtomicBool,
-) -> TaskResult {
+/// Runs one task to its end. Cancellation is checked before every turn and every call, and
+/// abandons a turn or call in progress.
+pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -> TaskResult {
     let started = Instant::now();
     let preference = env.catalog.preference(&task.preference);
     let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
@@ -179,7 +226,7 @@ pub(crate) async fn run_episode(
     let mut error = None;
 
     let status = loop {
-        if cancelled.load(Ordering::Relaxed) {
+        if cancel.is_set() {
             break Status::Cancelled;
         }
         if turns >= max_turns {
@@ -198,12 +245,13 @@ pub(crate) async fn run_episode(
             preference: &preference,
             context_hash: ctx.hash,
         };
-        let decision = match env.executor.decide(seq, view).await {
-            Ok(d) => d,
-            Err(e) => {
+        let decision = match cancel.or_cancelled(env.executor.decide(seq, view)).await {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
                 error = Some(e.to_string());
                 break Status::Failed;
             }
+            None => break Status::Cancelled,
         };
         sent = ctx.messages.len();
         turns += 1;
@@ -237,7 +285,7 @@ pub(crate) async fn run_episode(
                 continue;
             }
         };
-        if cancelled.load(Ordering::Relaxed) {
+        if cancel.is_set() {
             break Status::Cancelled;
         }
 
@@ -245,9 +293,19 @@ pub(crate) async fn run_episode(
         let prompt = env
             .catalog
             .render_prompt(a.tool, &task.prompt, &ctx.observations);
-        let response = match call(env, &mut ledger, &a.tool_name, a.backend, &a.alias, prompt).await
+        let response = match call(
+            env,
+            cancel,
+            &mut ledger,
+            &a.tool_name,
+            a.backend,
+            &a.alias,
+            prompt,
+        )
+        .await
         {
             Ok(r) => r,
+            Err(BackendError::Cancelled) => break Status::Cancelled,
             Err(e) => {
                 ctx.push_error(&e);
                 continue;
@@ -262,8 +320,19 @@ pub(crate) async fn run_episode(
             None => response,
             Some(runner) => {
                 let written = response.text.clone();
-                match call(env, &mut ledger, &a.tool_name, runner, &a.alias, written).await {
+                match call(
+                    env,
+                    cancel,
+                    &mut ledger,
+                    &a.tool_name,
+                    runner,
+                    &a.alias,
+                    written,
+                )
+                .await
+                {
                     Ok(r) => r,
+                    Err(BackendError::Cancelled) => break Status::Cancelled,
                     Err(e) => {
                         ctx.push_error(&e);
                         continue;
@@ -283,7 +352,8 @@ pub(crate) async fn run_episode(
         (Some(a), Some(r)) => match &env.catalog.judge {
             Some((backend, alias)) => {
                 let prompt = judge_prompt(&task.prompt, r, a);
-                let verdict = call(env, &mut ledger, &JUDGE.into(), *backend, alias, prompt).await;
+                let judge = JUDGE.into();
+                let verdict = call(env, cancel, &mut ledger, &judge, *backend, alias, prompt).await;
                 match verdict {
                     Ok(v) => Some(v.text.trim_start().to_ascii_lowercase().starts_with("yes")),
                     // A judge that cannot be reached leaves the answer graded by exact match.

@@ -106,7 +106,8 @@ struct BackendCounters {
     requests: AtomicU64,
     /// `call_batch` invocations.
     batches: AtomicU64,
-    /// Requests actually sent in those batches (failed ones included).
+    /// Requests actually sent in those batches (failed ones included), counted as each batch is
+    /// sent.
     sent: AtomicU64,
     failures: AtomicU64,
     /// Requests sent again after a retryable failure (429, 5xx, timeout, reset).
@@ -155,11 +156,16 @@ impl Ledger {
         }
     }
 
-    /// A coalescer sent one batch of `sent` distinct requests that served `served` callers.
-    pub fn record_batch(&self, backend: usize, sent: usize, served: usize, failures: usize) {
+    /// A coalescer sends one batch of `sent` distinct requests (counted as it is sent).
+    pub fn record_sent(&self, backend: usize, sent: usize) {
         let c = &self.backends[backend].1;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.sent.fetch_add(sent as u64, Ordering::Relaxed);
+    }
+
+    /// A batch has ended: it served `served` callers, and `failures` of its requests failed.
+    pub fn record_batch(&self, backend: usize, served: usize, failures: usize) {
+        let c = &self.backends[backend].1;
         c.requests.fetch_add(served as u64, Ordering::Relaxed);
         c.failures.fetch_add(failures as u64, Ordering::Relaxed);
     }
@@ -364,8 +370,10 @@ mod tests {
         t.record_call(call(false), 0.25);
         l.record_task(Status::Answered, 3, &t, Some(true));
         l.record_task(Status::Failed, 1, &TaskLedger::default(), Some(false));
-        l.record_batch(0, 2, 3, 0);
-        l.record_batch(1, 1, 1, 1);
+        l.record_sent(0, 2);
+        l.record_batch(0, 3, 0);
+        l.record_sent(1, 1);
+        l.record_batch(1, 1, 1);
         let s = l.summary();
         assert_eq!(s.tasks["answered"], 1);
         assert_eq!(s.tasks["failed"], 1);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 mod episode;
 pub mod executor;
+pub mod flight;
 pub mod io;
 pub mod ledger;
 pub mod limits;

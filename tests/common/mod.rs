@@ -3,6 +3,7 @@
 
 pub mod faults;
 pub mod llama;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -75,6 +75,9 @@ pub enum BackendError {
     /// Not tried: the backend's circuit breaker is open after repeated failures.
     #[error("backend `{backend}` is unavailable: its circuit breaker is open")]
     Unavailable { backend: String },
+    /// Not made, or abandoned: the job was cancelled.
+    #[error("the call was abandoned: the job was cancelled")]
+    Cancelled,
 }
 
 /// One answer of a batch: the request's index in the batch and its result.

@@ -145,7 +145,9 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
         }
         hist
     });
-    engine.run(tasks, tx, CancellationToken::new()).await;
+    engine
+        .run(futures::stream::iter(tasks), tx, CancellationToken::new())
+        .await;
     let hist = collect.await.expect("collector does not panic");
     let wall_s = started.elapsed().as_secs_f64();
     engine.flush();

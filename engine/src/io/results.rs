@@ -14,6 +14,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray,
@@ -28,6 +29,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use tokio::sync::mpsc;
 
 use super::schema::{call_fields, call_item_field, result_schema, type_name};
 use crate::task::{CallRecord, Status, TaskResult};
@@ -432,6 +434,89 @@ impl ResultStore {
         segments.sort();
         Ok(segments)
     }
+}
+
+/// Results are committed when this many are waiting…
+pub const COMMIT_ROWS: usize = 2048;
+/// …or when the oldest uncommitted one has waited this long.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
+
+/// Commits the results arriving on `rx` in groups (every [`COMMIT_ROWS`] rows or
+/// [`COMMIT_EVERY`]), calling `committed` with each group once it is durable. Without
+/// `keep_trajectories` the trajectory of each row is dropped first. Returns the store when the
+/// channel has closed and everything received is committed.
+pub async fn commit_stream(
+    mut rx: mpsc::Receiver<TaskResult>,
+    mut store: ResultStore,
+    keep_trajectories: bool,
+    mut committed: impl FnMut(&[TaskResult]) + Send,
+) -> Result<ResultStore, StoreError> {
+    let mut pending: Vec<TaskResult> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let timeout = oldest.map_or(COMMIT_EVERY, |t| COMMIT_EVERY.saturating_sub(t.elapsed()));
+        let next = tokio::time::timeout(timeout, rx.recv()).await;
+        let closed = matches!(next, Ok(None));
+        if let Ok(Some(mut r)) = next {
+            if !keep_trajectories {
+                r.trajectory = None;
+            }
+            pending.push(r);
+            oldest.get_or_insert_with(Instant::now);
+        }
+        let due = oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY);
+        if !pending.is_empty() && (closed || due || pending.len() >= COMMIT_ROWS) {
+            let batch = std::mem::take(&mut pending);
+            let (s, batch) =
+                tokio::task::spawn_blocking(move || store.append(&batch).map(|_| (store, batch)))
+                    .await
+                    .expect("the result writer does not panic")?;
+            store = s;
+            oldest = None;
+            committed(&batch);
+        }
+        if closed {
+            return Ok(store);
+        }
+    }
+}
+
+/// The committed segments of the output `out` (as [`ResultStore::open`] names them), in commit
+/// order; none when the segment directory does not exist.
+pub fn committed_segments(out: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let Some(name) = out.file_name() else {
+        return Err(StoreError::NotAFile {
+            path: out.to_path_buf(),
+        });
+    };
+    let parts = with_suffix(out, name, ".parts");
+    if !parts.try_exists().map_err(io_error("inspect", &parts))? {
+        return Ok(Vec::new());
+    }
+    let store = ResultStore {
+        out: out.to_path_buf(),
+        parts,
+        next_segment: 0,
+    };
+    Ok(store.segments(false)?.into_iter().map(|(_, p)| p).collect())
+}
+
+/// The batches of a result file, each checked and reordered into [`result_schema`].
+pub fn read_result_batches(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>> + use<>, StoreError> {
+    let path = path.to_path_buf();
+    let reader = read_batches(&path, None)?;
+    Ok(reader.map(move |batch| {
+        let batch = batch.map_err(|source| StoreError::Arrow {
+            path: path.clone(),
+            source,
+        })?;
+        conform(&batch).map_err(|source| StoreError::NotResults {
+            path: path.clone(),
+            source,
+        })
+    }))
 }
 
 /// Reads every result row of a Parquet file in [`result_schema`].

@@ -1,0 +1,155 @@
+//! A real `tutti serve` process on loopback, and a Flight client for it.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use tutti_engine::flight::{JobClient, JobInfo};
+use tutti_engine::io::tasks::tasks_to_batch;
+use tutti_engine::task::Task;
+
+use super::{repo, tutti};
+
+/// The bundled simulated catalog, slowed so a job of a thousand tasks takes several seconds
+/// (calls of ~0.1–1 s, 128 tasks live): room to kill or cancel it mid-way.
+pub fn slow_sim_config(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo("configs/toolorchestra-sim.toml")).unwrap();
+    let text = text
+        .replace("time_scale = 0.001", "time_scale = 0.005")
+        .replace("max_live_tasks = 1024", "max_live_tasks = 128");
+    assert!(text.contains("time_scale = 0.005") && text.contains("max_live_tasks = 128"));
+    let path = dir.join("slow-sim.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running server; killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `tutti serve --listen 127.0.0.1:0 --data-dir DIR ARGS…` and waits for its address.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Server {
+        let mut child = tutti()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env_remove("TUTTI_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tutti serve");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("the server printed its address");
+            if let Some(rest) = line.split("serving Arrow Flight on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Server {
+            child,
+            url,
+            stderr: rx,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn client(&self, token: Option<&str>) -> JobClient {
+        JobClient::connect(&self.url, token).await.expect("connect")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `n` arithmetic tasks with ids `task-0`…
+pub fn tasks(n: usize) -> Vec<Task> {
+    (0..n)
+        .map(|i| {
+            let (a, b) = (i % 97 + 2, i % 89 + 3);
+            Task {
+                id: format!("task-{i}"),
+                prompt: format!("What is {a} + {b}?"),
+                preference: Vec::new(),
+                budget_usd: None,
+                max_turns: None,
+                reference: Some((a + b).to_string()),
+                metadata: None,
+            }
+        })
+        .collect()
+}
+
+pub fn batches(tasks: &[Task], rows: usize) -> Vec<RecordBatch> {
+    tasks.chunks(rows).map(tasks_to_batch).collect()
+}
+
+/// Polls the job until `done(info)` holds; panics after a minute.
+pub async fn wait_for(
+    client: &mut JobClient,
+    job: &str,
+    done: impl Fn(&JobInfo) -> bool,
+) -> JobInfo {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = client.info(job).await.expect("job info");
+        if done(&info) {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting; last: {:?}",
+            info.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every (id, status) of the job's results so far.
+pub async fn result_rows(client: &mut JobClient, job: &str) -> Vec<(String, String)> {
+    use arrow::array::AsArray;
+    use futures::TryStreamExt;
+    let batches: Vec<RecordBatch> = client
+        .results(job)
+        .await
+        .expect("do_get")
+        .try_collect()
+        .await
+        .expect("result batches");
+    let mut rows = Vec::new();
+    for b in batches {
+        assert_eq!(b.schema(), tutti_engine::io::schema::result_schema());
+        let ids = b.column_by_name("id").unwrap().as_string::<i32>();
+        let statuses = b.column_by_name("status").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            rows.push((ids.value(i).to_string(), statuses.value(i).to_string()));
+        }
+    }
+    rows
+}
