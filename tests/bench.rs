@@ -82,3 +82,20 @@ fn repeated_subqueries_are_billed_once() {
     );
     assert_eq!(uncached["cache_hits"], 0);
 }
+
+#[test]
+fn flight_ingest_reports_rows_per_second() {
+    let r = bench(&[
+        "--profile",
+        "flight-ingest",
+        "--tasks",
+        "20000",
+        "--repeats",
+        "2",
+    ]);
+    assert_eq!(r["rows"], 20000);
+    assert_eq!(r["runs"].as_array().unwrap().len(), 2);
+    assert!(r["rows_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["mib_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["task_file_bytes"].as_u64().unwrap() > 0, "{r}");
+}

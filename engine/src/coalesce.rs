@@ -531,6 +531,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn calls_abandoned_while_queued_are_never_sent() {
+        // Cacheable and uncacheable calls wait 50 ms for a batch; their callers go away first.
+        for policy in [CachePolicy::Off, CachePolicy::Deterministic] {
+            let s = setup(16, 50, policy, 0);
+            let co = s.co.clone();
+            let gone = tokio::spawn(async move { co.call(req("gone")).await });
+            let co = s.co.clone();
+            let kept = tokio::spawn(async move { co.call(req("kept")).await });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            gone.abort();
+            let _ = gone.await;
+            assert_eq!(kept.await.unwrap().result.unwrap().text, "echo kept");
+            assert_eq!(
+                s.rec.batches.lock().concat(),
+                vec!["kept".to_string()],
+                "{policy:?}"
+            );
+            assert_eq!(s.ledger.summary().backends[0].sent, 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn flushes_a_partial_batch_after_max_wait() {
         let s = setup(16, 50, CachePolicy::Off, 0);
         let t0 = Instant::now();

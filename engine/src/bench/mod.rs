@@ -3,6 +3,7 @@
 //!
 //! Figures are measured, never asserted: tests check that a report is complete, not how fast.
 
+pub mod ingest;
 pub mod workload;
 
 use std::time::Instant;
