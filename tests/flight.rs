@@ -60,6 +60,7 @@ fn pyarrow_round_trip_of_10000_tasks() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("pyarrow round trip: {summary}");
     assert_eq!(summary["rows"], 10000);
 }
 
