@@ -605,11 +605,11 @@ impl Jobs {
         let (_, written) = tokio::join!(self.engine.run(tasks, tx, job.cancel.clone()), writer);
         written?;
         reader.await.expect("the task reader does not panic")?;
-        let job = job.clone();
-        let state = tokio::task::spawn_blocking(move || job.finish())
+        let finished = job.clone();
+        let state = tokio::task::spawn_blocking(move || finished.finish())
             .await
             .expect("writing a manifest does not panic")?;
-        tracing::info!("job finished: {}", state.as_str());
+        tracing::info!("job {} ended: {}", job.id, state.as_str());
         Ok(())
     }
 }
