@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod generate;
 mod run;
 mod serve;
 
@@ -48,6 +49,8 @@ enum Command {
     Cancel(client::JobArgs),
     /// List the server's jobs.
     Jobs(client::JobsArgs),
+    /// Raw completion with an in-process GGUF model (no chat template): a smoke test.
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Results(args) => client::results(args),
         Command::Cancel(args) => client::cancel(args),
         Command::Jobs(args) => client::jobs(args),
+        Command::Generate(args) => generate::main(args),
     };
     match result {
         Ok(code) => code,

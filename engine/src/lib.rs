@@ -19,6 +19,7 @@ pub mod flight;
 pub mod io;
 pub mod ledger;
 pub mod limits;
+pub mod model;
 pub mod policy;
 pub mod scheduler;
 pub mod task;

@@ -1,0 +1,31 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use tutti_engine::model::{Model, Tokenizer};
+
+/// Path of the reference Gemma 3 270M file (override with `TUTTI_GEMMA3_GGUF`).
+pub fn reference_path() -> PathBuf {
+    std::env::var_os("TUTTI_GEMMA3_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/tutti/models/gemma-3-270m-Q4_K_M.gguf")
+        })
+}
+
+/// The reference model and tokenizer, loaded once per test binary; `None` (and a note on
+/// stderr) when the file is missing, so the suite still passes without it.
+pub fn reference() -> Option<&'static (Model, Tokenizer)> {
+    static MODEL: OnceLock<Option<(Model, Tokenizer)>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = reference_path();
+            if !path.exists() {
+                eprintln!("skipping: reference model {} not found", path.display());
+                return None;
+            }
+            Some(Model::load(&path).expect("loading the reference model"))
+        })
+        .as_ref()
+}
