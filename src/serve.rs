@@ -67,11 +67,11 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
     }
     if args.config.is_none() {
         eprintln!(
-            "tutti: no --config given: using the bundled configs/toolorchestra-sim.toml \
-             (SIMULATION: simulated orchestrator and backends)"
+            "tutti: no --config given: using the bundled configs/default.toml (the reference \
+             model in-process: ~/.cache/tutti/models/gemma-3-270m-Q4_K_M.gguf)"
         );
     }
-    let cfg = crate::load_config(args.config.as_ref(), "toolorchestra-sim")?;
+    let cfg = crate::load_config(args.config.as_ref(), "default")?;
     let limits = ServerLimits {
         max_message_bytes: args.max_message_bytes,
         max_tasks_per_job: args.max_tasks_per_job,

@@ -78,7 +78,7 @@ fn killed_run_resumes_to_every_id_exactly_once() {
 }
 
 #[test]
-fn bundled_example_runs_end_to_end() {
+fn bundled_example_runs_end_to_end_in_simulation() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.parquet");
     let (o, err) = run(tutti()
@@ -86,6 +86,8 @@ fn bundled_example_runs_end_to_end() {
         .arg(repo("examples/tasks.jsonl"))
         .arg("-o")
         .arg(&out)
+        .arg("--config")
+        .arg(repo("configs/toolorchestra-sim.toml"))
         .arg("--json"));
     assert!(o.status.success(), "{err}");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -442,17 +442,58 @@ impl Config {
                 }
             }
         }
+        // Model files of in-process models are relative to the config too.
+        let relative = |m: &mut Option<String>| {
+            if let Some(p) = m.as_deref() {
+                if Path::new(p).is_relative() {
+                    *m = Some(base.join(p).to_string_lossy().into_owned());
+                }
+            }
+        };
+        if cfg.orchestrator.executor == ExecutorKind::Native {
+            relative(&mut cfg.orchestrator.model);
+        }
+        for b in cfg
+            .backends
+            .iter_mut()
+            .filter(|b| b.kind == BackendKind::Native)
+        {
+            relative(&mut b.model);
+        }
         Ok(cfg)
+    }
+
+    /// Expands a leading `~/` in the model paths of in-process models to `$HOME`.
+    fn expand_home(&mut self) {
+        let Some(home) = std::env::var_os("HOME") else {
+            return;
+        };
+        let expand = |m: &mut Option<String>| {
+            if let Some(rest) = m.as_deref().and_then(|p| p.strip_prefix("~/")) {
+                *m = Some(Path::new(&home).join(rest).to_string_lossy().into_owned());
+            }
+        };
+        if self.orchestrator.executor == ExecutorKind::Native {
+            expand(&mut self.orchestrator.model);
+        }
+        for b in self
+            .backends
+            .iter_mut()
+            .filter(|b| b.kind == BackendKind::Native)
+        {
+            expand(&mut b.model);
+        }
     }
 
     /// Parses and validates config text; `origin` names it in errors (a path, or `<profile x>`).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text).map_err(|e| toml_error(origin, text, "", &e))?;
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             toml_error(origin, text, &path, e.inner())
         })?;
         cfg.validate(origin)?;
+        cfg.expand_home();
         Ok(cfg)
     }
 
@@ -505,6 +546,17 @@ impl Config {
                         format!("no tool named `{tool}` in [[tools]]"),
                     );
                 }
+            }
+        }
+        if o.executor == ExecutorKind::Native {
+            if o.model.is_none() {
+                return err(
+                    "orchestrator.model",
+                    "the native executor needs the path of a GGUF model file".into(),
+                );
+            }
+            if o.kv_cache_bytes == Some(0) {
+                return err("orchestrator.kv_cache_bytes", "expected at least 1".into());
             }
         }
         if !(self.simulation.time_scale >= 0.0 && self.simulation.time_scale.is_finite()) {

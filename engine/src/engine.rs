@@ -18,6 +18,7 @@ use crate::coalesce::{Coalescer, CoalescerLimits};
 use crate::config::Config;
 use crate::episode::{run_episode, Cancel, EpisodeEnv};
 use crate::executor;
+use crate::executor::native::{NativeModels, RuntimeLimits};
 use crate::ledger::{Ledger, LedgerSummary, Pricing, TaskLedger};
 use crate::scheduler::SchedulerStats;
 use crate::task::{Status, Task, TaskResult};
@@ -102,8 +103,14 @@ impl Engine {
         let cache = Arc::new(ResultCache::new(&cfg.cache)?);
         let mut coalescers = Vec::with_capacity(cfg.backends.len());
         let mut request_params = Vec::with_capacity(cfg.backends.len());
+        let mut models = NativeModels::default();
+        let limits = RuntimeLimits::from_config(cfg);
         for (i, b) in cfg.backends.iter().enumerate() {
-            let backend = backend::build(b, &cfg.simulation, ledger.clone(), i)?;
+            let native = backend::NativeSource {
+                models: &mut models,
+                limits,
+            };
+            let backend = backend::build(b, &cfg.simulation, ledger.clone(), i, native)?;
             coalescers.push(Coalescer::start(
                 i,
                 names[i].clone(),
@@ -116,7 +123,7 @@ impl Engine {
             let model: Arc<str> = b.model.as_deref().unwrap_or(&b.name).into();
             request_params.push((model, b.max_tokens, b.temperature));
         }
-        let executor = executor::build(cfg, catalog.clone())?;
+        let executor = executor::build(cfg, catalog.clone(), &mut models)?;
         let o = &cfg.orchestrator;
         let env = EpisodeEnv {
             catalog,
@@ -212,6 +219,11 @@ impl Engine {
 
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+
+    /// The in-process model's counters, when the orchestrator is native.
+    pub fn native_stats(&self) -> Option<&crate::executor::native::runner::NativeStats> {
+        self.env.executor.native_stats()
     }
 
     pub fn scheduler_stats(&self) -> Option<&SchedulerStats> {

@@ -41,6 +41,14 @@ pub trait StepRunner: Send + 'static {
     /// Starts a turn; returns how many tokens must be prefilled before decoding starts.
     fn begin_turn(&mut self, seq: &mut Self::Seq, input: Self::Input) -> usize;
 
+    /// Asks to move a waiting turn into the running set, where it stays until it finishes.
+    /// Returns how many tokens it must prefill now (which may differ from what `begin_turn`
+    /// said, for instance when memory it had was reclaimed while it waited), or `None` when it
+    /// must wait (a memory budget is spent). With no turn running, it must not return `None`.
+    fn admit(&mut self, _seq: &mut Self::Seq, prefill: usize) -> Option<usize> {
+        Some(prefill)
+    }
+
     /// Runs one batched step. Each item prefills `prefill` tokens and, when `decode` is set, then
     /// decodes one token. Turns that finish in this step are pushed to `finished` as
     /// (item index, output).
@@ -294,12 +302,26 @@ impl<R: StepRunner> Scheduler<R> {
         }
     }
 
-    /// Moves waiting turns into the running set, least attained service first, up to `max_seqs`.
+    /// Moves waiting turns into the running set, least attained service first, up to `max_seqs`
+    /// and as long as the runner accepts them (its memory budget).
     fn admit(&mut self) {
         while self.running.len() < self.limits.max_seqs {
-            match self.waiting.pop() {
-                Some(Reverse(ByService(turn))) => self.running.push(turn),
-                None => break,
+            let Some(Reverse(ByService(mut turn))) = self.waiting.pop() else {
+                break;
+            };
+            match self.runner.admit(&mut turn.seq, turn.prefill_left) {
+                Some(prefill) => {
+                    turn.prefill_left = prefill;
+                    self.running.push(turn);
+                }
+                None => {
+                    assert!(
+                        !self.running.is_empty(),
+                        "a step runner refused a turn with nothing running"
+                    );
+                    self.waiting.push(Reverse(ByService(turn)));
+                    break;
+                }
             }
         }
     }

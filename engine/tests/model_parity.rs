@@ -180,3 +180,51 @@ fn truncate_and_recompute_gives_same_logits() {
     cache.clear();
     assert_eq!(cache.size_bytes(), 0);
 }
+
+/// Logits of `suffix` after `prefix`, with the prefix in the same cache or in a frozen cache
+/// continued by reference; the shared cache is also read by a second sequence in the same step.
+#[test]
+fn continuing_a_shared_prefix_gives_the_same_logits() {
+    use std::sync::Arc;
+    use tutti_engine::model::KvCache;
+    for cfg in [TinyConfig::gemma3(), TinyConfig::qwen3()] {
+        let (model, _) = tiny_model(&cfg).unwrap();
+        let seqs = sequences(&[9, 6, 4], model.info().vocab, 4);
+        let (prefix, a, b) = (&seqs[0], &seqs[1], &seqs[2]);
+        let logits = |cache: &mut KvCache, tokens: &[u32]| {
+            let out = model.step(&mut [SeqStep { tokens, cache }], true).unwrap();
+            out.all.unwrap().to_vec2::<f32>().unwrap()
+        };
+        let mut plain = model.new_cache();
+        logits(&mut plain, prefix);
+        let want_a = logits(&mut plain, a);
+        let mut frozen = model.new_cache();
+        logits(&mut frozen, prefix);
+        let frozen = Arc::new(frozen);
+        let mut ca = KvCache::with_prefix(frozen.clone());
+        let mut cb = KvCache::with_prefix(frozen.clone());
+        assert_eq!((ca.len(), ca.prefix_len(), ca.used_bytes()), (9, 9, 0));
+        let out = model
+            .step(
+                &mut [
+                    SeqStep {
+                        tokens: a,
+                        cache: &mut ca,
+                    },
+                    SeqStep {
+                        tokens: b,
+                        cache: &mut cb,
+                    },
+                ],
+                true,
+            )
+            .unwrap();
+        let got = out.all.unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(got[..a.len()], want_a[..], "{}", cfg.arch);
+        assert_eq!(ca.used_bytes(), a.len() * ca.bytes_per_position());
+        assert_eq!(frozen.len(), 9, "the shared prefix is never written");
+        // Cutting into the prefix drops it: the cache starts over.
+        ca.truncate(3);
+        assert_eq!((ca.len(), ca.prefix_len()), (0, 0));
+    }
+}

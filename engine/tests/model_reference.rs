@@ -3,9 +3,9 @@
 //! The expected completion is llama.cpp's greedy output for this file with flash attention
 //! off (`llama-server -fa off`; with `-fa on` llama.cpp itself ends differently: "... It is
 //! located in the department of the"). Two of its 24 steps are near-ties (0.02 and 0.20 nats
-//! apart in llama.cpp's own log-probabilities) that float summation order decides, so the
-//! tests pin the deterministic prefix exactly and require every later llama.cpp token to be
-//! within a small margin of this implementation's best token.
+//! apart in llama.cpp's own log-probabilities) that float summation order decides: the whole
+//! string is asserted, and as a weaker check that survives a change of kernels, every
+//! llama.cpp token must be within a small margin of this implementation's best token.
 
 mod common;
 
@@ -21,8 +21,6 @@ const EXPECTED_IDS: [u32; 24] = [
     506, 5279, 529, 506, 2891, 529, 7001, 236761, 1030, 563, 506, 7488, 3207, 528, 7001, 236761,
     1030, 563, 506, 5279, 529, 506, 2891, 529,
 ];
-/// Greedy steps before the first near-tie.
-const STABLE_PREFIX: usize = 11;
 /// Largest log-probability gap allowed between llama.cpp's token and ours.
 const MAX_GAP_NATS: f32 = 0.25;
 
@@ -62,17 +60,6 @@ fn expected_ids_spell_expected_text() {
         return;
     };
     assert_eq!(tok.decode(&EXPECTED_IDS, false), EXPECTED);
-}
-
-#[test]
-fn greedy_prefix_matches_llama_cpp() {
-    let Some((generated, tokens_per_sec)) = greedy(24) else {
-        return;
-    };
-    let (_, tok) = common::reference().unwrap();
-    eprintln!("greedy: {:?}", tok.decode(&generated, false));
-    eprintln!("single-sequence decode: {tokens_per_sec:.1} tokens/s");
-    assert_eq!(generated[..STABLE_PREFIX], EXPECTED_IDS[..STABLE_PREFIX]);
 }
 
 /// Largest log-probability gap, over llama.cpp's 24 greedy steps, between llama.cpp's token
@@ -128,22 +115,24 @@ fn requantized_model_stays_near_llama_cpp() {
     assert!(gap <= MAX_GAP_NATS, "gap {gap}");
 }
 
-/// The exact 24-token string; fails at step 12 (see the module docs).
+/// The exact 24-token string.
 ///
-/// The CPU forward pass follows llama.cpp's decode kernels (f16 KV cache, f16 Q and
-/// probabilities, ggml's summation orders, GELU table, Q8_0/Q8_K activation quantization), and
-/// single-token decode steps reproduce llama.cpp bit for bit on short sequences, but two gaps
-/// remain: llama.cpp computes a multi-token prompt with other kernels (llamafile tinyBLAS for
-/// the f16 attention products), which this implementation deliberately does not copy so that
-/// batched and one-at-a-time steps stay bit-identical, and a rarer difference in decode steps
-/// is still unexplained. Activation quantization amplifies either into 0.1-0.4 nat changes,
-/// so the near-ties of this completion (steps 12, 16 and 19) are not reproducible yet.
+/// The CPU forward pass follows llama.cpp's single-token kernels (f16 KV cache, f16 Q and
+/// probabilities, ggml's summation orders per weight type, including the unsigned-quant,
+/// per-lane offset order of its AVX2 Q6_K product; GELU table; Q8_0/Q8_K activation
+/// quantization). llama.cpp computes a multi-token prompt with some other kernels (tinyBLAS for
+/// the f16 attention products, 4-row Q4_K tiles); those are not copied, so that a batched step
+/// stays equal to one-at-a-time steps, and the logits of the prompt's last token differ from
+/// llama.cpp's by 0.1-0.3 nats in relative terms: the near-ties of this completion hold, but
+/// another prompt's could flip.
 #[test]
-#[ignore = "needs bit-exact agreement with llama.cpp, including its prompt-batch kernels"]
 fn greedy_matches_llama_cpp_exactly() {
-    let Some((generated, _)) = greedy(24) else {
+    let Some((generated, tokens_per_sec)) = greedy(24) else {
         return;
     };
     let (_, tok) = common::reference().unwrap();
+    eprintln!("greedy: {:?}", tok.decode(&generated, false));
+    eprintln!("single-sequence decode: {tokens_per_sec:.1} tokens/s");
+    assert_eq!(generated, EXPECTED_IDS);
     assert_eq!(tok.decode(&generated, false), EXPECTED);
 }

@@ -35,11 +35,17 @@ pub struct Server {
 
 impl Server {
     /// Starts `tutti serve --listen 127.0.0.1:0 --data-dir DIR ARGS…` and waits for its address.
+    /// Without `--config` in `ARGS`, the server runs the simulated ToolOrchestra config.
     pub fn start(data_dir: &Path, args: &[&str]) -> Server {
-        let mut child = tutti()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = tutti();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(args)
+            .args(args);
+        if !args.contains(&"--config") {
+            cmd.arg("--config")
+                .arg(repo("configs/toolorchestra-sim.toml"));
+        }
+        let mut child = cmd
             .env_remove("TUTTI_TOKEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

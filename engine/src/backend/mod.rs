@@ -5,6 +5,7 @@
 //! (OpenAI-compatible servers, the Python sandbox, retrieval, in-process models) come with their
 //! issues; [`sim::SimBackend`] is the workload model the benchmarks run on.
 
+pub mod native;
 pub mod openai;
 pub mod python;
 pub mod retrieval;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 
 use crate::config::{BackendConfig, BackendKind, SimulationConfig};
+use crate::executor::native::{NativeModels, RuntimeLimits};
 use crate::ledger::Ledger;
 
 /// One call to a backend: the chosen model is asked to do `tool` on `prompt`.
@@ -106,12 +108,19 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// Where in-process models come from, for `native` backends.
+pub struct NativeSource<'a> {
+    pub models: &'a mut NativeModels,
+    pub limits: RuntimeLimits,
+}
+
 /// Builds the backend a config entry describes; `index` is its number in the ledger.
 pub fn build(
     cfg: &BackendConfig,
     sim: &SimulationConfig,
     ledger: Arc<Ledger>,
     index: usize,
+    native: NativeSource<'_>,
 ) -> Result<Arc<dyn Backend>, BuildError> {
     let err = |message: String| BuildError {
         name: cfg.name.clone(),
@@ -123,6 +132,18 @@ pub fn build(
             openai::OpenAiBackend::new(cfg, ledger, index).map_err(err)?,
         )),
         BackendKind::Python => Ok(Arc::new(python::PythonBackend::new(cfg))),
+        BackendKind::Native => {
+            let path = cfg.model.as_deref().ok_or_else(|| {
+                err("a `native` backend needs `model`, the path of a GGUF file".into())
+            })?;
+            let runtime = native
+                .models
+                .get(std::path::Path::new(path), native.limits)
+                .map_err(err)?;
+            Ok(Arc::new(
+                self::native::NativeBackend::new(cfg, runtime, sim.seed).map_err(err)?,
+            ))
+        }
         BackendKind::Retrieval => Ok(Arc::new(
             retrieval::RetrievalBackend::new(cfg).map_err(err)?,
         )),
@@ -130,7 +151,7 @@ pub fn build(
             name: cfg.name.clone(),
             message: format!(
                 "backends of kind `{}` are not built yet in this version of tutti; \
-                 the `sim` kind is available",
+                 `openai`, `native`, `python`, `retrieval` and `sim` are available",
                 kind_name(other)
             ),
         }),

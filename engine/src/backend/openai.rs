@@ -190,13 +190,18 @@ impl ChatTemplate {
 
     /// Renders a conversation (`role`/`content` objects) with the generation prompt added.
     pub fn render_messages(&self, messages: &[Value]) -> Result<String, String> {
+        self.render_conversation(messages, true)
+    }
+
+    /// Renders a conversation, with or without the generation prompt.
+    pub fn render_conversation(
+        &self,
+        messages: &[Value],
+        add_generation_prompt: bool,
+    ) -> Result<String, String> {
         self.env
             .get_template("chat")
-            .and_then(|t| {
-                t.render(
-                    minijinja::context! { messages => messages, add_generation_prompt => true },
-                )
-            })
+            .and_then(|t| t.render(minijinja::context! { messages, add_generation_prompt }))
             .map_err(|e| format!("chat_template failed to render: {e}"))
     }
 }

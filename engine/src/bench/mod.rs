@@ -4,6 +4,7 @@
 //! Figures are measured, never asserted: tests check that a report is complete, not how fast.
 
 pub mod ingest;
+pub mod native;
 pub mod workload;
 
 use std::time::Instant;
@@ -23,6 +24,7 @@ pub use workload::{generate, sample, WorkloadSpec};
 
 /// Bundled benchmark profiles: name -> config text.
 pub const PROFILES: &[(&str, &str)] = &[
+    ("default", include_str!("../../../configs/default.toml")),
     (
         "toolorchestra-sim",
         include_str!("../../../configs/toolorchestra-sim.toml"),

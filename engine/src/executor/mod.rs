@@ -1,9 +1,10 @@
 //! Orchestrator executors: what turns an episode's context into the orchestrator's next reply.
 //!
-//! `sim` (a workload model for benchmarks) runs on the continuous-batching scheduler today; the
-//! `native` (in-process model, same scheduler) and `openai` (remote server) executors come with
-//! their issues and implement the same [`Executor`] trait.
+//! `native` (an in-process GGUF model) and `sim` (a workload model for benchmarks) run on the
+//! continuous-batching scheduler; `openai` sends each turn to an OpenAI-compatible server. All
+//! implement the same [`Executor`] trait.
 
+pub mod native;
 pub mod openai;
 pub mod sim;
 
@@ -57,15 +58,22 @@ pub trait Executor: Send + Sync {
     fn scheduler_stats(&self) -> Option<&SchedulerStats> {
         None
     }
+    /// The in-process model's counters, for the native executor.
+    fn native_stats(&self) -> Option<&native::runner::NativeStats> {
+        None
+    }
 }
 
 /// Builds the executor the config names.
-pub fn build(cfg: &Config, catalog: Arc<Catalog>) -> Result<Arc<dyn Executor>, ExecError> {
+/// `models` holds the in-process models, shared with `native` backends.
+pub fn build(
+    cfg: &Config,
+    catalog: Arc<Catalog>,
+    models: &mut native::NativeModels,
+) -> Result<Arc<dyn Executor>, ExecError> {
     match cfg.orchestrator.executor {
         ExecutorKind::Sim => Ok(Arc::new(sim::SimExecutor::start(cfg, catalog))),
         ExecutorKind::Openai => Ok(Arc::new(openai::OpenAiExecutor::new(cfg, catalog)?)),
-        ExecutorKind::Native => Err(ExecError(
-            "the `native` executor is not built yet in this version of tutti; `sim` and `openai` are available".into(),
-        )),
+        ExecutorKind::Native => Ok(Arc::new(native::NativeExecutor::new(cfg, catalog, models)?)),
     }
 }

@@ -288,7 +288,7 @@ pub fn tools_json(catalog: &Catalog) -> Value {
 }
 
 /// The system prompt: ToolOrchestra's opening line and the tools in Hermes form.
-fn system_prompt(catalog: &Catalog) -> String {
+pub(crate) fn system_prompt(catalog: &Catalog) -> String {
     format!(
         "You are good at using tools.\n\nYou may call one function to assist with the problem. \
          The functions are given in <tools></tools> tags:\n<tools>\n{}\n</tools>\n\n\

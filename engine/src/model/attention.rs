@@ -112,15 +112,25 @@ fn attention_cpu(
         .collect();
     let mut out = vec![0f32; n_tokens * p.n_heads * hd];
     for (span, cache) in spans.iter().zip(caches.iter()) {
-        let (kt, vt) = cache.buffers(p.layer).expect("appended above");
-        let cap = kt.dim(1)?;
-        let (ks, kl) = kt.storage_and_layout();
-        let (vs, vl) = vt.storage_and_layout();
-        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else {
-            bail!("CPU attention on a non-CPU cache");
-        };
-        let kbuf = &ks.as_slice::<f16>()?[kl.start_offset()..];
-        let vbuf = &vs.as_slice::<f16>()?[vl.start_offset()..];
+        let segments = cache.segments(p.layer);
+        let guards: Vec<_> = segments
+            .iter()
+            .map(|s| (s.k.storage_and_layout(), s.v.storage_and_layout(), s))
+            .collect();
+        let mut views = Vec::with_capacity(guards.len());
+        for ((ks, kl), (vs, vl), seg) in &guards {
+            let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&**ks, &**vs) else {
+                bail!("CPU attention on a non-CPU cache");
+            };
+            views.push(KvView {
+                k: &ks.as_slice::<f16>()?[kl.start_offset()..],
+                v: &vs.as_slice::<f16>()?[vl.start_offset()..],
+                cap: seg.k.dim(1)?,
+                start: seg.start,
+                hd,
+            });
+        }
+        let views = &views;
         let rows =
             &mut out[span.offset * p.n_heads * hd..(span.offset + span.len) * p.n_heads * hd];
         let qrows = &q[span.offset * p.n_heads * hd..(span.offset + span.len) * p.n_heads * hd];
@@ -138,15 +148,15 @@ fn attention_cpu(
                     let qpos = span.start_pos + i;
                     let first = p.first_key(qpos);
                     let n_kv = (qpos + 1).div_ceil(KV_PAD) * KV_PAD;
-                    let keys = &kbuf[kv * cap * hd..];
-                    let vals = &vbuf[kv * cap * hd..];
                     // Scores of the visible keys; the rest of the row is masked (-inf).
                     scores.clear();
                     scores.resize(n_kv, f32::NEG_INFINITY);
                     let mut max = f32::NEG_INFINITY;
+                    #[allow(clippy::needless_range_loop)] // j is a position, not just an index
                     for j in first..=qpos {
                         krow.clear();
-                        krow.extend(keys[j * hd..(j + 1) * hd].iter().map(|x| x.to_f32()));
+                        let (kr, _) = KvView::rows(views, kv, j);
+                        krow.extend(kr.iter().map(|x| x.to_f32()));
                         let mut s = ggml::dot_f16_acc(krow, qv) * kq_scale;
                         if let Some(c) = p.softcap {
                             // llama.cpp: scale by 1/cap, tanh, scale by cap.
@@ -168,7 +178,7 @@ fn attention_cpu(
                     tail.resize(hd, 0.0);
                     for j in first..=qpos {
                         let pj = ggml::round_f16(probs[j] * inv);
-                        let v = &vals[j * hd..(j + 1) * hd];
+                        let (_, v) = KvView::rows(views, kv, j);
                         if j < np {
                             let lane = &mut acc[(j % ggml::F16_STEP) * hd..][..hd];
                             for (a, v) in lane.iter_mut().zip(v) {
@@ -197,6 +207,31 @@ fn attention_cpu(
     )?)
 }
 
+/// One segment of a sequence's cache as f16 slices (see [`KvCache::segments`]).
+struct KvView<'a> {
+    k: &'a [f16],
+    v: &'a [f16],
+    /// Positions per KV head in the buffers.
+    cap: usize,
+    /// Position of the segment's first row.
+    start: usize,
+    hd: usize,
+}
+
+impl KvView<'_> {
+    /// The key and value rows of KV head `kv` at position `pos`, from whichever segment holds it.
+    #[inline]
+    fn rows<'b>(views: &'b [KvView<'_>], kv: usize, pos: usize) -> (&'b [f16], &'b [f16]) {
+        let seg = views
+            .iter()
+            .rev()
+            .find(|s| s.start <= pos)
+            .expect("the first segment starts at position 0");
+        let at = (kv * seg.cap + pos - seg.start) * seg.hd;
+        (&seg.k[at..at + seg.hd], &seg.v[at..at + seg.hd])
+    }
+}
+
 /// Device-generic attention with candle matmuls and an additive mask.
 fn attention_tensor(
     q: &Tensor,
@@ -209,14 +244,19 @@ fn attention_tensor(
     for (span, cache) in spans.iter().zip(caches.iter()) {
         let n = span.len;
         let total = span.start_pos + n;
-        let (k_all, v_all) = cache.buffers(p.layer).expect("appended above");
         let first_key = p.first_key(span.start_pos);
         let n_keys = total - first_key;
-        let k_all = k_all.narrow(1, first_key, n_keys)?.to_dtype(DType::F32)?;
-        let v_all = v_all
-            .narrow(1, first_key, n_keys)?
-            .to_dtype(DType::F32)?
-            .contiguous()?;
+        let (mut ks, mut vs) = (Vec::new(), Vec::new());
+        for seg in cache.segments(p.layer) {
+            let end = (seg.start + seg.k.dim(1)?).min(total);
+            let from = first_key.max(seg.start);
+            if from < end {
+                ks.push(seg.k.narrow(1, from - seg.start, end - from)?);
+                vs.push(seg.v.narrow(1, from - seg.start, end - from)?);
+            }
+        }
+        let k_all = Tensor::cat(&ks, 1)?.to_dtype(DType::F32)?;
+        let v_all = Tensor::cat(&vs, 1)?.to_dtype(DType::F32)?.contiguous()?;
         let qs = q.narrow(0, span.offset, n)?.transpose(0, 1)?.contiguous()?;
         // Heads sharing a KV head are stacked as extra query rows: (kv, group * n, hd).
         let qg = qs.reshape((p.n_kv_heads, group * n, p.head_dim))?;

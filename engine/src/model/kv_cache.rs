@@ -1,9 +1,16 @@
 //! Per-sequence key/value cache.
 //!
 //! Each layer keeps one key and one value buffer of shape `(n_kv_heads, capacity, head_dim)`
-//! that grows by doubling; new positions are written in place with `slice_set`, so a decode
-//! step costs O(new tokens) rather than a copy of the whole cache. Truncation only moves the
-//! length back (the engine can evict and recompute a suffix); [`KvCache::clear`] frees memory.
+//! that grows by doubling (or to an exact size set with [`KvCache::reserve`]); new positions
+//! are written in place with `slice_set`, so a decode step costs O(new tokens) rather than a
+//! copy of the whole cache. Truncation only moves the length back (the engine can evict and
+//! recompute a suffix); [`KvCache::clear`] frees memory.
+//!
+//! A cache may start from a shared, frozen *prefix* ([`KvCache::with_prefix`]): positions
+//! `0..prefix.len()` are read from the prefix's buffers, which every sequence built on it shares
+//! by reference, and only the positions after it live in this cache's own buffers.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -17,6 +24,13 @@ struct LayerKv {
     v: Tensor,
 }
 
+/// One buffer pair of a layer, holding positions from `start` on; see [`KvCache::segments`].
+pub(crate) struct Segment<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub start: usize,
+}
+
 /// The key/value cache of one sequence across all layers.
 ///
 /// Not `Clone`: the buffers are written in place, so a shallow copy would alias; use
@@ -28,8 +42,10 @@ pub struct KvCache {
     head_dim: usize,
     dtype: DType,
     device: Device,
-    /// Positions stored in every layer.
+    /// Positions stored in every layer, the shared prefix's included.
     len: usize,
+    /// The shared prefix this cache continues, if any: positions `0..prefix.len()`.
+    prefix: Option<Arc<KvCache>>,
     /// Positions written so far by the step in progress, per layer.
     pending: Vec<usize>,
 }
@@ -50,8 +66,34 @@ impl KvCache {
             dtype,
             device: device.clone(),
             len: 0,
+            prefix: None,
             pending: vec![0; n_layers],
         }
+    }
+
+    /// An empty cache that continues `prefix`: its positions are read from the prefix's buffers
+    /// (shared by reference, never copied) and new ones are appended after them.
+    pub fn with_prefix(prefix: Arc<KvCache>) -> Self {
+        let mut c = Self::new(
+            prefix.layers.len(),
+            prefix.n_kv_heads,
+            prefix.head_dim,
+            prefix.dtype,
+            &prefix.device,
+        );
+        c.len = prefix.len;
+        c.prefix = Some(prefix);
+        c
+    }
+
+    /// Positions read from the shared prefix (0 without one).
+    pub fn prefix_len(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.len)
+    }
+
+    /// The shared prefix this cache continues, if any.
+    pub fn prefix(&self) -> Option<&Arc<KvCache>> {
+        self.prefix.as_ref()
     }
 
     /// Number of cached positions (the position the next token gets).
@@ -64,7 +106,8 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Bytes allocated by the buffers (capacity, not just the used part).
+    /// Bytes allocated by this cache's own buffers (capacity, not just the used part; a shared
+    /// prefix is not counted).
     pub fn size_bytes(&self) -> usize {
         self.layers
             .iter()
@@ -73,9 +116,9 @@ impl KvCache {
             .sum()
     }
 
-    /// Bytes taken by the cached positions alone.
+    /// Bytes taken by the cached positions of this cache's own buffers.
     pub fn used_bytes(&self) -> usize {
-        self.len * self.bytes_per_position()
+        (self.len - self.prefix_len()) * self.bytes_per_position()
     }
 
     /// Bytes one cached position takes across all layers (keys and values).
@@ -83,39 +126,70 @@ impl KvCache {
         2 * self.layers.len() * self.n_kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
 
-    /// Forgets every position after the first `len` (no-op when already shorter).
+    /// Forgets every position after the first `len` (no-op when already shorter). Cutting into
+    /// a shared prefix drops the prefix and every position: the cache starts over empty.
     pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        if len < self.prefix_len() {
+            self.clear();
+        } else {
+            self.len = self.len.min(len);
+        }
     }
 
-    /// Forgets every position and frees the buffers.
+    /// Forgets every position (and the shared prefix) and frees the buffers.
     pub fn clear(&mut self) {
         self.len = 0;
+        self.prefix = None;
         self.layers.iter_mut().for_each(|l| *l = None);
     }
 
-    /// Reallocates the buffers to fit exactly the cached positions, returning memory.
+    /// Sizes the own buffers to hold exactly `positions` positions in all (the prefix
+    /// included), so that appending up to that many allocates nothing more. Never drops cached
+    /// positions: the capacity is at least what is cached.
+    pub fn reserve_exact(&mut self, positions: usize) -> Result<()> {
+        let own = positions.max(self.len) - self.prefix_len();
+        self.resize_own(own)
+    }
+
+    /// Reallocates the own buffers to fit exactly the cached positions, returning memory.
     pub fn shrink_to_fit(&mut self) -> Result<()> {
-        let len = self.len;
+        self.resize_own(self.len - self.prefix_len())
+    }
+
+    /// Reallocates every layer's own buffers to `cap` positions (at least the cached ones),
+    /// keeping what is cached.
+    fn resize_own(&mut self, cap: usize) -> Result<()> {
+        let own = self.len - self.prefix_len();
+        let cap = cap.max(own);
+        let shape = (self.n_kv_heads, cap, self.head_dim);
         for layer in self.layers.iter_mut() {
-            if len == 0 {
+            if cap == 0 {
                 *layer = None;
-            } else if let Some(l) = layer {
-                l.k = l.k.narrow(1, 0, len)?.contiguous()?;
-                l.v = l.v.narrow(1, 0, len)?.contiguous()?;
+                continue;
             }
+            if layer.as_ref().is_some_and(|l| l.k.dim(1).ok() == Some(cap)) {
+                continue;
+            }
+            let nk = Tensor::zeros(shape, self.dtype, &self.device)?;
+            let nv = Tensor::zeros(shape, self.dtype, &self.device)?;
+            if let (Some(old), true) = (layer.as_ref(), own > 0) {
+                nk.slice_set(&old.k.narrow(1, 0, own)?.contiguous()?, 1, 0)?;
+                nv.slice_set(&old.v.narrow(1, 0, own)?.contiguous()?, 1, 0)?;
+            }
+            *layer = Some(LayerKv { k: nk, v: nv });
         }
         Ok(())
     }
 
-    /// An independent deep copy of the cached positions.
+    /// An independent deep copy of the cached positions (a shared prefix stays shared).
     pub fn fork(&self) -> Result<Self> {
+        let own = self.len - self.prefix_len();
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             layers.push(match layer {
-                Some(l) if self.len > 0 => Some(LayerKv {
-                    k: l.k.narrow(1, 0, self.len)?.contiguous()?,
-                    v: l.v.narrow(1, 0, self.len)?.contiguous()?,
+                Some(l) if own > 0 => Some(LayerKv {
+                    k: l.k.narrow(1, 0, own)?.contiguous()?,
+                    v: l.v.narrow(1, 0, own)?.contiguous()?,
                 }),
                 _ => None,
             });
@@ -127,22 +201,18 @@ impl KvCache {
             dtype: self.dtype,
             device: self.device.clone(),
             len: self.len,
+            prefix: self.prefix.clone(),
             pending: vec![0; self.pending.len()],
         })
     }
 
-    /// Appends `k`/`v` of shape `(n_kv_heads, n_new, head_dim)` to `layer` and returns views of
-    /// all its keys and values (cached then new), each `(n_kv_heads, len + n_new, head_dim)`.
-    ///
-    /// The cache length advances once [`KvCache::commit`] is called after the last layer.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    /// Appends `k`/`v` of shape `(n_kv_heads, n_new, head_dim)` to `layer`, at positions
+    /// `len..len + n_new`. The cache length advances once [`KvCache::commit`] is called after
+    /// the last layer.
+    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
         let n_new = k.dim(1)?;
-        let total = self.len + n_new;
+        let own = self.len - self.prefix_len();
+        let total = own + n_new;
         let cap = self.layers[layer]
             .as_ref()
             .map_or(0, |l| l.k.dim(1).unwrap_or(0));
@@ -152,24 +222,43 @@ impl KvCache {
             let nk = Tensor::zeros(shape, self.dtype, &self.device)?;
             let nv = Tensor::zeros(shape, self.dtype, &self.device)?;
             if let Some(old) = &self.layers[layer] {
-                if self.len > 0 {
-                    nk.slice_set(&old.k.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
-                    nv.slice_set(&old.v.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                if own > 0 {
+                    nk.slice_set(&old.k.narrow(1, 0, own)?.contiguous()?, 1, 0)?;
+                    nv.slice_set(&old.v.narrow(1, 0, own)?.contiguous()?, 1, 0)?;
                 }
             }
             self.layers[layer] = Some(LayerKv { k: nk, v: nv });
         }
         let l = self.layers[layer].as_ref().expect("allocated above");
-        l.k.slice_set(&k.to_dtype(self.dtype)?.contiguous()?, 1, self.len)?;
-        l.v.slice_set(&v.to_dtype(self.dtype)?.contiguous()?, 1, self.len)?;
+        l.k.slice_set(&k.to_dtype(self.dtype)?.contiguous()?, 1, own)?;
+        l.v.slice_set(&v.to_dtype(self.dtype)?.contiguous()?, 1, own)?;
         self.pending[layer] = n_new;
-        Ok((l.k.narrow(1, 0, total)?, l.v.narrow(1, 0, total)?))
+        Ok(())
     }
 
-    /// The whole key and value buffers of `layer`, each `(n_kv_heads, capacity, head_dim)`
-    /// (only the first `len` positions plus those appended by the current step are valid).
-    pub(crate) fn buffers(&self, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        self.layers[layer].as_ref().map(|l| (&l.k, &l.v))
+    /// The key and value buffers of `layer` as segments in position order: the shared
+    /// prefix's (if any), then this cache's own. Each buffer is `(n_kv_heads, capacity,
+    /// head_dim)`; a segment holds positions `start..start + capacity`, of which only those
+    /// below `len` (plus the ones appended by the current step) are valid.
+    pub(crate) fn segments(&self, layer: usize) -> Vec<Segment<'_>> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(p) = &self.prefix {
+            if let Some(l) = &p.layers[layer] {
+                out.push(Segment {
+                    k: &l.k,
+                    v: &l.v,
+                    start: 0,
+                });
+            }
+        }
+        if let Some(l) = &self.layers[layer] {
+            out.push(Segment {
+                k: &l.k,
+                v: &l.v,
+                start: self.prefix_len(),
+            });
+        }
+        out
     }
 
     /// Makes the positions appended by the finished step part of the cache.

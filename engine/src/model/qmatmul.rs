@@ -183,9 +183,9 @@ impl GgmlMatMul {
                 let nb = self.k / QK_K;
                 dot_q4k(&raw[row * nb * 144..(row + 1) * nb * 144], d, qs, bsums)
             }
-            (Weight::Q6K(raw), Act::Q8K { d, qs, .. }) => {
+            (Weight::Q6K(raw), Act::Q8K { d, qs, bsums }) => {
                 let nb = self.k / QK_K;
-                dot_q6k(&raw[row * nb * 210..(row + 1) * nb * 210], d, qs)
+                dot_q6k(&raw[row * nb * 210..(row + 1) * nb * 210], d, qs, bsums)
             }
             (Weight::F32(w), Act::F32(x)) => {
                 crate::model::ggml::dot_f16_acc(&w[row * self.k..(row + 1) * self.k], x)
@@ -326,8 +326,11 @@ fn dot_q4k(w: &[u8], ad: &[f32], aq: &[i8], bsums: &[i32]) -> f32 {
     acc - acc_min
 }
 
-/// `ggml_vec_dot_q6_K_q8_K` (AVX2).
-fn dot_q6k(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
+/// `ggml_vec_dot_q6_K_q8_K` (AVX2). The quants are multiplied unsigned (0..63) and the
+/// offset of 32 is taken off afterwards per integer lane: lane `l` loses
+/// `32 * (sc[2l] * bsum[2l] + sc[2l+1] * bsum[2l+1])` (`q8sclsub`), so each lane's integer
+/// sum — and hence the f32 accumulation — differs from a signed per-element product.
+fn dot_q6k(w: &[u8], ad: &[f32], aq: &[i8], bsums: &[i32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut q = [0i8; QK_K];
     for (b, blk) in w.chunks_exact(210).enumerate() {
@@ -338,10 +341,10 @@ fn dot_q6k(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
             let (ql, qh) = (&ql[64 * h..], &qh[32 * h..]);
             let out = &mut q[128 * h..];
             for l in 0..32 {
-                out[l] = (((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32) as i8;
-                out[l + 32] = (((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32) as i8;
-                out[l + 64] = (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32) as i8;
-                out[l + 96] = (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32) as i8;
+                out[l] = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8;
+                out[l + 32] = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8;
+                out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8;
+                out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8;
             }
         }
         let a = &aq[b * QK_K..(b + 1) * QK_K];
@@ -355,7 +358,9 @@ fn dot_q6k(w: &[u8], ad: &[f32], aq: &[i8]) -> f32 {
                 &mut lanes,
             );
         }
+        let bs = &bsums[b * 16..b * 16 + 16];
         for l in 0..8 {
+            lanes[l] -= 32 * (sc[2 * l] * bs[2 * l] + sc[2 * l + 1] * bs[2 * l + 1]);
             acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
         }
     }

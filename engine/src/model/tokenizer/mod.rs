@@ -76,6 +76,8 @@ pub struct Tokenizer {
     add_eos: bool,
     add_space_prefix: bool,
     eog: Vec<u32>,
+    /// `tokenizer.chat_template`, when the file has one.
+    chat_template: Option<String>,
 }
 
 /// A piece of input text after special tokens were split out.
@@ -210,7 +212,15 @@ impl Tokenizer {
             eos,
             unk,
             eog,
+            chat_template: meta(ct, "tokenizer.chat_template")
+                .and_then(|v| v.to_string().ok())
+                .cloned(),
         })
+    }
+
+    /// The chat template stored in the file (`tokenizer.chat_template`), if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
     }
 
     /// Number of tokens in the vocabulary.
