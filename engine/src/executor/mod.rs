@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use crate::catalog::{Catalog, Preference};
 use crate::config::{Config, ExecutorKind};
 use crate::scheduler::SchedulerStats;
-use crate::task::{Message, Task};
+use crate::task::{Message, Role, Task};
 
 /// What an executor sees of an episode when asked for the next turn.
 pub struct TurnView<'a> {
@@ -62,6 +62,38 @@ pub trait Executor: Send + Sync {
     fn native_stats(&self) -> Option<&native::runner::NativeStats> {
         None
     }
+}
+
+/// The conversation as chat messages: `system`, then the episode's messages — the problem as
+/// `Problem: …` followed by `problem_suffix`, the orchestrator's replies, and tool responses
+/// in `<tool_response>` tags (as user turns).
+pub(crate) fn chat_messages(
+    system: &str,
+    messages: &[Message],
+    problem_suffix: &str,
+) -> Vec<serde_json::Value> {
+    let mut out = vec![serde_json::json!({"role": "system", "content": system})];
+    for m in messages {
+        let (role, content) = match m.role {
+            Role::User => ("user", format!("Problem: {}{problem_suffix}", m.content)),
+            Role::Assistant => ("assistant", m.content.clone()),
+            Role::Tool => (
+                "user",
+                format!("<tool_response>\n{}\n</tool_response>", m.content),
+            ),
+        };
+        out.push(serde_json::json!({"role": role, "content": content}));
+    }
+    out
+}
+
+/// A task's preference weights as `alias: weight, …`.
+pub(crate) fn preference_text(preference: &[(String, f64)]) -> String {
+    preference
+        .iter()
+        .map(|(k, w)| format!("{k}: {w}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Builds the executor the config names.

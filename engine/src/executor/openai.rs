@@ -87,15 +87,9 @@ impl OpenAiExecutor {
     fn messages(&self, view: &TurnView<'_>) -> Vec<Value> {
         let mut system = self.system.clone();
         if !view.task.preference.is_empty() {
-            let prefs: Vec<String> = view
-                .task
-                .preference
-                .iter()
-                .map(|(k, w)| format!("{k}: {w}"))
-                .collect();
             system.push_str(&format!(
                 "\nThe user's preference weights: {}.",
-                prefs.join(", ")
+                super::preference_text(&view.task.preference)
             ));
         }
         if view.remaining_usd.is_finite() {
@@ -107,19 +101,7 @@ impl OpenAiExecutor {
                 json!({"role": "user", "content": toolorchestra_prompt(view, self.part_chars)}),
             ];
         }
-        let mut out = vec![json!({"role": "system", "content": system})];
-        for m in view.messages {
-            let (role, content) = match m.role {
-                Role::User => ("user", format!("Problem: {}", m.content)),
-                Role::Assistant => ("assistant", m.content.clone()),
-                Role::Tool => (
-                    "user",
-                    format!("<tool_response>\n{}\n</tool_response>", m.content),
-                ),
-            };
-            out.push(json!({"role": role, "content": content}));
-        }
-        out
+        super::chat_messages(&system, view.messages, "")
     }
 
     async fn turn(&self, view: TurnView<'_>) -> Result<Decision, ExecError> {

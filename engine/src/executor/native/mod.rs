@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use futures::future::BoxFuture;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{Decision, ExecError, Executor, TurnView};
 use crate::backend::openai::ChatTemplate;
@@ -25,7 +25,6 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::{Model, Tokenizer};
 use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
-use crate::task::Role;
 use runner::{NativeInput, NativeOutput, NativeRunner, NativeStats, Sampling};
 
 /// KV memory of a native runtime when the config sets no `kv_cache_bytes`.
@@ -257,36 +256,18 @@ impl NativeExecutor {
         &self.runtime
     }
 
-    /// The conversation as chat messages; it only ever grows, turn by turn.
+    /// The conversation as chat messages; it only ever grows, turn by turn (the preference
+    /// and budget are stated once, with the problem).
     fn messages(&self, view: &TurnView<'_>) -> Vec<Value> {
-        let mut out = vec![json!({"role": "system", "content": self.system})];
-        for m in view.messages {
-            let (role, content) = match m.role {
-                Role::User => {
-                    let mut c = format!("Problem: {}", m.content);
-                    if !view.task.preference.is_empty() {
-                        let prefs: Vec<String> = view
-                            .task
-                            .preference
-                            .iter()
-                            .map(|(k, w)| format!("{k}: {w}"))
-                            .collect();
-                        c.push_str(&format!("\nPreference weights: {}.", prefs.join(", ")));
-                    }
-                    if let Some(b) = view.task.budget_usd {
-                        c.push_str(&format!("\nBudget: ${b:.4}."));
-                    }
-                    ("user", c)
-                }
-                Role::Assistant => ("assistant", m.content.clone()),
-                Role::Tool => (
-                    "user",
-                    format!("<tool_response>\n{}\n</tool_response>", m.content),
-                ),
-            };
-            out.push(json!({"role": role, "content": content}));
+        let mut suffix = String::new();
+        if !view.task.preference.is_empty() {
+            let prefs = super::preference_text(&view.task.preference);
+            suffix.push_str(&format!("\nPreference weights: {prefs}."));
         }
-        out
+        if let Some(b) = view.task.budget_usd {
+            suffix.push_str(&format!("\nBudget: ${b:.4}."));
+        }
+        super::chat_messages(&self.system, view.messages, &suffix)
     }
 
     async fn turn(&self, seq: u64, view: TurnView<'_>) -> Result<Decision, ExecError> {
