@@ -183,6 +183,18 @@ impl Linear {
         }
         Ok(self.weight.forward(x)?)
     }
+
+    /// Only the output features `rows` of the layer for `x` of shape `(tokens, in)`:
+    /// `(tokens, rows.len())`, each value equal to the same entry of [`Linear::forward`].
+    pub fn forward_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor> {
+        let tokens = x.dim(0)?;
+        if let Some(g) = &self.ggml {
+            let y = g.forward_rows(&x.flatten_all()?.to_vec1::<f32>()?, rows)?;
+            return Ok(Tensor::from_vec(y, (tokens, rows.len()), x.device())?);
+        }
+        let ids = Tensor::from_slice(rows, rows.len(), x.device())?;
+        Ok(self.forward(x)?.index_select(&ids, 1)?)
+    }
 }
 
 /// Root-mean-square norm over the last dimension: `x / rms(x) * weight`.

@@ -138,14 +138,7 @@ impl GgmlMatMul {
             bail!("matmul: {} inputs for rows of {}", x.len(), self.k);
         }
         let m = x.len() / self.k;
-        let acts: Vec<Act> = x
-            .chunks_exact(self.k)
-            .map(|row| match self.weight {
-                Weight::Q8 { .. } => quantize_q8_0(row),
-                Weight::Q4K(_) | Weight::Q6K(_) => quantize_q8_k(row),
-                Weight::F32(_) => Act::F32(row.to_vec()),
-            })
-            .collect();
+        let acts: Vec<Act> = x.chunks_exact(self.k).map(|r| self.quantize(r)).collect();
         // Column-major partial results: (n, m).
         let mut t = vec![0f32; self.n * m];
         t.par_chunks_mut(ROWS_PER_TASK * m)
@@ -166,6 +159,33 @@ impl GgmlMatMul {
             }
         }
         Ok(y)
+    }
+
+    /// Only the weight rows `rows` (output features) for `x` of shape `(m, k)`: returns
+    /// `(m, rows.len())`, column `j` holding feature `rows[j]`. Each value equals the same entry
+    /// of [`GgmlMatMul::forward`] bit for bit. The policy head uses it to score the few tokens a
+    /// grammar allows without computing the whole vocabulary.
+    pub fn forward_rows(&self, x: &[f32], rows: &[u32]) -> Result<Vec<f32>> {
+        if !x.len().is_multiple_of(self.k) {
+            bail!("matmul: {} inputs for rows of {}", x.len(), self.k);
+        }
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= self.n) {
+            bail!("matmul: row {bad} out of range ({} rows)", self.n);
+        }
+        let mut y = Vec::with_capacity(x.len() / self.k * rows.len());
+        for row in x.chunks_exact(self.k) {
+            let a = self.quantize(row);
+            y.extend(rows.iter().map(|&r| self.dot(r as usize, &a)));
+        }
+        Ok(y)
+    }
+
+    fn quantize(&self, row: &[f32]) -> Act {
+        match self.weight {
+            Weight::Q8 { .. } => quantize_q8_0(row),
+            Weight::Q4K(_) | Weight::Q6K(_) => quantize_q8_k(row),
+            Weight::F32(_) => Act::F32(row.to_vec()),
+        }
     }
 
     fn dot(&self, row: usize, a: &Act) -> f32 {
@@ -429,6 +449,32 @@ mod tests {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Selected rows equal the same columns of the full product, bit for bit.
+    #[test]
+    fn selected_rows_equal_the_full_product() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::F32] {
+            let (n, k, m) = (40, 512, 3);
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let q = QTensor::quantize(&w, dtype)?;
+            let ours = GgmlMatMul::new(&q)?.expect("supported");
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let full = ours.forward(&x)?;
+            let rows = [7u32, 0, 39, 7];
+            let some = ours.forward_rows(&x, &rows)?;
+            for i in 0..m {
+                for (j, &r) in rows.iter().enumerate() {
+                    let (a, b) = (some[i * rows.len() + j], full[i * n + r as usize]);
+                    assert_eq!(a.to_bits(), b.to_bits(), "{dtype:?} row {r}");
+                }
+            }
+            assert!(ours.forward_rows(&x, &[40]).is_err());
         }
         Ok(())
     }
