@@ -277,6 +277,21 @@ fn native_decode(args: &BenchArgs) -> Result<ExitCode> {
         );
     }
     println!("  prefill     {:.1} tokens/s", r.prefill_tokens_per_s);
+    let d = &r.tool_decision;
+    println!(
+        "  tool decision: {} ({} tokens): {} rows computed ({} at most per token; the vocabulary \
+         has {}); {:.1} ms/step against {:.1} ms/step with every row ({:.1} ms against {:.1} \
+         ms per call)",
+        d.call,
+        d.call_tokens,
+        d.rows_per_call,
+        d.max_rows_per_token,
+        d.vocab_rows,
+        d.ms_per_step_grammar,
+        d.ms_per_step_full,
+        d.ms_per_call_grammar,
+        d.ms_per_call_full
+    );
     let p = &r.shared_prefix;
     println!(
         "  shared prefix: {} tasks, prefilled {} time(s) ({} tokens), continued by {} sequences",

@@ -113,4 +113,19 @@ fn native_decode_bench_reports_every_batch_size_and_one_prefix_prefill() {
         "the shared prefix is prefilled once per job: {p}"
     );
     assert_eq!(p["prefix_hits"].as_u64().unwrap(), tasks, "{p}");
+    // Each task's one turn ended in a call the grammar completed, computing few rows.
+    assert_eq!(p["grammar_calls"].as_u64().unwrap(), tasks, "{p}");
+    let steps = p["grammar_steps"].as_u64().unwrap();
+    assert!(p["grammar_rows"].as_u64().unwrap() <= steps * 300, "{p}");
+    let d = &r["tool_decision"];
+    let vocab = d["vocab_rows"].as_u64().unwrap();
+    assert_eq!(vocab, 262_144, "{d}");
+    assert!(d["call_tokens"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["max_rows_per_token"].as_u64().unwrap() <= 300, "{d}");
+    assert!(d["rows_per_call"].as_u64().unwrap() <= 2000, "{d}");
+    let call = d["call"].as_str().unwrap();
+    assert!(
+        call.starts_with("<tool_call>{\"name\": ") && call.ends_with("}}</tool_call>"),
+        "{d}"
+    );
 }

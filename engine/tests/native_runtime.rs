@@ -41,6 +41,7 @@ async fn episodes(
                             max_new: 6 + (e + turn) % 4,
                             stop: None,
                             sampling: Sampling::GREEDY,
+                            policy: None,
                         },
                     )
                     .await
@@ -150,6 +151,7 @@ async fn a_context_too_large_for_the_budget_fails_its_turn_with_a_reason() {
             max_new: 4,
             stop: None,
             sampling: Sampling::GREEDY,
+            policy: None,
         })
         .await;
     let err = out.unwrap_err();
@@ -162,6 +164,7 @@ async fn a_context_too_large_for_the_budget_fails_its_turn_with_a_reason() {
             max_new: 3,
             stop: None,
             sampling: Sampling::GREEDY,
+            policy: None,
         })
         .await
         .unwrap();

@@ -71,6 +71,7 @@ impl Backend for NativeBackend {
                                     seed,
                                     ..Sampling::GREEDY
                                 },
+                                policy: None,
                             })
                             .await
                             .map(|g| Response {

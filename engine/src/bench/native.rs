@@ -5,20 +5,29 @@
 //! per step; the median step time gives ms per step and aggregate decode tokens/s. Prefill: one prompt of
 //! `prefill_tokens` tokens in chunks of 512. Shared prefix: a small job of `job_tasks` tasks
 //! runs through the engine with the native executor, and the runtime's counters show how often
-//! the shared system prompt was prefilled (once) against how many tasks used it.
+//! the shared system prompt was prefilled (once) against how many tasks used it, and the rows
+//! the policy head computed for its calls. Tool decision: one call decoded under the grammar,
+//! its rows and step times against the same steps computing the whole output projection.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::catalog::Catalog;
 use crate::config::{BackendKind, Config};
 use crate::engine::{Engine, EngineOptions};
-use crate::model::{argmax_rows, KvCache, Model, SeqStep, Tokenizer};
+use crate::executor::native::runner::Sampling;
+use crate::model::{argmax_rows, KvCache, Model, Rows, SeqStep, Tokenizer};
+use crate::policy::grammar::{CallGrammar, CallHead, CallPolicy};
 use crate::task::Task;
 
 /// What to measure.
@@ -58,7 +67,34 @@ pub struct SharedPrefixReport {
     pub prefix_hits: u64,
     /// Context tokens prefilled by the job, the shared prefix not included.
     pub prefill_tokens: u64,
+    /// Calls the policy head completed under the grammar in the job, the tokens chosen under
+    /// it and the output rows computed for them (the allowed tokens only).
+    pub grammar_calls: u64,
+    pub grammar_steps: u64,
+    pub grammar_rows: u64,
     pub wall_s: f64,
+}
+
+/// One tool call decoded under the grammar (greedy, one sequence), step by step, against the
+/// same steps computing the whole output projection.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolDecisionReport {
+    /// The call chosen.
+    pub call: String,
+    /// Its tokens, from `<tool_call>` to `</tool_call>`.
+    pub call_tokens: u64,
+    /// Output rows computed for the whole call, and the most for one token.
+    pub rows_per_call: u64,
+    pub max_rows_per_token: u64,
+    /// Rows of the full output projection (the vocabulary).
+    pub vocab_rows: u64,
+    /// Median decode step of that sequence with the grammar's rows, and the same steps with
+    /// every row; their difference is what the grammar saves per token.
+    pub ms_per_step_grammar: f64,
+    pub ms_per_step_full: f64,
+    /// The whole call: sum of its steps, with the grammar's rows and with every row.
+    pub ms_per_call_grammar: f64,
+    pub ms_per_call_full: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +107,7 @@ pub struct NativeDecodeReport {
     /// Median milliseconds per batched decode step, same keys.
     pub ms_per_step: BTreeMap<String, f64>,
     pub prefill_tokens_per_s: f64,
+    pub tool_decision: ToolDecisionReport,
     pub shared_prefix: SharedPrefixReport,
 }
 
@@ -142,6 +179,77 @@ fn prefill(model: &Model, tok: &Tokenizer, len: usize) -> anyhow::Result<f64> {
     Ok(tokens.len() as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// Decodes one tool call under the bundled default config's grammar, timing each step, then
+/// replays the same tokens computing every output row.
+fn tool_decision(model: &Model, tok: &Tokenizer) -> anyhow::Result<ToolDecisionReport> {
+    let cfg: Config = super::profile("default").expect("bundled");
+    let catalog = Catalog::new(&cfg);
+    let grammar = Arc::new(CallGrammar::new(&catalog, tok));
+    let policy = Arc::new(CallPolicy::new(
+        grammar,
+        &catalog.preference(&[]),
+        f64::INFINITY,
+        0,
+    ));
+    let prompt = tok.encode(
+        "Task: what is 17 times 31? Pick a tool to answer with.",
+        true,
+        false,
+    );
+    // Every timed step feeds one token: the prompt's last, then the call's.
+    let (&last, context) = prompt.split_last().expect("a prompt");
+    let prefilled = |model: &Model| -> anyhow::Result<KvCache> {
+        let mut cache = model.new_cache();
+        step(model, &[context.to_vec()], std::slice::from_mut(&mut cache))?;
+        Ok(cache)
+    };
+    let timed = |cache: &mut KvCache, feed: u32, rows: Rows<'_>| {
+        let t0 = Instant::now();
+        let mut seq = [SeqStep {
+            tokens: &[feed],
+            cache,
+        }];
+        let out = model.step_rows(&mut seq, &[rows]);
+        (out, t0.elapsed().as_secs_f64() * 1000.0)
+    };
+    let mut head = CallHead::new(policy);
+    let mut rng = SmallRng::seed_from_u64(0);
+    let mut cache = prefilled(model)?;
+    let mut feed = last;
+    let (mut tokens, mut grammar_ms) = (Vec::new(), Vec::new());
+    let (mut rows_per_call, mut max_rows) = (0u64, 0u64);
+    while head.chosen().is_none() && tokens.len() < 256 {
+        let ids = head.rows().expect("the call opens at once").to_vec();
+        let (out, ms) = timed(&mut cache, feed, Rows::Only(&ids));
+        let mut logits = out?.pop().expect("one sequence");
+        grammar_ms.push(ms);
+        rows_per_call += ids.len() as u64;
+        max_rows = max_rows.max(ids.len() as u64);
+        feed = head
+            .choose_call(&mut logits, &Sampling::GREEDY, &mut rng)
+            .ok_or_else(|| anyhow::anyhow!("no token continues the call"))?;
+        tokens.push(feed);
+    }
+    let mut cache = prefilled(model)?;
+    let mut full_ms = Vec::new();
+    for &t in std::iter::once(&last).chain(&tokens[..tokens.len() - 1]) {
+        let (out, ms) = timed(&mut cache, t, Rows::All);
+        out?;
+        full_ms.push(ms);
+    }
+    Ok(ToolDecisionReport {
+        call: tok.decode(&tokens, false),
+        call_tokens: tokens.len() as u64,
+        rows_per_call,
+        max_rows_per_token: max_rows,
+        vocab_rows: model.info().vocab as u64,
+        ms_per_call_grammar: grammar_ms.iter().sum(),
+        ms_per_call_full: full_ms.iter().sum(),
+        ms_per_step_grammar: median(grammar_ms),
+        ms_per_step_full: median(full_ms),
+    })
+}
+
 /// A job of `tasks` tasks through the engine on the bundled default config, with `model` as
 /// the orchestrator and every expert: one turn each, a few tokens, to count prefix prefills.
 async fn shared_prefix_job(model: &Path, tasks: usize) -> anyhow::Result<SharedPrefixReport> {
@@ -183,6 +291,9 @@ async fn shared_prefix_job(model: &Path, tasks: usize) -> anyhow::Result<SharedP
         prefix_tokens: s.prefix_tokens.load(Ordering::Relaxed),
         prefix_hits: s.prefix_hits.load(Ordering::Relaxed),
         prefill_tokens: s.prefill_tokens.load(Ordering::Relaxed),
+        grammar_calls: s.grammar_calls.load(Ordering::Relaxed),
+        grammar_steps: s.grammar_steps.load(Ordering::Relaxed),
+        grammar_rows: s.grammar_rows.load(Ordering::Relaxed),
         wall_s,
     })
 }
@@ -199,6 +310,7 @@ pub async fn run(spec: &NativeDecodeSpec) -> anyhow::Result<NativeDecodeReport> 
     }
     let prefill_tokens_per_s =
         tokio::task::block_in_place(|| prefill(&model, &tok, spec.prefill_tokens))?;
+    let tool_decision = tokio::task::block_in_place(|| tool_decision(&model, &tok))?;
     let arch = model.info().arch.clone();
     drop(model);
     let shared_prefix = shared_prefix_job(&spec.model, spec.job_tasks).await?;
@@ -209,6 +321,7 @@ pub async fn run(spec: &NativeDecodeSpec) -> anyhow::Result<NativeDecodeReport> 
         decode_tokens_per_s,
         ms_per_step,
         prefill_tokens_per_s,
+        tool_decision,
         shared_prefix,
     })
 }

@@ -15,10 +15,10 @@ use super::attention::{attention, AttnParams};
 use super::ops::{
     embed, split_heads, Activation, GatedMlp, Linear, Meta, OutputHead, RmsNorm, Rope, Weights,
 };
-use super::{Batch, KvCache, ModelInfo, StepOutput};
+use super::{Batch, KvCache, ModelInfo};
 use anyhow::Result;
 use candle_core::quantized::QTensor;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ pub struct Gemma3 {
     embed: Arc<QTensor>,
     embed_scale: f64,
     blocks: Vec<Block>,
-    head: OutputHead,
+    pub(crate) head: OutputHead,
     rope_global: Rope,
     rope_local: Rope,
     attn_scale: f64,
@@ -163,13 +163,9 @@ impl Gemma3 {
         })
     }
 
-    /// Runs one batched step; see [`super::Model::step`].
-    pub(crate) fn forward(
-        &self,
-        batch: &Batch,
-        caches: &mut [&mut KvCache],
-        all_logits: bool,
-    ) -> Result<StepOutput> {
+    /// Runs one batched step up to the output head: `(tokens, hidden)` final hidden states
+    /// (before the output norm); see [`super::Model::step`].
+    pub(crate) fn hidden(&self, batch: &Batch, caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let info = &self.info;
         let (hd, nh, nkv) = (info.head_dim, info.n_heads, info.n_kv_heads);
         let rope_global = self.rope_global.tables(&batch.positions)?;
@@ -206,6 +202,6 @@ impl Gemma3 {
             let m = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
             x = (x + b.post_ffn_norm.forward(&m)?)?;
         }
-        self.head.forward(&x, &batch.spans, all_logits)
+        Ok(x)
     }
 }

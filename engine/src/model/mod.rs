@@ -34,6 +34,17 @@ pub struct SeqStep<'a> {
     pub cache: &'a mut KvCache,
 }
 
+/// Which output-head rows a sequence wants from a step (see [`Model::step_rows`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// None: a prefill chunk that does not sample.
+    None,
+    /// The whole vocabulary.
+    All,
+    /// Only these token ids, in this order (a grammar's allowed continuations).
+    Only(&'a [u32]),
+}
+
 /// Logits produced by a step.
 #[derive(Debug)]
 pub struct StepOutput {
@@ -166,6 +177,39 @@ impl Model {
     /// scoring); otherwise only each sequence's last token goes through the output head.
     /// On error no cache advances.
     pub fn step(&self, seqs: &mut [SeqStep<'_>], all_logits: bool) -> Result<StepOutput> {
+        let (x, spans) = self.hidden(seqs)?;
+        self.head().forward(&x, &spans, all_logits)
+    }
+
+    /// Runs one batched step like [`Model::step`], computing for each sequence's last token
+    /// only the output rows `rows[i]` asks for: the whole vocabulary, a grammar's few allowed
+    /// tokens (a few dozen rows of the projection instead of all of them), or nothing for a
+    /// prefill chunk. Returns one vector per sequence, in the order of its `Rows`.
+    pub fn step_rows(&self, seqs: &mut [SeqStep<'_>], rows: &[Rows<'_>]) -> Result<Vec<Vec<f32>>> {
+        if rows.len() != seqs.len() {
+            bail!("{} row requests for {} sequences", rows.len(), seqs.len());
+        }
+        let vocab = self.info().vocab;
+        for r in rows {
+            if let Rows::Only(ids) = r {
+                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    bail!("output row {bad} out of range (vocab {vocab})");
+                }
+            }
+        }
+        let (x, spans) = self.hidden(seqs)?;
+        self.head().select(&x, &spans, rows)
+    }
+
+    fn head(&self) -> &ops::OutputHead {
+        match self {
+            Self::Gemma3(m) => &m.head,
+            Self::Qwen3(m) => &m.head,
+        }
+    }
+
+    /// The final hidden states of a step's new tokens, caches advanced (or, on error, not).
+    fn hidden(&self, seqs: &mut [SeqStep<'_>]) -> Result<(Tensor, Vec<SeqSpan>)> {
         if seqs.is_empty() {
             bail!("empty step");
         }
@@ -197,8 +241,8 @@ impl Model {
         };
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
         let out = match self {
-            Self::Gemma3(m) => m.forward(&batch, &mut caches, all_logits),
-            Self::Qwen3(m) => m.forward(&batch, &mut caches, all_logits),
+            Self::Gemma3(m) => m.hidden(&batch, &mut caches),
+            Self::Qwen3(m) => m.hidden(&batch, &mut caches),
         };
         for c in caches.iter_mut() {
             if out.is_ok() {
@@ -207,7 +251,7 @@ impl Model {
                 c.rollback();
             }
         }
-        out
+        Ok((out?, batch.spans))
     }
 }
 

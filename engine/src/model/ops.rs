@@ -2,7 +2,7 @@
 //! RMSNorm, rotary embeddings and per-sequence attention over a batched step.
 
 use super::qmatmul::GgmlMatMul;
-use super::{ggml, LoadOptions, StepOutput};
+use super::{ggml, LoadOptions, Rows, StepOutput};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -433,8 +433,41 @@ impl OutputHead {
         }
     }
 
+    /// The output rows each sequence asks for, from its last token: all logits, only some
+    /// (each equal to the same entry of the full logits), or none.
+    pub fn select(
+        &self,
+        x: &Tensor,
+        spans: &[SeqSpan],
+        rows: &[Rows<'_>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let mut out = vec![Vec::new(); spans.len()];
+        let last = |s: &SeqSpan| (s.offset + s.len - 1) as u32;
+        let full: Vec<usize> = (0..spans.len())
+            .filter(|&i| matches!(rows[i], Rows::All))
+            .collect();
+        if !full.is_empty() {
+            let picked: Vec<u32> = full.iter().map(|&i| last(&spans[i])).collect();
+            let logits = self.logits(&select_rows(x, &picked)?)?;
+            for (&i, row) in full.iter().zip(logits.to_vec2::<f32>()?) {
+                out[i] = row;
+            }
+        }
+        for (i, r) in rows.iter().enumerate() {
+            if let Rows::Only(ids) = r {
+                let h = self.norm.forward(&select_rows(x, &[last(&spans[i])])?)?;
+                let logits = self.softcap(self.lm_head.forward_rows(&h, ids)?)?;
+                out[i] = logits.flatten_all()?.to_vec1::<f32>()?;
+            }
+        }
+        Ok(out)
+    }
+
     fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        let logits = self.lm_head.forward(&self.norm.forward(x)?)?;
+        self.softcap(self.lm_head.forward(&self.norm.forward(x)?)?)
+    }
+
+    fn softcap(&self, logits: Tensor) -> Result<Tensor> {
         Ok(match self.softcap {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,

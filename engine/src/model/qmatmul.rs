@@ -457,7 +457,12 @@ mod tests {
     #[test]
     fn selected_rows_equal_the_full_product() -> Result<()> {
         let dev = Device::Cpu;
-        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::F32] {
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::F32,
+        ] {
             let (n, k, m) = (40, 512, 3);
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
             let q = QTensor::quantize(&w, dtype)?;

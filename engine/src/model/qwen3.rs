@@ -8,10 +8,10 @@ use super::attention::{attention, AttnParams};
 use super::ops::{
     embed, split_heads, Activation, GatedMlp, Linear, Meta, OutputHead, RmsNorm, Rope, Weights,
 };
-use super::{Batch, KvCache, ModelInfo, StepOutput};
+use super::{Batch, KvCache, ModelInfo};
 use anyhow::Result;
 use candle_core::quantized::QTensor;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use std::io::{Read, Seek};
 use std::sync::Arc;
 
@@ -35,7 +35,7 @@ pub struct Qwen3 {
     pub(crate) device: Device,
     embed: Arc<QTensor>,
     blocks: Vec<Block>,
-    head: OutputHead,
+    pub(crate) head: OutputHead,
     rope: Rope,
 }
 
@@ -103,13 +103,9 @@ impl Qwen3 {
         })
     }
 
-    /// Runs one batched step; see [`super::Model::step`].
-    pub(crate) fn forward(
-        &self,
-        batch: &Batch,
-        caches: &mut [&mut KvCache],
-        all_logits: bool,
-    ) -> Result<StepOutput> {
+    /// Runs one batched step up to the output head: `(tokens, hidden)` final hidden states
+    /// (before the output norm); see [`super::Model::step`].
+    pub(crate) fn hidden(&self, batch: &Batch, caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let info = &self.info;
         let (hd, nh, nkv) = (info.head_dim, info.n_heads, info.n_kv_heads);
         let rope = self.rope.tables(&batch.positions)?;
@@ -139,6 +135,6 @@ impl Qwen3 {
             let m = b.mlp.forward(&b.ffn_norm.forward(&x)?)?;
             x = (x + m)?;
         }
-        self.head.forward(&x, &batch.spans, all_logits)
+        Ok(x)
     }
 }

@@ -32,6 +32,9 @@ pub struct TinyConfig {
     pub dtype: GgmlDType,
     /// Seed of the weight generator.
     pub seed: u64,
+    /// Adds `<tool_call>` and `</tool_call>` as user-defined tokens (as Qwen3's vocabulary
+    /// has them), so a random model can open a call with one token.
+    pub tool_tokens: bool,
 }
 
 impl TinyConfig {
@@ -48,6 +51,7 @@ impl TinyConfig {
             window: 5,
             dtype: GgmlDType::Q8_0,
             seed: 7,
+            tool_tokens: false,
         }
     }
 
@@ -64,6 +68,7 @@ impl TinyConfig {
             window: 0,
             dtype: GgmlDType::Q8_0,
             seed: 11,
+            tool_tokens: false,
         }
     }
 }
@@ -178,7 +183,14 @@ fn bpe_vocab() -> TinyVocab {
 pub fn tiny_gguf(cfg: &TinyConfig) -> Result<Vec<u8>> {
     let arch = cfg.arch;
     let gemma = arch == "gemma3";
-    let vocab = if gemma { spm_vocab() } else { bpe_vocab() };
+    let mut vocab = if gemma { spm_vocab() } else { bpe_vocab() };
+    if cfg.tool_tokens {
+        for s in ["<tool_call>", "</tool_call>"] {
+            vocab.tokens.push(s.to_string());
+            vocab.types.push(4);
+            vocab.scores.push(0.0);
+        }
+    }
     let n_vocab = vocab.tokens.len();
     let key = |k: &str| format!("{arch}.{k}");
     let strings =

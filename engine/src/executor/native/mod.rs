@@ -9,6 +9,12 @@
 //! problem (with the task's preference and budget), then each reply and tool response — so a
 //! sequence whose cache was kept across a tool call prefills only the new messages, and the
 //! system turn, identical for every task, is a prefix shared by reference.
+//!
+//! Every turn ends with a valid call of the catalog: the policy head
+//! ([`crate::policy::grammar`]) lets the model write up to `max_tokens` of free text, then
+//! constrains it to the catalog's calls (shaped by the task's preference, masked by its
+//! remaining budget) from the moment it opens `<tool_call>`, ends its turn, or runs out of
+//! free tokens.
 
 pub mod runner;
 
@@ -24,6 +30,7 @@ use crate::backend::openai::ChatTemplate;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::{Model, Tokenizer};
+use crate::policy::grammar::{CallGrammar, CallPolicy};
 use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
 use runner::{NativeInput, NativeOutput, NativeRunner, NativeStats, Sampling};
 
@@ -213,9 +220,10 @@ pub struct NativeExecutor {
     runtime: Arc<NativeRuntime>,
     prompt: PromptRenderer,
     system: String,
+    /// Free-text tokens per turn before the head opens the call.
     max_new: usize,
     sampling: Sampling,
-    stop: Arc<str>,
+    grammar: Arc<CallGrammar>,
 }
 
 impl NativeExecutor {
@@ -237,7 +245,15 @@ impl NativeExecutor {
             "orchestrator",
         )
         .map_err(ExecError)?;
+        let grammar = CallGrammar::new(&catalog, runtime.tokenizer());
+        if !grammar.spellable() {
+            return Err(ExecError(format!(
+                "orchestrator: the vocabulary of {path} cannot spell every tool call of the \
+                 catalog (a tool or alias name uses characters it has no token for)"
+            )));
+        }
         Ok(NativeExecutor {
+            grammar: Arc::new(grammar),
             prompt,
             system: super::openai::system_prompt(&catalog),
             max_new: o.max_tokens as usize,
@@ -247,7 +263,6 @@ impl NativeExecutor {
                 top_k: o.top_k,
                 seed: cfg.simulation.seed,
             },
-            stop: "</tool_call>".into(),
             runtime,
         })
     }
@@ -276,6 +291,12 @@ impl NativeExecutor {
             .prompt
             .tokens(self.runtime.tokenizer(), &messages, 1)
             .map_err(ExecError)?;
+        let policy = CallPolicy::new(
+            self.grammar.clone(),
+            view.preference,
+            view.remaining_usd,
+            self.max_new,
+        );
         let out = self
             .runtime
             .turn(
@@ -283,12 +304,13 @@ impl NativeExecutor {
                 NativeInput {
                     tokens,
                     shared_prefix,
-                    max_new: self.max_new,
-                    stop: Some(self.stop.clone()),
+                    max_new: policy.max_tokens(),
+                    stop: None,
                     sampling: Sampling {
                         seed: self.sampling.seed ^ view.context_hash,
                         ..self.sampling
                     },
+                    policy: Some(Arc::new(policy)),
                 },
             )
             .await

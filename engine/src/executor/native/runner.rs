@@ -22,12 +22,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use candle_core::Tensor;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::model::{argmax_rows, KvCache, Model, SeqStep, Tokenizer};
+use crate::model::{KvCache, Model, Rows, SeqStep, Tokenizer};
+use crate::policy::grammar::{sample_token, CallHead, CallPolicy};
 use crate::scheduler::{StepItem, StepRunner};
 
 /// How a turn picks its tokens.
@@ -59,9 +59,13 @@ pub struct NativeInput {
     pub shared_prefix: usize,
     /// New tokens at most.
     pub max_new: usize,
-    /// Generation stops once the text contains this (kept in the output).
+    /// Generation stops once the text contains this (kept in the output). Ignored under a
+    /// `policy`, whose turn ends with its call.
     pub stop: Option<Arc<str>>,
     pub sampling: Sampling,
+    /// The tool-call grammar and its shaping (the orchestrator's turns): the turn ends with a
+    /// valid call of the catalog. `max_new` must cover [`CallPolicy::max_tokens`].
+    pub policy: Option<Arc<CallPolicy>>,
 }
 
 /// A finished turn.
@@ -103,6 +107,12 @@ pub struct NativeStats {
     pub kv_bytes_peak: AtomicU64,
     /// Turns failed (context too large for the budget, a forward pass error).
     pub failed_turns: AtomicU64,
+    /// Tokens chosen under the tool-call grammar, and the output rows computed for them
+    /// (the allowed tokens only, not the vocabulary).
+    pub grammar_steps: AtomicU64,
+    pub grammar_rows: AtomicU64,
+    /// Calls the grammar completed.
+    pub grammar_calls: AtomicU64,
 }
 
 struct Turn {
@@ -111,6 +121,7 @@ struct Turn {
     admitted: bool,
     error: Option<String>,
     rng: SmallRng,
+    head: Option<CallHead>,
 }
 
 #[derive(Default)]
@@ -259,47 +270,6 @@ impl NativeRunner {
         Some(0)
     }
 
-    /// Samples the next token from one row of logits.
-    fn sample(logits: &Tensor, row: usize, turn: &mut Turn) -> candle_core::Result<u32> {
-        let s = turn.input.sampling;
-        let row = logits.get(row)?;
-        if s.temperature <= 0.0 {
-            return Ok(argmax_rows(&row.unsqueeze(0)?).map_err(candle_core::Error::wrap)?[0]);
-        }
-        let mut scored: Vec<(u32, f32)> = row
-            .to_vec1::<f32>()?
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| (i as u32, l / s.temperature as f32))
-            .collect();
-        scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
-        if s.top_k > 0 {
-            scored.truncate(s.top_k);
-        }
-        let max = scored[0].1;
-        let mut probs: Vec<f32> = scored.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (i, p) in probs.iter().enumerate() {
-            cum += p;
-            if cum >= s.top_p as f32 {
-                keep = i + 1;
-                break;
-            }
-        }
-        let total: f32 = probs[..keep].iter().sum();
-        let mut u = turn.rng.random::<f32>() * total;
-        for (i, p) in probs[..keep].iter().enumerate() {
-            if u < *p {
-                return Ok(scored[i].0);
-            }
-            u -= p;
-        }
-        Ok(scored[keep - 1].0)
-    }
-
     /// Ends the turn of `key`, shrinking its cache to what it holds.
     fn finish(&mut self, key: u64) -> NativeOutput {
         self.clock += 1;
@@ -321,7 +291,11 @@ impl NativeRunner {
             return Err(e);
         }
         let mut text = self.tokenizer.decode(&turn.generated, false);
-        if let Some(stop) = &turn.input.stop {
+        if let Some(head) = &turn.head {
+            if head.chosen().is_some() {
+                self.stats.grammar_calls.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if let Some(stop) = &turn.input.stop {
             if let Some(at) = text.find(&**stop) {
                 text.truncate(at + stop.len());
             }
@@ -335,7 +309,13 @@ impl NativeRunner {
 
     /// Whether the turn is over after sampling `token`.
     fn done(&self, turn: &Turn, token: u32) -> bool {
-        if self.tokenizer.is_eog(token) || turn.generated.len() >= turn.input.max_new {
+        if turn.generated.len() >= turn.input.max_new {
+            return true;
+        }
+        if let Some(head) = &turn.head {
+            return head.chosen().is_some();
+        }
+        if self.tokenizer.is_eog(token) {
             return true;
         }
         match &turn.input.stop {
@@ -383,7 +363,17 @@ impl StepRunner for NativeRunner {
                 .take_while(|(a, b)| a == b)
                 .count(),
         );
+        if let Some(p) = &input.policy {
+            if input.max_new < p.max_tokens() && error.is_none() {
+                error = Some(format!(
+                    "max_new ({}) does not cover the tool call ({} tokens at most)",
+                    input.max_new,
+                    p.max_tokens()
+                ));
+            }
+        }
         st.turn = Some(Turn {
+            head: input.policy.clone().map(CallHead::new),
             input,
             generated: Vec::new(),
             admitted: false,
@@ -500,13 +490,16 @@ impl StepRunner for NativeRunner {
         items: &mut [StepItem<'_, NativeSeq>],
         finished: &mut Vec<(usize, NativeOutput)>,
     ) {
-        // Feed each item its prefill chunk, or its last sampled token.
+        // Feed each item its prefill chunk, or its last sampled token; ask the head for the
+        // output rows each needs: none for a prefill chunk that does not sample, the grammar's
+        // allowed tokens inside a call, else the whole vocabulary.
         let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(items.len());
         let mut caches: Vec<KvCache> = Vec::with_capacity(items.len());
+        let mut wants: Vec<Option<Vec<u32>>> = Vec::with_capacity(items.len());
         let mut index = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let st = self.seqs.get_mut(&item.seq.key).expect("a live sequence");
-            let turn = st.turn.as_ref().expect("a turn in progress");
+            let turn = st.turn.as_mut().expect("a turn in progress");
             if turn.error.is_some() {
                 continue;
             }
@@ -517,12 +510,18 @@ impl StepRunner for NativeRunner {
             } else {
                 vec![*turn.generated.last().expect("decoding after a first token")]
             };
+            let want = match (&mut turn.head, item.decode) {
+                (_, false) => Some(Vec::new()),
+                (Some(head), true) => head.rows().map(<[u32]>::to_vec),
+                (None, true) => None,
+            };
             feeds.push(feed);
             caches.push(cache);
+            wants.push(want);
             index.push(i);
         }
         let result = if caches.is_empty() {
-            Ok(None)
+            Ok(Vec::new())
         } else {
             let mut steps: Vec<SeqStep<'_>> = feeds
                 .iter()
@@ -532,7 +531,15 @@ impl StepRunner for NativeRunner {
                     cache: c,
                 })
                 .collect();
-            self.model.step(&mut steps, false).map(|o| Some(o.last))
+            let rows: Vec<Rows<'_>> = wants
+                .iter()
+                .map(|w| match w {
+                    None => Rows::All,
+                    Some(ids) if ids.is_empty() => Rows::None,
+                    Some(ids) => Rows::Only(ids),
+                })
+                .collect();
+            self.model.step_rows(&mut steps, &rows)
         };
         let mut prefilled = 0u64;
         let mut decoded = 0u64;
@@ -552,25 +559,35 @@ impl StepRunner for NativeRunner {
                 prefilled += feed.len() as u64;
             }
         }
-        let logits: Option<Tensor> = result.unwrap_or_default();
-        for (row, &j) in index.iter().enumerate() {
-            let item = &items[j];
-            if !item.decode {
-                continue;
-            }
-            let key = item.seq.key;
-            let st = self.seqs.get_mut(&key).expect("a live sequence");
-            let turn = st.turn.as_mut().expect("a turn in progress");
-            if turn.error.is_some() {
-                continue;
-            }
-            let logits = logits.as_ref().expect("a successful step has logits");
-            match Self::sample(logits, row, turn) {
-                Ok(t) => {
-                    turn.generated.push(t);
-                    decoded += 1;
+        let (mut grammar_steps, mut grammar_rows) = (0u64, 0u64);
+        if let Ok(mut logits) = result {
+            for (row, &j) in index.iter().enumerate() {
+                let item = &items[j];
+                if !item.decode {
+                    continue;
                 }
-                Err(e) => turn.error = Some(format!("sampling failed: {e}")),
+                let st = self.seqs.get_mut(&item.seq.key).expect("a live sequence");
+                let turn = st.turn.as_mut().expect("a turn in progress");
+                let logits = &mut logits[row];
+                let sampling = turn.input.sampling;
+                let token = match (&mut turn.head, &wants[row]) {
+                    (Some(head), Some(_)) => {
+                        grammar_steps += 1;
+                        grammar_rows += logits.len() as u64;
+                        head.choose_call(logits, &sampling, &mut turn.rng)
+                    }
+                    (Some(head), None) => {
+                        head.choose_free(logits, &sampling, &mut turn.rng, &self.tokenizer)
+                    }
+                    (None, _) => sample_token(logits, &sampling, &mut turn.rng),
+                };
+                match token {
+                    Some(t) => {
+                        turn.generated.push(t);
+                        decoded += 1;
+                    }
+                    None => turn.error = Some("sampling failed: every token is masked".into()),
+                }
             }
         }
         for (j, item) in items.iter().enumerate() {
@@ -583,12 +600,11 @@ impl StepRunner for NativeRunner {
                 finished.push((j, out));
             }
         }
-        self.stats
-            .prefill_tokens
-            .fetch_add(prefilled, Ordering::Relaxed);
-        self.stats
-            .decode_tokens
-            .fetch_add(decoded, Ordering::Relaxed);
+        let s = &self.stats;
+        s.prefill_tokens.fetch_add(prefilled, Ordering::Relaxed);
+        s.decode_tokens.fetch_add(decoded, Ordering::Relaxed);
+        s.grammar_steps.fetch_add(grammar_steps, Ordering::Relaxed);
+        s.grammar_rows.fetch_add(grammar_rows, Ordering::Relaxed);
     }
 
     fn drop_seq(&mut self, seq: NativeSeq) {
@@ -596,12 +612,5 @@ impl StepRunner for NativeRunner {
             let bytes = st.cache.map_or(0, |c| c.size_bytes());
             self.account(bytes, 0);
         }
-    }
-}
-
-impl NativeRunner {
-    /// Sequences the runner holds state for.
-    pub fn live_sequences(&self) -> usize {
-        self.seqs.len()
     }
 }
