@@ -47,20 +47,8 @@ pub(crate) fn reduce32(acc: &[f32; 32]) -> f32 {
 /// multiple of 32 (the remainder would be summed in f64).
 #[inline]
 pub(crate) fn dot_f16_acc(x: &[f32], y: &[f32]) -> f32 {
-    debug_assert_eq!(x.len(), y.len());
-    let n = x.len();
-    let np = n & !(F16_STEP - 1);
-    let mut acc = [0f32; 32];
-    for (xc, yc) in x[..np].chunks_exact(32).zip(y[..np].chunks_exact(32)) {
-        for l in 0..32 {
-            acc[l] = xc[l].mul_add(yc[l], acc[l]);
-        }
-    }
-    let mut sum = reduce32(&acc) as f64;
-    for i in np..n {
-        sum += (x[i] * y[i]) as f64;
-    }
-    sum as f32
+    // The same arithmetic as `tutti_kernels::quant::dot_f32`, with AVX2 where available.
+    tutti_kernels::quant::dot_f32_fast(x, y)
 }
 
 /// `ggml_v_expf` (AVX2 + FMA), lane by lane.
