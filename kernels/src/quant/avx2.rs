@@ -21,6 +21,9 @@ unsafe fn hsum8(x: __m256) -> f32 {
 /// Weight rows kept hot in L1 while every activation tile passes over them.
 const Q8_ROW_CHUNK: usize = 16;
 
+/// Most blocks per row for the kernel with precomputed scale products ([`tile_q8_dp`]).
+const Q8_MAX_NB: usize = 128;
+
 /// One Q8_0 weight row against `M` activation rows (`ad`/`aq` point at the first one; rows are
 /// `nb` scales and `nb * 32` quants apart).
 #[inline]
@@ -53,10 +56,56 @@ unsafe fn tile_q8<const M: usize>(
     out
 }
 
+#[repr(align(32))]
+struct Scales([f32; 8 * Q8_MAX_NB]);
+
+/// [`tile_q8`] with the activation scales of the tile transposed (`adt[8 * b + j]`), so that
+/// the 8 products `wd * ad` of a block are one vector multiply, kept in `dp` for the tile.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_q8_dp<const M: usize>(
+    nb: usize,
+    wd: *const f32,
+    wq: *const i8,
+    adt: &Scales,
+    dp: &mut Scales,
+    aq: *const i8,
+) -> [f32; M] {
+    for b in 0..nb {
+        let v = _mm256_mul_ps(
+            _mm256_set1_ps(*wd.add(b)),
+            _mm256_load_ps(adt.0.as_ptr().add(8 * b)),
+        );
+        _mm256_store_ps(dp.0.as_mut_ptr().add(8 * b), v);
+    }
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); M];
+    let dp = dp.0.as_ptr();
+    for b in 0..nb {
+        let w = _mm256_loadu_si256(wq.add(32 * b) as *const __m256i);
+        let aw = _mm256_sign_epi8(w, w);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let a = _mm256_loadu_si256(aq.add(j * nb * QK8_0 + 32 * b) as *const __m256i);
+            let sa = _mm256_sign_epi8(a, w);
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones);
+            let d = _mm256_broadcast_ss(&*dp.add(8 * b + j));
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), *acc);
+        }
+    }
+    let mut out = [0f32; M];
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = hsum8(a);
+    }
+    out
+}
+
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gemm_q8_0(w: Q8Weights, rows: Rows, a: Q8Acts, out: &mut [f32], ldo: usize) {
     let (k, nb) = (w.k, w.k / QK8_0);
     let n_sel = rows.len();
+    let fast = nb <= Q8_MAX_NB;
+    let mut adt = Scales([0.0; 8 * Q8_MAX_NB]);
+    let mut dp = Scales([0.0; 8 * Q8_MAX_NB]);
     let mut i0 = 0;
     while i0 < n_sel {
         let i1 = (i0 + Q8_ROW_CHUNK).min(n_sel);
@@ -65,13 +114,24 @@ pub(super) unsafe fn gemm_q8_0(w: Q8Weights, rows: Rows, a: Q8Acts, out: &mut [f
             let mj = (a.m - j0).min(8);
             let ad = a.d.as_ptr().add(j0 * nb);
             let aq = a.qs.as_ptr().add(j0 * k);
+            if fast {
+                for b in 0..nb {
+                    for j in 0..8 {
+                        adt.0[8 * b + j] = if j < mj { *ad.add(j * nb + b) } else { 0.0 };
+                    }
+                }
+            }
             for i in i0..i1 {
                 let r = rows.get(i);
                 let wd = w.d.as_ptr().add(r * nb);
                 let wq = w.qs.as_ptr().add(r * k);
                 macro_rules! run {
                     ($m:literal) => {{
-                        let v = tile_q8::<$m>(nb, wd, wq, ad, aq);
+                        let v = if fast {
+                            tile_q8_dp::<$m>(nb, wd, wq, &adt, &mut dp, aq)
+                        } else {
+                            tile_q8::<$m>(nb, wd, wq, ad, aq)
+                        };
                         for (j, v) in v.into_iter().enumerate() {
                             out[(j0 + j) * ldo + i] = v;
                         }

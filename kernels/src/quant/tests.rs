@@ -102,6 +102,8 @@ const SHAPES: &[(usize, usize, usize)] = &[
     (16, 512, 32),
     (7, 256, 40),
     (3, 2048, 64),
+    // Past the Q8_0 kernel's precomputed-scales limit (128 blocks).
+    (4, 4352, 9),
 ];
 
 fn row_sets(n: usize) -> Vec<Vec<u32>> {
