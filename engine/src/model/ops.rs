@@ -186,6 +186,7 @@ impl Linear {
 
     /// Only the output features `rows` of the layer for `x` of shape `(tokens, in)`:
     /// `(tokens, rows.len())`, each value equal to the same entry of [`Linear::forward`].
+    #[allow(dead_code)] // the policy head's grammar-restricted scoring calls it (in progress)
     pub fn forward_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         if let Some(g) = &self.ggml {

@@ -174,6 +174,7 @@ impl GgmlMatMul {
     /// of [`GgmlMatMul::forward`] bit for bit (the kernels compute every (row, activation)
     /// pair on its own). The policy head uses it to score the few tokens a grammar allows
     /// without computing the whole vocabulary.
+    #[allow(dead_code)] // through `Linear::forward_rows`
     pub fn forward_rows(&self, x: &[f32], rows: &[u32]) -> Result<Vec<f32>> {
         if !x.len().is_multiple_of(self.k) {
             bail!("matmul: {} inputs for rows of {}", x.len(), self.k);

@@ -3,6 +3,9 @@
 //! regrouped. Weight blocks are loaded (and for K-quants unpacked) once and used for a tile of
 //! activation rows.
 
+// Sub-block-indexed loops mirror the block layout.
+#![allow(clippy::needless_range_loop)]
+
 use super::scalar::{q4k_scales, reduce32};
 use super::{f16_to_f32, Q8Acts, Q8KActs, Q8Weights, Rows, QK8_0, QK_K};
 use core::arch::x86_64::*;

@@ -162,9 +162,9 @@ fn check_rows(rows: &Rows, n: usize) {
 /// `out[j * ldo + i] = dot(W[rows[i]], a[j])` for a Q8_0 weight and Q8_0 activations.
 pub fn gemm_q8_0(w: Q8Weights, rows: Rows, a: Q8Acts, out: &mut [f32], ldo: usize) {
     let (k, nb) = (w.k, w.k / QK8_0);
-    assert!(k % QK8_0 == 0 && w.qs.len() == w.d.len() * QK8_0);
+    assert!(k.is_multiple_of(QK8_0) && w.qs.len() == w.d.len() * QK8_0);
     assert!(a.d.len() >= a.m * nb && a.qs.len() >= a.m * k);
-    check_rows(&rows, if k == 0 { 0 } else { w.qs.len() / k });
+    check_rows(&rows, w.qs.len().checked_div(k).unwrap_or(0));
     check_out(&rows, a.m, out, ldo);
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx2 {
@@ -176,9 +176,9 @@ pub fn gemm_q8_0(w: Q8Weights, rows: Rows, a: Q8Acts, out: &mut [f32], ldo: usiz
 
 fn check_k(w: &[u8], bytes: usize, k: usize, rows: &Rows, a: &Q8KActs, out: &[f32], ldo: usize) {
     let nb = k / QK_K;
-    assert!(k % QK_K == 0);
+    assert!(k.is_multiple_of(QK_K));
     assert!(a.d.len() >= a.m * nb && a.qs.len() >= a.m * k && a.bsums.len() >= a.m * nb * 16);
-    check_rows(rows, if k == 0 { 0 } else { w.len() / (nb * bytes) });
+    check_rows(rows, w.len().checked_div(nb * bytes).unwrap_or(0));
     check_out(rows, a.m, out, ldo);
 }
 
@@ -210,7 +210,7 @@ pub fn gemm_q6_k(w: &[u8], k: usize, rows: Rows, a: Q8KActs, out: &mut [f32], ld
 /// f32 activation rows.
 pub fn gemm_f32(w: &[f32], k: usize, rows: Rows, x: &[f32], m: usize, out: &mut [f32], ldo: usize) {
     assert!(x.len() >= m * k);
-    check_rows(&rows, if k == 0 { 0 } else { w.len() / k });
+    check_rows(&rows, w.len().checked_div(k).unwrap_or(0));
     check_out(&rows, m, out, ldo);
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx2 {

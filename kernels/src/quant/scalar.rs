@@ -246,6 +246,10 @@ pub fn gemm_q8_0(w: Q8Weights, rows: Rows, a: Q8Acts, out: &mut [f32], ldo: usiz
     }
 }
 
+/// The dot product of one K-quant row with one Q8_K row.
+type DotK = fn(&[u8], &[f32], &[i8], &[i16]) -> f32;
+
+#[allow(clippy::too_many_arguments)]
 fn gemm_k(
     w: &[u8],
     bytes: usize,
@@ -254,7 +258,7 @@ fn gemm_k(
     a: Q8KActs,
     out: &mut [f32],
     ldo: usize,
-    dot: fn(&[u8], &[f32], &[i8], &[i16]) -> f32,
+    dot: DotK,
 ) {
     let nb = k / QK_K;
     for i in 0..rows.len() {

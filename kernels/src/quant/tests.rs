@@ -41,13 +41,13 @@ fn acts(rng: &mut Rng, m: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
-struct QA8 {
+struct Acts8 {
     d: Vec<f32>,
     qs: Vec<i8>,
     m: usize,
 }
 
-fn quant8(x: &[f32], k: usize) -> QA8 {
+fn quant8(x: &[f32], k: usize) -> Acts8 {
     let m = x.len() / k;
     let mut d = vec![0f32; m * k / QK8_0];
     let mut qs = vec![0i8; m * k];
@@ -58,17 +58,17 @@ fn quant8(x: &[f32], k: usize) -> QA8 {
             &mut qs[j * k..(j + 1) * k],
         );
     }
-    QA8 { d, qs, m }
+    Acts8 { d, qs, m }
 }
 
-struct QAK {
+struct ActsK {
     d: Vec<f32>,
     qs: Vec<i8>,
     bsums: Vec<i16>,
     m: usize,
 }
 
-fn quantk(x: &[f32], k: usize) -> QAK {
+fn quantk(x: &[f32], k: usize) -> ActsK {
     let m = x.len() / k;
     let nb = k / QK_K;
     let mut d = vec![0f32; m * nb];
@@ -82,7 +82,7 @@ fn quantk(x: &[f32], k: usize) -> QAK {
             &mut bsums[j * nb * 16..(j + 1) * nb * 16],
         );
     }
-    QAK { d, qs, bsums, m }
+    ActsK { d, qs, bsums, m }
 }
 
 fn assert_bits(a: &[f32], b: &[f32], what: &str) {
@@ -114,7 +114,10 @@ fn row_sets(n: usize) -> Vec<Vec<u32>> {
 }
 
 /// Runs `f` on the scalar and the dispatched kernel for a range and a list of rows and compares.
-fn compare(n: usize, m: usize, what: &str, f: &dyn Fn(bool, Rows, &mut [f32], usize)) {
+/// A product under test: `(simd, rows, out, ldo)`.
+type Product<'a> = &'a dyn Fn(bool, Rows, &mut [f32], usize);
+
+fn compare(n: usize, m: usize, what: &str, f: Product) {
     for list in row_sets(n) {
         let cases = [
             Rows::Range { start: 0, len: n },
