@@ -189,10 +189,13 @@ impl GgmlMatMul {
     fn product(&self, x: &[f32], rows: Option<&[u32]>) -> Vec<f32> {
         let m = x.len() / self.k;
         let cols = rows.map_or(self.n, |r| r.len());
-        let mut y = vec![0f32; m * cols];
         if m == 0 || cols == 0 {
-            return y;
+            return vec![0f32; m * cols];
         }
+        // Every element is written by exactly one task below; leaving the buffer uninitialized
+        // saves a serial pass over it (the head's result is tens of megabytes) and lets the
+        // workers take its page faults in parallel.
+        let mut y: Vec<f32> = Vec::with_capacity(m * cols);
         with_buf(&ACTS, |acts| {
             self.quantize(x, m, acts);
             let threads = rayon::current_num_threads().max(1);
@@ -201,7 +204,7 @@ impl GgmlMatMul {
                 .next_multiple_of(16)
                 .clamp(16, MAX_ROWS_PER_TASK);
             let tasks = cols.div_ceil(per_task);
-            let out = OutPtr(y.as_mut_ptr());
+            let out = OutPtr(y.spare_capacity_mut().as_mut_ptr().cast::<f32>());
             let acts = &*acts;
             let run = |t: usize| {
                 let c0 = t * per_task;
@@ -232,6 +235,10 @@ impl GgmlMatMul {
                 (0..tasks).into_par_iter().for_each(run);
             }
         });
+        // SAFETY: the tasks have written all `m * cols` elements (each task covers `len` columns
+        // of every one of the `m` rows, and the tasks cover all `cols` columns); a panicking task
+        // unwinds past this point.
+        unsafe { y.set_len(m * cols) };
         y
     }
 

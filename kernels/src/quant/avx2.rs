@@ -457,3 +457,39 @@ pub(super) unsafe fn gemm_f32(
         }
     }
 }
+
+/// [`super::scalar::quantize_row_q8_0`] (the AVX2 `quantize_row_q8_0`: the same products and
+/// round-half-to-even, 32 lanes at a time).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_row_q8_0(x: &[f32], d: &mut [f32], qs: &mut [i8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (b, d) in d.iter_mut().enumerate().take(x.len() / QK8_0) {
+        let p = x.as_ptr().add(b * QK8_0);
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let mut mx = _mm256_andnot_ps(sign, v[0]);
+        for v in &v[1..] {
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, *v));
+        }
+        let mut m4 = _mm_max_ps(_mm256_extractf128_ps(mx, 1), _mm256_castps256_ps128(mx));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        *d = f16_to_f32(super::f32_to_f16(amax / 127.0));
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let q = v.map(|v| {
+            _mm256_cvtps_epi32(_mm256_round_ps::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(_mm256_mul_ps(v, id)))
+        });
+        let lo = _mm256_packs_epi32(q[0], q[1]);
+        let hi = _mm256_packs_epi32(q[2], q[3]);
+        let all = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), perm);
+        _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK8_0) as *mut __m256i, all);
+    }
+}

@@ -298,3 +298,34 @@ fn results_do_not_depend_on_the_batch() {
         assert_bits(&y, &all[j * n..(j + 1) * n], "single row");
     }
 }
+
+#[test]
+fn q8_0_quantizer_is_bit_exact() {
+    let mut rng = Rng(11);
+    for k in [32usize, 256, 640, 2048] {
+        let mut x = acts(&mut rng, 3, k);
+        // Ties at .5 after scaling, negative zero, a tiny block.
+        x[40] = -0.0;
+        for v in &mut x[64..96] {
+            *v *= 1e-30;
+        }
+        let nb = x.len() / 32;
+        let (mut d1, mut q1) = (vec![0f32; nb], vec![0i8; x.len()]);
+        let (mut d2, mut q2) = (vec![0f32; nb], vec![0i8; x.len()]);
+        quantize_row_q8_0(&x, &mut d1, &mut q1);
+        scalar::quantize_row_q8_0(&x, &mut d2, &mut q2);
+        assert_bits(&d1, &d2, "q8_0 scales");
+        assert_eq!(q1, q2, "q8_0 quants");
+    }
+    // Exact halves: 127 / amax times these lands on .5.
+    let mut x = vec![0f32; 32];
+    x[0] = 127.0;
+    for (i, v) in x.iter_mut().enumerate().skip(1) {
+        *v = i as f32 - 15.5;
+    }
+    let (mut d1, mut q1) = ([0f32; 1], [0i8; 32]);
+    let (mut d2, mut q2) = ([0f32; 1], [0i8; 32]);
+    quantize_row_q8_0(&x, &mut d1, &mut q1);
+    scalar::quantize_row_q8_0(&x, &mut d2, &mut q2);
+    assert_eq!((d1, q1), (d2, q2));
+}
