@@ -493,3 +493,54 @@ pub(super) unsafe fn quantize_row_q8_0(x: &[f32], d: &mut [f32], qs: &mut [i8]) 
         _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK8_0) as *mut __m256i, all);
     }
 }
+
+/// [`super::scalar::quantize_row_q8_k`] with the block maximum and the rounding done 8 lanes at
+/// a time (the same products and round-half-to-even; the first element of largest magnitude
+/// picks the sign, as in the reference).
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn quantize_row_q8_k(x: &[f32], d: &mut [f32], qs: &mut [i8], bsums: &mut [i16]) {
+    let sign = _mm256_set1_ps(-0.0);
+    let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..x.len() / QK_K {
+        let p = x.as_ptr().add(b * QK_K);
+        let mut mx = _mm256_setzero_ps();
+        for t in 0..QK_K / 8 {
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, _mm256_loadu_ps(p.add(8 * t))));
+        }
+        let mut m4 = _mm_max_ps(_mm256_extractf128_ps(mx, 1), _mm256_castps256_ps128(mx));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let q = &mut qs[b * QK_K..(b + 1) * QK_K];
+        let bs = &mut bsums[b * 16..b * 16 + 16];
+        if amax == 0.0 {
+            d[b] = 0.0;
+            q.fill(0);
+            bs.fill(0);
+            continue;
+        }
+        let blk = &x[b * QK_K..(b + 1) * QK_K];
+        let max = *blk
+            .iter()
+            .find(|v| v.abs() == amax)
+            .expect("the maximum is one of the elements");
+        let iscale = -127.0f32 / max;
+        let is = _mm256_set1_ps(iscale);
+        for c in 0..QK_K / 32 {
+            let v: [__m256i; 4] = core::array::from_fn(|t| {
+                let y = _mm256_mul_ps(is, _mm256_loadu_ps(p.add(32 * c + 8 * t)));
+                _mm256_cvtps_epi32(_mm256_round_ps::<
+                    { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                >(y))
+            });
+            let lo = _mm256_packs_epi32(v[0], v[1]);
+            let hi = _mm256_packs_epi32(v[2], v[3]);
+            let all = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), perm);
+            _mm256_storeu_si256(q.as_mut_ptr().add(32 * c) as *mut __m256i, all);
+        }
+        for (j, s) in bs.iter_mut().enumerate() {
+            *s = q[16 * j..16 * j + 16].iter().map(|&v| v as i16).sum();
+        }
+        d[b] = 1.0 / iscale;
+    }
+}

@@ -38,7 +38,7 @@ pub const Q4K_BYTES: usize = 144;
 /// Bytes per `block_q6_K`.
 pub const Q6K_BYTES: usize = 210;
 
-pub use scalar::{dot_f32, hsum8, quantize_row_q8_k, reduce32};
+pub use scalar::{dot_f32, hsum8, reduce32};
 
 /// The AVX2 `quantize_row_q8_0` of one row: `d` gets `x.len() / 32` scales (the f16 value as
 /// f32), `qs` the `x.len()` quants; equal to [`scalar::quantize_row_q8_0`] for finite inputs.
@@ -51,6 +51,19 @@ pub fn quantize_row_q8_0(x: &[f32], d: &mut [f32], qs: &mut [i8]) {
         return unsafe { avx2::quantize_row_q8_0(x, d, qs) };
     }
     scalar::quantize_row_q8_0(x, d, qs)
+}
+
+/// `quantize_row_q8_K_ref` of one row: `d` gets `x.len() / 256` scales, `qs` the quants and
+/// `bsums` the sums of each 16 quants; equal to [`scalar::quantize_row_q8_k`] for finite inputs.
+pub fn quantize_row_q8_k(x: &[f32], d: &mut [f32], qs: &mut [i8], bsums: &mut [i16]) {
+    let nb = x.len() / QK_K;
+    assert!(d.len() >= nb && qs.len() >= nb * QK_K && bsums.len() >= nb * 16);
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx2 {
+        // SAFETY: AVX2 and FMA are available; the lengths were checked above.
+        return unsafe { avx2::quantize_row_q8_k(x, d, qs, bsums) };
+    }
+    scalar::quantize_row_q8_k(x, d, qs, bsums)
 }
 
 /// f16 bits to f32.

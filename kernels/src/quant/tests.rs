@@ -329,3 +329,28 @@ fn q8_0_quantizer_is_bit_exact() {
     scalar::quantize_row_q8_0(&x, &mut d2, &mut q2);
     assert_eq!((d1, q1), (d2, q2));
 }
+
+#[test]
+fn q8_k_quantizer_is_bit_exact() {
+    let mut rng = Rng(12);
+    for k in [256usize, 512, 2048] {
+        let mut x = acts(&mut rng, 2, k);
+        // Equal magnitudes of both signs (the first one sets the sign), and an all-zero block.
+        x[300] = 50.0;
+        x[301] = -50.0;
+        x[k - 5] = -60.0;
+        x[k + 7] = 60.0;
+        if k >= 512 {
+            x[k..k + 256].fill(0.0);
+            x[k + 7] = 0.0;
+        }
+        let nb = x.len() / QK_K;
+        let mut a = (vec![0f32; nb], vec![0i8; x.len()], vec![0i16; nb * 16]);
+        let mut b = (vec![0f32; nb], vec![0i8; x.len()], vec![0i16; nb * 16]);
+        quantize_row_q8_k(&x, &mut a.0, &mut a.1, &mut a.2);
+        scalar::quantize_row_q8_k(&x, &mut b.0, &mut b.1, &mut b.2);
+        assert_bits(&a.0, &b.0, "q8_k scales");
+        assert_eq!(a.1, b.1, "q8_k quants");
+        assert_eq!(a.2, b.2, "q8_k sums");
+    }
+}
