@@ -4,6 +4,7 @@
 //! allocation. Later GPU kernels are checked against them. The policy head uses them to turn the
 //! orchestrator's scores over the tool catalog (or the vocabulary) into a sampled choice.
 
+pub mod quant;
 pub mod sampling;
 
 pub use sampling::{

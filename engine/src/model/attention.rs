@@ -13,6 +13,7 @@ use super::KvCache;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Geometry and options of one attention layer.
@@ -111,14 +112,25 @@ fn attention_cpu(
         .map(|x| ggml::round_f16(x * q_scale))
         .collect();
     let mut out = vec![0f32; n_tokens * p.n_heads * hd];
-    for (span, cache) in spans.iter().zip(caches.iter()) {
-        let segments = cache.segments(p.layer);
-        let guards: Vec<_> = segments
-            .iter()
-            .map(|s| (s.k.storage_and_layout(), s.v.storage_and_layout(), s))
-            .collect();
-        let mut views = Vec::with_capacity(guards.len());
-        for ((ks, kl), (vs, vl), seg) in &guards {
+    // Read views of every sequence's cache segments, so that one parallel pass covers the rows
+    // of all sequences (a fork-join per sequence costs more than a decode row's work).
+    let segments: Vec<_> = caches
+        .iter()
+        .take(spans.len())
+        .map(|cache| cache.segments(p.layer))
+        .collect();
+    let guards: Vec<Vec<_>> = segments
+        .iter()
+        .map(|segs| {
+            segs.iter()
+                .map(|s| (s.k.storage_and_layout(), s.v.storage_and_layout(), s))
+                .collect()
+        })
+        .collect();
+    let mut all_views = Vec::with_capacity(guards.len());
+    for seq in &guards {
+        let mut views = Vec::with_capacity(seq.len());
+        for ((ks, kl), (vs, vl), seg) in seq {
             let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&**ks, &**vs) else {
                 bail!("CPU attention on a non-CPU cache");
             };
@@ -130,81 +142,125 @@ fn attention_cpu(
                 hd,
             });
         }
-        let views = &views;
-        let rows =
-            &mut out[span.offset * p.n_heads * hd..(span.offset + span.len) * p.n_heads * hd];
-        let qrows = &q[span.offset * p.n_heads * hd..(span.offset + span.len) * p.n_heads * hd];
-        rows.par_chunks_mut(hd)
-            .zip(qrows.par_chunks(hd))
-            .enumerate()
-            .for_each_init(
-                || {
-                    let acc = vec![0f32; ggml::F16_STEP * hd];
-                    (Vec::new(), Vec::new(), Vec::new(), acc, Vec::<f64>::new())
-                },
-                |(scores, probs, krow, acc, tail), (row, (dst, qv))| {
-                    let (i, h) = (row / p.n_heads, row % p.n_heads);
-                    let kv = h / group;
-                    let qpos = span.start_pos + i;
-                    let first = p.first_key(qpos);
-                    let n_kv = (qpos + 1).div_ceil(KV_PAD) * KV_PAD;
-                    // Scores of the visible keys; the rest of the row is masked (-inf).
-                    scores.clear();
-                    scores.resize(n_kv, f32::NEG_INFINITY);
-                    let mut max = f32::NEG_INFINITY;
-                    #[allow(clippy::needless_range_loop)] // j is a position, not just an index
-                    for j in first..=qpos {
-                        krow.clear();
-                        let (kr, _) = KvView::rows(views, kv, j);
-                        krow.extend(kr.iter().map(|x| x.to_f32()));
-                        let mut s = ggml::dot_f16_acc(krow, qv) * kq_scale;
-                        if let Some(c) = p.softcap {
-                            // llama.cpp: scale by 1/cap, tanh, scale by cap.
-                            s = (s * (1.0 / c as f32)).tanh() * c as f32;
-                        }
-                        max = max.max(s);
-                        scores[j] = s;
-                    }
-                    probs.clear();
-                    probs.resize(n_kv, 0.0);
-                    let sum = ggml::softmax_sum(scores, probs, max);
-                    let inv = (1.0 / sum) as f32;
-                    // P·V as `ggml_vec_dot_f16` over the row of n_kv positions: position j
-                    // goes to lane j % 32 (fused multiply-adds in order of j) while j is below
-                    // the last multiple of 32, and is added in f64 after the reduction above it.
-                    let np = n_kv & !(ggml::F16_STEP - 1);
-                    acc.fill(0.0);
-                    tail.clear();
-                    tail.resize(hd, 0.0);
-                    for j in first..=qpos {
-                        let pj = ggml::round_f16(probs[j] * inv);
-                        let (_, v) = KvView::rows(views, kv, j);
-                        if j < np {
-                            let lane = &mut acc[(j % ggml::F16_STEP) * hd..][..hd];
-                            for (a, v) in lane.iter_mut().zip(v) {
-                                *a = v.to_f32().mul_add(pj, *a);
-                            }
-                        } else {
-                            for (t, v) in tail.iter_mut().zip(v) {
-                                *t += (v.to_f32() * pj) as f64;
-                            }
-                        }
-                    }
-                    for (d, o) in dst.iter_mut().enumerate() {
-                        let mut lanes = [0f32; 32];
-                        for (l, x) in lanes.iter_mut().enumerate() {
-                            *x = acc[l * hd + d];
-                        }
-                        *o = (ggml::reduce32(&lanes) as f64 + tail[d]) as f32;
-                    }
-                },
-            );
+        all_views.push(views);
     }
+    // The sequence of each token row of `q`/`out`.
+    let mut token_seq = vec![usize::MAX; n_tokens];
+    for (s, span) in spans.iter().enumerate() {
+        token_seq[span.offset..span.offset + span.len].fill(s);
+    }
+    let all_views = &all_views;
+    let token_seq = &token_seq;
+    out.par_chunks_mut(hd)
+        .zip(q.par_chunks(hd))
+        .enumerate()
+        .for_each_init(
+            || {
+                let acc = vec![0f32; ggml::F16_STEP * hd];
+                let bufs = (vec![0f32; hd], vec![0f32; hd]);
+                (Vec::new(), Vec::new(), bufs, acc, Vec::<f64>::new())
+            },
+            |(scores, probs, (krow, vrow), acc, tail), (row, (dst, qv))| {
+                let (t, h) = (row / p.n_heads, row % p.n_heads);
+                let seq = token_seq[t];
+                if seq == usize::MAX {
+                    return;
+                }
+                let (span, views) = (&spans[seq], &all_views[seq]);
+                let i = t - span.offset;
+                let kv = h / group;
+                let qpos = span.start_pos + i;
+                let first = p.first_key(qpos);
+                let n_kv = (qpos + 1).div_ceil(KV_PAD) * KV_PAD;
+                // Scores of the visible keys; the rest of the row is masked (-inf).
+                scores.clear();
+                scores.resize(n_kv, f32::NEG_INFINITY);
+                let mut max = f32::NEG_INFINITY;
+                #[allow(clippy::needless_range_loop)] // j is a position, not just an index
+                for j in first..=qpos {
+                    let (kr, _) = KvView::rows(views, kv, j);
+                    kr.convert_to_f32_slice(krow);
+                    let mut s = ggml::dot_f16_acc(krow, qv) * kq_scale;
+                    if let Some(c) = p.softcap {
+                        // llama.cpp: scale by 1/cap, tanh, scale by cap.
+                        s = (s * (1.0 / c as f32)).tanh() * c as f32;
+                    }
+                    max = max.max(s);
+                    scores[j] = s;
+                }
+                probs.clear();
+                probs.resize(n_kv, 0.0);
+                let sum = ggml::softmax_sum(scores, probs, max);
+                let inv = (1.0 / sum) as f32;
+                // P·V as `ggml_vec_dot_f16` over the row of n_kv positions: position j
+                // goes to lane j % 32 (fused multiply-adds in order of j) while j is below
+                // the last multiple of 32, and is added in f64 after the reduction above it.
+                let np = n_kv & !(ggml::F16_STEP - 1);
+                acc.fill(0.0);
+                tail.clear();
+                tail.resize(hd, 0.0);
+                for j in first..=qpos {
+                    let pj = ggml::round_f16(probs[j] * inv);
+                    let (_, v) = KvView::rows(views, kv, j);
+                    v.convert_to_f32_slice(vrow);
+                    if j < np {
+                        let lane = &mut acc[(j % ggml::F16_STEP) * hd..][..hd];
+                        for (a, &v) in lane.iter_mut().zip(vrow.iter()) {
+                            *a = v.mul_add(pj, *a);
+                        }
+                    } else {
+                        for (t, &v) in tail.iter_mut().zip(vrow.iter()) {
+                            *t += (v * pj) as f64;
+                        }
+                    }
+                }
+                reduce_lanes(acc, hd, tail, dst);
+            },
+        );
     Ok(Tensor::from_vec(
         out,
         (n_tokens, p.n_heads * hd),
         &Device::Cpu,
     )?)
+}
+
+/// `dst[d] = reduce32(acc[l * hd + d] for l in 0..32) + tail[d]` (the sum in f64, rounded to
+/// f32) for every `d < hd`: eight columns at a time, each with exactly the additions of
+/// [`ggml::reduce32`].
+fn reduce_lanes(acc: &[f32], hd: usize, tail: &[f64], dst: &mut [f32]) {
+    let mut d = 0;
+    while d + 8 <= hd {
+        let row = |l: usize| -> [f32; 8] {
+            acc[l * hd + d..l * hd + d + 8]
+                .try_into()
+                .expect("8 columns")
+        };
+        let mut x = [[0f32; 8]; 8];
+        for (lp, x) in x.iter_mut().enumerate() {
+            let (a, b, c, e) = (row(lp), row(8 + lp), row(16 + lp), row(24 + lp));
+            for i in 0..8 {
+                x[i] = (a[i] + c[i]) + (b[i] + e[i]);
+            }
+        }
+        for i in 0..8 {
+            let t = [
+                x[0][i] + x[4][i],
+                x[1][i] + x[5][i],
+                x[2][i] + x[6][i],
+                x[3][i] + x[7][i],
+            ];
+            let r = (t[0] + t[1]) + (t[2] + t[3]);
+            dst[d + i] = (r as f64 + tail[d + i]) as f32;
+        }
+        d += 8;
+    }
+    for d in d..hd {
+        let mut lanes = [0f32; 32];
+        for (l, x) in lanes.iter_mut().enumerate() {
+            *x = acc[l * hd + d];
+        }
+        dst[d] = (ggml::reduce32(&lanes) as f64 + tail[d]) as f32;
+    }
 }
 
 /// One segment of a sequence's cache as f16 slices (see [`KvCache::segments`]).
@@ -308,6 +364,24 @@ fn causal_mask(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The column-wise reduction equals `reduce32` of each column, bit for bit.
+    #[test]
+    fn reduce_lanes_matches_reduce32() {
+        for hd in [8usize, 13, 256] {
+            let acc: Vec<f32> = (0..32 * hd)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1.37e-3)
+                .collect();
+            let tail: Vec<f64> = (0..hd).map(|d| d as f64 * 0.1).collect();
+            let mut got = vec![0f32; hd];
+            reduce_lanes(&acc, hd, &tail, &mut got);
+            for d in 0..hd {
+                let lanes: [f32; 32] = std::array::from_fn(|l| acc[l * hd + d]);
+                let want = (ggml::reduce32(&lanes) as f64 + tail[d]) as f32;
+                assert_eq!(got[d].to_bits(), want.to_bits(), "hd {hd} column {d}");
+            }
+        }
+    }
 
     /// The CPU kernel and the device-generic path agree (to f16 precision), with and without a
     /// window.

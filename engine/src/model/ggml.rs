@@ -47,20 +47,8 @@ pub(crate) fn reduce32(acc: &[f32; 32]) -> f32 {
 /// multiple of 32 (the remainder would be summed in f64).
 #[inline]
 pub(crate) fn dot_f16_acc(x: &[f32], y: &[f32]) -> f32 {
-    debug_assert_eq!(x.len(), y.len());
-    let n = x.len();
-    let np = n & !(F16_STEP - 1);
-    let mut acc = [0f32; 32];
-    for (xc, yc) in x[..np].chunks_exact(32).zip(y[..np].chunks_exact(32)) {
-        for l in 0..32 {
-            acc[l] = xc[l].mul_add(yc[l], acc[l]);
-        }
-    }
-    let mut sum = reduce32(&acc) as f64;
-    for i in np..n {
-        sum += (x[i] * y[i]) as f64;
-    }
-    sum as f32
+    // The same arithmetic as `tutti_kernels::quant::dot_f32`, with AVX2 where available.
+    tutti_kernels::quant::dot_f32_fast(x, y)
 }
 
 /// `ggml_v_expf` (AVX2 + FMA), lane by lane.
@@ -98,6 +86,13 @@ pub(crate) fn softmax_sum(x: &[f32], y: &mut [f32], max: f32) -> f64 {
     let mut sum = 0f64;
     let mut i = 0;
     while i + 8 <= n {
+        // A fully masked chunk: `ggml_v_expf(-inf)` is +0 and adding +0 to the (non-negative)
+        // sum changes nothing, so the chunk is skipped with the same result.
+        if x[i..i + 8].iter().all(|&v| v == f32::NEG_INFINITY) {
+            y[i..i + 8].fill(0.0);
+            i += 8;
+            continue;
+        }
         let mut v = [0f32; 8];
         for l in 0..8 {
             v[l] = v_expf(x[i + l] - max);
@@ -211,6 +206,36 @@ mod tests {
         }
         assert_eq!(v_expf(f32::NEG_INFINITY), 0.0);
         assert_eq!(v_expf(0.0), 1.0);
+    }
+
+    /// Skipping fully masked chunks gives the same values and sum as computing them.
+    #[test]
+    fn softmax_sum_skips_masked_chunks_exactly() {
+        let n = 256;
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                if i < 100 && i % 3 != 0 {
+                    (i as f32 * 0.37).sin() * 4.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+            .collect();
+        let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut y = vec![1f32; n];
+        let sum = softmax_sum(&x, &mut y, max);
+        // The same computation without the skip.
+        let (mut want_sum, mut want_y) = (0f64, vec![0f32; n]);
+        for c in 0..n / 8 {
+            let v: [f32; 8] = std::array::from_fn(|l| v_expf(x[8 * c + l] - max));
+            want_y[8 * c..8 * c + 8].copy_from_slice(&v);
+            let h = [v[4] + v[0], v[5] + v[1], v[6] + v[2], v[7] + v[3]];
+            want_sum += ((h[0] + h[2]) + (h[1] + h[3])) as f64;
+        }
+        assert_eq!(sum.to_bits(), want_sum.to_bits());
+        for (a, b) in y.iter().zip(&want_y) {
+            assert_eq!(a.to_bits(), b.to_bits());
+        }
     }
 
     #[test]

@@ -6,7 +6,12 @@ use super::{ggml, LoadOptions, Rows, StepOutput};
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
+use rayon::prelude::*;
 use std::io::{Read, Seek};
+
+/// Elements from which the row-wise CPU ops (norms, gated activations) split their rows over
+/// the threads.
+const PAR_MIN_ELEMS: usize = 8192;
 use std::sync::Arc;
 
 /// Reads typed metadata of one architecture (`{arch}.{key}`) from a GGUF header.
@@ -232,8 +237,18 @@ impl RmsNorm {
             let dim = self.weight_host.len();
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let mut ys = vec![0f32; xs.len()];
-            for (xr, yr) in xs.chunks_exact(dim).zip(ys.chunks_exact_mut(dim)) {
-                ggml::rms_norm_row(xr, &self.weight_host, self.eps, yr);
+            let norm = |(xr, yr): (&[f32], &mut [f32])| {
+                ggml::rms_norm_row(xr, &self.weight_host, self.eps, yr)
+            };
+            // Rows are independent; a batch of them is split over the threads.
+            if xs.len() >= PAR_MIN_ELEMS {
+                xs.par_chunks_exact(dim)
+                    .zip(ys.par_chunks_exact_mut(dim))
+                    .for_each(norm);
+            } else {
+                xs.chunks_exact(dim)
+                    .zip(ys.chunks_exact_mut(dim))
+                    .for_each(norm);
             }
             return Ok(Tensor::from_vec(ys, x.shape(), x.device())?);
         }
@@ -376,15 +391,21 @@ impl GatedMlp {
             );
             let mut h = vec![0f32; g.len()];
             let cols = gate.dim(D::Minus1)?;
-            for ((g, u), h) in g
-                .chunks_exact(cols)
-                .zip(u.chunks_exact(cols))
-                .zip(h.chunks_exact_mut(cols))
-            {
-                match self.act {
-                    Activation::GeluTanh => ggml::geglu(g, u, h),
-                    Activation::Silu => ggml::swiglu(g, u, h),
-                }
+            let act = |((g, u), h): ((&[f32], &[f32]), &mut [f32])| match self.act {
+                Activation::GeluTanh => ggml::geglu(g, u, h),
+                Activation::Silu => ggml::swiglu(g, u, h),
+            };
+            // Rows are independent; a batch of them is split over the threads.
+            if g.len() >= PAR_MIN_ELEMS {
+                g.par_chunks_exact(cols)
+                    .zip(u.par_chunks_exact(cols))
+                    .zip(h.par_chunks_exact_mut(cols))
+                    .for_each(act);
+            } else {
+                g.chunks_exact(cols)
+                    .zip(u.chunks_exact(cols))
+                    .zip(h.chunks_exact_mut(cols))
+                    .for_each(act);
             }
             return self
                 .down

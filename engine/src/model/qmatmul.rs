@@ -19,20 +19,21 @@
 //!
 //! Integer parts are exact, so only the float steps above need to match. Every output row
 //! depends only on its own activation row, whatever the number of rows.
-
-// Lane-indexed loops mirror the SIMD code they reproduce.
-#![allow(clippy::needless_range_loop)]
+//!
+//! The arithmetic lives in [`tutti_kernels::quant`] (scalar references and AVX2 kernels chosen at
+//! run time, equal bit for bit); this module converts the GGUF weights once, quantizes the
+//! activation rows into reusable per-thread buffers and splits the weight rows over the rayon
+//! threads, each writing its columns of the result directly.
 
 use anyhow::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
+use std::cell::RefCell;
+use tutti_kernels::quant::{self, Q8Acts, Q8KActs, Q8Weights, Rows, QK8_0, QK_K};
 
-const QK8_0: usize = 32;
-const QK_K: usize = 256;
-
-/// Weight rows per parallel task.
-const ROWS_PER_TASK: usize = 32;
+/// Most weight rows per parallel task (the task's output tile stays in L1/L2).
+const MAX_ROWS_PER_TASK: usize = 128;
 
 /// A weight in one of the supported layouts (`forward` requires `k` to be a multiple of 32).
 enum Weight {
@@ -54,18 +55,46 @@ pub(crate) struct GgmlMatMul {
     k: usize,
 }
 
-/// Quantized activations of one row.
-enum Act {
-    /// Q8_0: block scales (the f16 value as f32) and quants.
-    Q8_0 { d: Vec<f32>, qs: Vec<i8> },
-    /// Q8_K: block scales, quants and sums of 16.
-    Q8K {
-        d: Vec<f32>,
-        qs: Vec<i8>,
-        bsums: Vec<i32>,
-    },
-    /// Unquantized (f32 weights).
-    F32(Vec<f32>),
+/// Quantized activation rows, reused from call to call.
+#[derive(Default)]
+struct ActBuf {
+    d: Vec<f32>,
+    qs: Vec<i8>,
+    bsums: Vec<i16>,
+}
+
+thread_local! {
+    /// The calling thread's activation buffers.
+    static ACTS: RefCell<ActBuf> = RefCell::new(ActBuf::default());
+    /// A worker's output tile.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's buffer in `cell`, or a fresh one if it is already in use (a
+/// nested call on the same thread, e.g. a rayon worker that picked up another product while
+/// waiting).
+fn with_buf<T: Default, R>(
+    cell: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    cell.with(|c| match c.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
+/// The result buffer, shared by the tasks that each write their own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint elements (their own columns) and the buffer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Element `i` of the buffer (a method, so that closures capture the whole `OutPtr`).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -114,8 +143,8 @@ impl GgmlMatMul {
                 }
                 Weight::Q8 { d, qs }
             }
-            GgmlDType::Q4K => Weight::Q4K(raw[..n * k / QK_K * 144].to_vec()),
-            GgmlDType::Q6K => Weight::Q6K(raw[..n * k / QK_K * 210].to_vec()),
+            GgmlDType::Q4K => Weight::Q4K(raw[..n * k / QK_K * quant::Q4K_BYTES].to_vec()),
+            GgmlDType::Q6K => Weight::Q6K(raw[..n * k / QK_K * quant::Q6K_BYTES].to_vec()),
             GgmlDType::F32 => Weight::F32(
                 raw[..n * k * 4]
                     .chunks_exact(4)
@@ -137,34 +166,14 @@ impl GgmlMatMul {
         if !x.len().is_multiple_of(self.k) {
             bail!("matmul: {} inputs for rows of {}", x.len(), self.k);
         }
-        let m = x.len() / self.k;
-        let acts: Vec<Act> = x.chunks_exact(self.k).map(|r| self.quantize(r)).collect();
-        // Column-major partial results: (n, m).
-        let mut t = vec![0f32; self.n * m];
-        t.par_chunks_mut(ROWS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * ROWS_PER_TASK;
-                for (r, out) in out.chunks_exact_mut(m).enumerate() {
-                    let row = first + r;
-                    for (o, a) in out.iter_mut().zip(&acts) {
-                        *o = self.dot(row, a);
-                    }
-                }
-            });
-        let mut y = vec![0f32; m * self.n];
-        for row in 0..self.n {
-            for i in 0..m {
-                y[i * self.n + row] = t[row * m + i];
-            }
-        }
-        Ok(y)
+        Ok(self.product(x, None))
     }
 
     /// Only the weight rows `rows` (output features) for `x` of shape `(m, k)`: returns
     /// `(m, rows.len())`, column `j` holding feature `rows[j]`. Each value equals the same entry
-    /// of [`GgmlMatMul::forward`] bit for bit. The policy head uses it to score the few tokens a
-    /// grammar allows without computing the whole vocabulary.
+    /// of [`GgmlMatMul::forward`] bit for bit (the kernels compute every (row, activation)
+    /// pair on its own). The policy head uses it to score the few tokens a grammar allows
+    /// without computing the whole vocabulary.
     pub fn forward_rows(&self, x: &[f32], rows: &[u32]) -> Result<Vec<f32>> {
         if !x.len().is_multiple_of(self.k) {
             bail!("matmul: {} inputs for rows of {}", x.len(), self.k);
@@ -172,219 +181,124 @@ impl GgmlMatMul {
         if let Some(&bad) = rows.iter().find(|&&r| r as usize >= self.n) {
             bail!("matmul: row {bad} out of range ({} rows)", self.n);
         }
-        let mut y = Vec::with_capacity(x.len() / self.k * rows.len());
-        for row in x.chunks_exact(self.k) {
-            let a = self.quantize(row);
-            y.extend(rows.iter().map(|&r| self.dot(r as usize, &a)));
-        }
-        Ok(y)
+        Ok(self.product(x, Some(rows)))
     }
 
-    fn quantize(&self, row: &[f32]) -> Act {
+    /// `(m, cols)` for all weight rows (`rows` = `None`) or the listed ones.
+    fn product(&self, x: &[f32], rows: Option<&[u32]>) -> Vec<f32> {
+        let m = x.len() / self.k;
+        let cols = rows.map_or(self.n, |r| r.len());
+        if m == 0 || cols == 0 {
+            return vec![0f32; m * cols];
+        }
+        // Every element is written by exactly one task below; leaving the buffer uninitialized
+        // saves a serial pass over it (the head's result is tens of megabytes) and lets the
+        // workers take its page faults in parallel.
+        let mut y: Vec<f32> = Vec::with_capacity(m * cols);
+        with_buf(&ACTS, |acts| {
+            self.quantize(x, m, acts);
+            let threads = rayon::current_num_threads().max(1);
+            let per_task = cols
+                .div_ceil(threads * 4)
+                .next_multiple_of(16)
+                .clamp(16, MAX_ROWS_PER_TASK);
+            let tasks = cols.div_ceil(per_task);
+            let out = OutPtr(y.spare_capacity_mut().as_mut_ptr().cast::<f32>());
+            let acts = &*acts;
+            let run = |t: usize| {
+                let c0 = t * per_task;
+                let len = per_task.min(cols - c0);
+                let sel = match rows {
+                    None => Rows::Range { start: c0, len },
+                    Some(r) => Rows::List(&r[c0..c0 + len]),
+                };
+                with_buf(&TILE, |tile| {
+                    tile.resize(m * len, 0.0);
+                    self.gemm(sel, m, acts, x, tile, len);
+                    for j in 0..m {
+                        // SAFETY: `y` has `m * cols` elements and outlives the tasks; task `t`
+                        // alone writes columns `c0..c0 + len` of each row.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                tile.as_ptr().add(j * len),
+                                out.at(j * cols + c0),
+                                len,
+                            );
+                        }
+                    }
+                });
+            };
+            if tasks == 1 {
+                run(0);
+            } else {
+                (0..tasks).into_par_iter().for_each(run);
+            }
+        });
+        // SAFETY: the tasks have written all `m * cols` elements (each task covers `len` columns
+        // of every one of the `m` rows, and the tasks cover all `cols` columns); a panicking task
+        // unwinds past this point.
+        unsafe { y.set_len(m * cols) };
+        y
+    }
+
+    /// Quantizes the `m` rows of `x` into `buf` for the weight's activation type.
+    fn quantize(&self, x: &[f32], m: usize, buf: &mut ActBuf) {
+        let k = self.k;
         match self.weight {
-            Weight::Q8 { .. } => quantize_q8_0(row),
-            Weight::Q4K(_) | Weight::Q6K(_) => quantize_q8_k(row),
-            Weight::F32(_) => Act::F32(row.to_vec()),
-        }
-    }
-
-    fn dot(&self, row: usize, a: &Act) -> f32 {
-        match (&self.weight, a) {
-            (Weight::Q8 { d, qs }, Act::Q8_0 { d: ad, qs: aq }) => {
-                let nb = self.k / QK8_0;
-                dot_q8_0(
-                    &d[row * nb..(row + 1) * nb],
-                    &qs[row * self.k..(row + 1) * self.k],
-                    ad,
-                    aq,
-                )
+            Weight::Q8 { .. } => {
+                let nb = k / QK8_0;
+                buf.d.resize(m * nb, 0.0);
+                buf.qs.resize(m * k, 0);
+                for (j, row) in x.chunks_exact(k).enumerate() {
+                    quant::quantize_row_q8_0(
+                        row,
+                        &mut buf.d[j * nb..(j + 1) * nb],
+                        &mut buf.qs[j * k..(j + 1) * k],
+                    );
+                }
             }
-            (Weight::Q4K(raw), Act::Q8K { d, qs, bsums }) => {
-                let nb = self.k / QK_K;
-                dot_q4k(&raw[row * nb * 144..(row + 1) * nb * 144], d, qs, bsums)
+            Weight::Q4K(_) | Weight::Q6K(_) => {
+                let nb = k / QK_K;
+                buf.d.resize(m * nb, 0.0);
+                buf.qs.resize(m * k, 0);
+                buf.bsums.resize(m * nb * 16, 0);
+                for (j, row) in x.chunks_exact(k).enumerate() {
+                    quant::quantize_row_q8_k(
+                        row,
+                        &mut buf.d[j * nb..(j + 1) * nb],
+                        &mut buf.qs[j * k..(j + 1) * k],
+                        &mut buf.bsums[j * nb * 16..(j + 1) * nb * 16],
+                    );
+                }
             }
-            (Weight::Q6K(raw), Act::Q8K { d, qs, bsums }) => {
-                let nb = self.k / QK_K;
-                dot_q6k(&raw[row * nb * 210..(row + 1) * nb * 210], d, qs, bsums)
+            Weight::F32(_) => {}
+        }
+    }
+
+    /// `out[j * ldo + i]` for the selected rows and the `m` quantized rows in `acts`
+    /// (or the raw rows `x` for f32 weights).
+    fn gemm(&self, rows: Rows, m: usize, acts: &ActBuf, x: &[f32], out: &mut [f32], ldo: usize) {
+        let k = self.k;
+        let ka = || Q8KActs {
+            d: &acts.d,
+            qs: &acts.qs,
+            bsums: &acts.bsums,
+            m,
+        };
+        match &self.weight {
+            Weight::Q8 { d, qs } => {
+                let a = Q8Acts {
+                    d: &acts.d,
+                    qs: &acts.qs,
+                    m,
+                };
+                quant::gemm_q8_0(Q8Weights { d, qs, k }, rows, a, out, ldo)
             }
-            (Weight::F32(w), Act::F32(x)) => {
-                crate::model::ggml::dot_f16_acc(&w[row * self.k..(row + 1) * self.k], x)
-            }
-            _ => unreachable!("activation type follows the weight type"),
+            Weight::Q4K(w) => quant::gemm_q4_k(w, k, rows, ka(), out, ldo),
+            Weight::Q6K(w) => quant::gemm_q6_k(w, k, rows, ka(), out, ldo),
+            Weight::F32(w) => quant::gemm_f32(w, k, rows, x, m, out, ldo),
         }
     }
-}
-
-/// `hsum_float_8`.
-#[inline]
-fn hsum8(a: &[f32; 8]) -> f32 {
-    let r = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
-    (r[0] + r[2]) + (r[1] + r[3])
-}
-
-/// Integer lanes of one 32-element chunk: lane `l` sums elements `4l..4l+3`.
-#[inline(always)]
-fn lanes32(w: &[i8], a: &[i8], scale: impl Fn(usize) -> i32, out: &mut [i32; 8]) {
-    for l in 0..8 {
-        let mut s = 0i32;
-        for e in 4 * l..4 * l + 4 {
-            s += scale(e) * (w[e] as i32 * a[e] as i32);
-        }
-        out[l] += s;
-    }
-}
-
-/// The AVX2 `quantize_row_q8_0`.
-fn quantize_q8_0(x: &[f32]) -> Act {
-    let mut d = Vec::with_capacity(x.len() / QK8_0);
-    let mut qs = Vec::with_capacity(x.len());
-    for blk in x.chunks_exact(QK8_0) {
-        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        d.push(f16::from_f32(amax / 127.0).to_f32());
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        qs.extend(blk.iter().map(|v| (v * id).round_ties_even() as i8));
-    }
-    Act::Q8_0 { d, qs }
-}
-
-/// `quantize_row_q8_K_ref`.
-fn quantize_q8_k(x: &[f32]) -> Act {
-    let nb = x.len() / QK_K;
-    let mut d = Vec::with_capacity(nb);
-    let mut qs = vec![0i8; x.len()];
-    let mut bsums = vec![0i32; nb * QK_K / 16];
-    for (b, blk) in x.chunks_exact(QK_K).enumerate() {
-        let (mut max, mut amax) = (0f32, 0f32);
-        for &v in blk {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
-        if amax == 0.0 {
-            d.push(0.0);
-            continue;
-        }
-        let iscale = -127.0f32 / max;
-        let q = &mut qs[b * QK_K..(b + 1) * QK_K];
-        for (q, &v) in q.iter_mut().zip(blk) {
-            *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
-        }
-        for j in 0..QK_K / 16 {
-            bsums[b * 16 + j] = q[16 * j..16 * j + 16].iter().map(|&v| v as i32).sum();
-        }
-        d.push(1.0 / iscale);
-    }
-    Act::Q8K { d, qs, bsums }
-}
-
-/// `ggml_vec_dot_q8_0_q8_0` / `ggml_vec_dot_q5_0_q8_0` (AVX2).
-fn dot_q8_0(wd: &[f32], wq: &[i8], ad: &[f32], aq: &[i8]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (b, (&wd, &ad)) in wd.iter().zip(ad).enumerate() {
-        let mut lanes = [0i32; 8];
-        lanes32(
-            &wq[b * 32..b * 32 + 32],
-            &aq[b * 32..b * 32 + 32],
-            |_| 1,
-            &mut lanes,
-        );
-        let d = wd * ad;
-        for l in 0..8 {
-            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
-        }
-    }
-    hsum8(&acc)
-}
-
-/// Scales and minimums of the 8 sub-blocks of a `block_q4_K` (`get_scale_min_k4`).
-fn q4k_scales(s: &[u8]) -> ([i32; 8], [i32; 8]) {
-    let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
-    for j in 0..8 {
-        if j < 4 {
-            sc[j] = (s[j] & 63) as i32;
-            mn[j] = (s[j + 4] & 63) as i32;
-        } else {
-            sc[j] = ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4)) as i32;
-            mn[j] = ((s[j + 4] >> 4) | ((s[j] >> 6) << 4)) as i32;
-        }
-    }
-    (sc, mn)
-}
-
-/// One row of `ggml_gemv_q4_K_8x8_q8_K` (AVX2).
-fn dot_q4k(w: &[u8], ad: &[f32], aq: &[i8], bsums: &[i32]) -> f32 {
-    let (mut acc, mut acc_min) = (0f32, 0f32);
-    let mut q = [0i8; QK_K];
-    for (b, blk) in w.chunks_exact(144).enumerate() {
-        let d = f16_at(blk, 0);
-        let dmin = f16_at(blk, 2);
-        let (sc, mn) = q4k_scales(&blk[4..16]);
-        let qs = &blk[16..144];
-        for c in 0..4 {
-            for l in 0..32 {
-                q[64 * c + l] = (qs[32 * c + l] & 0x0f) as i8;
-                q[64 * c + 32 + l] = (qs[32 * c + l] >> 4) as i8;
-            }
-        }
-        let a = &aq[b * QK_K..(b + 1) * QK_K];
-        let mut isum = 0i32;
-        for sub in 0..8 {
-            let mut s = 0i32;
-            for e in 32 * sub..32 * sub + 32 {
-                s += q[e] as i32 * a[e] as i32;
-            }
-            isum += sc[sub] * s;
-        }
-        let mut imin = 0i32;
-        for sub in 0..8 {
-            imin += mn[sub] * (bsums[b * 16 + 2 * sub] + bsums[b * 16 + 2 * sub + 1]);
-        }
-        acc = (isum as f32).mul_add(d * ad[b], acc);
-        acc_min = (imin as f32).mul_add(dmin * ad[b], acc_min);
-    }
-    acc - acc_min
-}
-
-/// `ggml_vec_dot_q6_K_q8_K` (AVX2). The quants are multiplied unsigned (0..63) and the
-/// offset of 32 is taken off afterwards per integer lane: lane `l` loses
-/// `32 * (sc[2l] * bsum[2l] + sc[2l+1] * bsum[2l+1])` (`q8sclsub`), so each lane's integer
-/// sum — and hence the f32 accumulation — differs from a signed per-element product.
-fn dot_q6k(w: &[u8], ad: &[f32], aq: &[i8], bsums: &[i32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut q = [0i8; QK_K];
-    for (b, blk) in w.chunks_exact(210).enumerate() {
-        let (ql, qh) = (&blk[0..128], &blk[128..192]);
-        let sc: [i32; 16] = std::array::from_fn(|i| blk[192 + i] as i8 as i32);
-        let d = ad[b] * f16_at(blk, 208);
-        for h in 0..2 {
-            let (ql, qh) = (&ql[64 * h..], &qh[32 * h..]);
-            let out = &mut q[128 * h..];
-            for l in 0..32 {
-                out[l] = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i8;
-                out[l + 32] = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i8;
-                out[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8;
-                out[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8;
-            }
-        }
-        let a = &aq[b * QK_K..(b + 1) * QK_K];
-        let mut lanes = [0i32; 8];
-        for c in 0..8 {
-            let (lo, hi) = (sc[2 * c], sc[2 * c + 1]);
-            lanes32(
-                &q[32 * c..32 * c + 32],
-                &a[32 * c..32 * c + 32],
-                |e| if e < 16 { lo } else { hi },
-                &mut lanes,
-            );
-        }
-        let bs = &bsums[b * 16..b * 16 + 16];
-        for l in 0..8 {
-            lanes[l] -= 32 * (sc[2 * l] * bs[2 * l] + sc[2 * l + 1] * bs[2 * l + 1]);
-            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
-        }
-    }
-    hsum8(&acc)
 }
 
 #[cfg(test)]
@@ -392,21 +306,26 @@ mod tests {
     use super::*;
     use candle_core::{Device, Module, Tensor};
 
-    /// Dequantized activations of one row.
-    fn dequant_act(a: &Act) -> Vec<f64> {
-        match a {
-            Act::Q8_0 { d, qs } => qs
-                .iter()
-                .enumerate()
-                .map(|(i, &q)| d[i / 32] as f64 * q as f64)
-                .collect(),
-            Act::F32(x) => x.iter().map(|&v| v as f64).collect(),
-            Act::Q8K { d, qs, .. } => qs
-                .iter()
-                .enumerate()
-                .map(|(i, &q)| d[i / 256] as f64 * q as f64)
-                .collect(),
+    /// Dequantized activations of one row, as the weight's kernel quantizes them.
+    fn dequant_act(w: &Weight, row: &[f32]) -> Vec<f64> {
+        let k = row.len();
+        let (block, q8) = match w {
+            Weight::F32(_) => return row.iter().map(|&v| v as f64).collect(),
+            Weight::Q8 { .. } => (QK8_0, true),
+            _ => (QK_K, false),
+        };
+        let mut d = vec![0f32; k / block];
+        let mut qs = vec![0i8; k];
+        if q8 {
+            quant::quantize_row_q8_0(row, &mut d, &mut qs);
+        } else {
+            let mut bsums = vec![0i16; k / 16];
+            quant::quantize_row_q8_k(row, &mut d, &mut qs, &mut bsums);
         }
+        qs.iter()
+            .enumerate()
+            .map(|(i, &q)| d[i / block] as f64 * q as f64)
+            .collect()
     }
 
     /// The kernels compute the exact product of the dequantized operands up to f32 rounding
@@ -430,12 +349,7 @@ mod tests {
             let x = Tensor::randn(0f32, 2.0, (2, k), &dev)?.to_vec2::<f32>()?;
             for row in &x {
                 let got = ours.forward(row)?;
-                let act = match ours.weight {
-                    Weight::Q8 { .. } => quantize_q8_0(row),
-                    Weight::F32(_) => Act::F32(row.clone()),
-                    _ => quantize_q8_k(row),
-                };
-                let a = dequant_act(&act);
+                let a = dequant_act(&ours.weight, row);
                 for (r, g) in got.iter().enumerate() {
                     let want: f64 = wd[r].iter().zip(&a).map(|(w, a)| *w as f64 * a).sum();
                     let mag: f64 = wd[r]
@@ -480,6 +394,41 @@ mod tests {
                 }
             }
             assert!(ours.forward_rows(&x, &[40]).is_err());
+        }
+        Ok(())
+    }
+
+    /// A row's result is the same whatever else is in the product, and the parallel split
+    /// (many tasks) gives the same values as one row at a time.
+    #[test]
+    fn rows_are_independent_of_the_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+            GgmlDType::F32,
+        ] {
+            let (n, k, m) = (1000, 512, 11);
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+            let q = QTensor::quantize(&w, dtype)?;
+            let ours = GgmlMatMul::new(&q)?.expect("supported");
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let full = ours.forward(&x)?;
+            let all: Vec<u32> = (0..n as u32).rev().collect();
+            let listed = ours.forward_rows(&x, &all)?;
+            for i in 0..m {
+                let one = ours.forward(&x[i * k..(i + 1) * k])?;
+                for r in 0..n {
+                    let f = full[i * n + r];
+                    assert_eq!(one[r].to_bits(), f.to_bits(), "{dtype:?} row {r}");
+                    let l = listed[i * n + (n - 1 - r)];
+                    assert_eq!(l.to_bits(), f.to_bits(), "{dtype:?} listed row {r}");
+                }
+            }
         }
         Ok(())
     }
