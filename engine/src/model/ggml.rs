@@ -19,29 +19,8 @@ use std::sync::OnceLock;
 /// Elements per `ggml_vec_dot_f16` step on AVX (`GGML_F16_STEP`).
 pub(crate) const F16_STEP: usize = 32;
 
-/// Reduces the 32 lanes of a `ggml_vec_dot_f16` accumulator (`sum[4]` of 8 lanes, lane
-/// `l` of vector `a` at index `8a + l`) as `GGML_F32x8_REDUCE` does on AVX.
-#[inline]
-pub(crate) fn reduce32(acc: &[f32; 32]) -> f32 {
-    let mut x = [[0f32; 8]; 4];
-    for a in 0..4 {
-        x[a].copy_from_slice(&acc[8 * a..8 * a + 8]);
-    }
-    for l in 0..8 {
-        x[0][l] += x[2][l];
-        x[1][l] += x[3][l];
-    }
-    for l in 0..8 {
-        x[0][l] += x[1][l];
-    }
-    let t0 = [
-        x[0][0] + x[0][4],
-        x[0][1] + x[0][5],
-        x[0][2] + x[0][6],
-        x[0][3] + x[0][7],
-    ];
-    (t0[0] + t0[1]) + (t0[2] + t0[3])
-}
+/// Reduces the 32 lanes of a `ggml_vec_dot_f16` accumulator as `GGML_F32x8_REDUCE` does on AVX.
+pub(crate) use tutti_kernels::quant::reduce32;
 
 /// `ggml_vec_dot_f16` of two f16 vectors given as f32 (already rounded to f16); `n` must be a
 /// multiple of 32 (the remainder would be summed in f64).
