@@ -146,8 +146,8 @@ fn print_run(name: &str, r: &RunReport) {
         r.cost_usd, r.cost_per_task_usd
     );
     println!(
-        "  backend calls    {} billed, {} cache hits, {:.2} calls per batch",
-        r.billed_calls, r.cache_hits, r.coalescing_factor
+        "  backend calls    {} billed ({} distinct requests), {} cache hits, {} joined in flight, {:.2} calls per batch",
+        r.billed_calls, r.unique_calls, r.cache_hits, r.joined_calls, r.coalescing_factor
     );
     println!("  accuracy         {:.1}%", r.accuracy * 100.0);
     let (retries, opens, fallbacks) = r.ledger.backends.iter().fold((0, 0, 0), |(a, b, c), x| {

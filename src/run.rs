@@ -106,7 +106,7 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         eprintln!(
-            "tutti: {} rows in {} ({} run now: {}; {} already done); cost ${:.4}, {} billed calls, {} cache hits",
+            "tutti: {} rows in {} ({} run now: {}; {} already done); cost ${:.4}, {} billed calls, {} cache hits, {} joined in flight",
             rows,
             args.output.display(),
             ledger.finished(),
@@ -114,7 +114,8 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             skipped,
             ledger.cost_usd,
             ledger.billed_calls,
-            ledger.cache_hits
+            ledger.cache_hits,
+            ledger.joined_calls
         );
         let (retries, opens, fallbacks) = ledger.backends.iter().fold((0, 0, 0), |(a, b, c), x| {
             (a + x.retries, b + x.breaker_opens, c + x.fallbacks)

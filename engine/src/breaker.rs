@@ -59,6 +59,20 @@ impl Breaker {
         }
     }
 
+    /// Whether the breaker is open now, with no probe due: calls that passed [`Breaker::allow`]
+    /// before it opened and have not been sent yet are refused. A probe in flight does not make it
+    /// open here: that probe is a call being let through.
+    pub fn is_open(&self) -> bool {
+        self.is_open_at(Instant::now())
+    }
+
+    pub fn is_open_at(&self, now: Instant) -> bool {
+        if !self.tripped.load(Ordering::Acquire) {
+            return false;
+        }
+        matches!(*self.state.lock(), State::Open { until } if now < until)
+    }
+
     /// Records a call's outcome; returns true when this outcome opened the breaker.
     pub fn record(&self, ok: bool) -> bool {
         self.record_at(ok, Instant::now())
@@ -113,6 +127,19 @@ mod tests {
         assert!(b.allow_at(t));
         assert!(b.record_at(false, t), "third failure in a row opens");
         assert!(!b.allow_at(t + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn is_open_only_while_no_probe_is_due() {
+        let b = Breaker::new(1, Duration::from_secs(5));
+        let t = Instant::now();
+        assert!(!b.is_open_at(t));
+        assert!(b.record_at(false, t));
+        assert!(b.is_open_at(t + Duration::from_secs(1)));
+        let later = t + Duration::from_secs(5);
+        assert!(!b.is_open_at(later), "a probe is due");
+        assert!(b.allow_at(later));
+        assert!(!b.is_open_at(later), "the probe is out");
     }
 
     #[test]

@@ -142,23 +142,9 @@ impl ResultCache {
 
     /// Looks a key up as of `now`: memory first, then disk (a disk hit is promoted to memory).
     pub fn get_at(&self, key: CacheKey, now: SystemTime) -> Option<CachedResult> {
-        {
-            let mut mem = self.mem.lock();
-            let expired = match mem.lru.get(&key) {
-                Some(e) if e.expires.is_none_or(|t| t > now) => {
-                    let v = e.value.clone();
-                    drop(mem);
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Some(v);
-                }
-                Some(_) => true,
-                None => false,
-            };
-            if expired {
-                if let Some(old) = mem.lru.pop(&key) {
-                    mem.bytes -= old.size;
-                }
-            }
+        if let Some(v) = self.mem_get(key, now) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(v);
         }
         if let Some((value, expires)) = self.disk.as_ref().and_then(|d| d.get(key, now)) {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -175,6 +161,31 @@ impl ResultCache {
             return Some(value);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Looks again, in memory only, for a key whose [`ResultCache::get`] missed a moment ago: the
+    /// coalescer asks before it sends a call, as an identical call may have been answered (and its
+    /// answer put here, in memory at once) in between. The disk was searched by that first look. A
+    /// hit turns the first look's miss into a hit in the counts; a miss counts nothing more.
+    pub(crate) fn get_again(&self, key: CacheKey) -> Option<CachedResult> {
+        let v = self.mem_get(key, SystemTime::now())?;
+        self.misses.fetch_sub(1, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(v)
+    }
+
+    /// The memory tier's entry for `key` as of `now`; an expired entry is dropped. Counts nothing.
+    fn mem_get(&self, key: CacheKey, now: SystemTime) -> Option<CachedResult> {
+        let mut mem = self.mem.lock();
+        match mem.lru.get(&key) {
+            Some(e) if e.expires.is_none_or(|t| t > now) => return Some(e.value.clone()),
+            Some(_) => {}
+            None => return None,
+        }
+        if let Some(old) = mem.lru.pop(&key) {
+            mem.bytes -= old.size;
+        }
         None
     }
 
@@ -396,6 +407,17 @@ mod tests {
         assert_eq!(hit.cost_usd, 0.5);
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_second_look_finds_what_was_put_since_and_counts_one_lookup() {
+        let c = cache(10, 1 << 20);
+        assert!(c.get(k("k")).is_none());
+        assert!(c.get_again(k("k")).is_none());
+        assert_eq!((c.stats().hits, c.stats().misses), (0, 1));
+        c.put(k("k"), result("v", 0.5), None);
+        assert_eq!(c.get_again(k("k")).unwrap().response.text, "v");
+        assert_eq!((c.stats().hits, c.stats().misses), (1, 0));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   one call is billed. When it completes the answer goes to the cache before the callers hear of
 //!   it, so a later identical call hits the cache. A failure goes to the callers that were waiting
 //!   and is neither cached nor shared with later callers.
+//! - a cacheable call that missed the cache in its caller's task is looked up again when the actor
+//!   takes it: an identical call may have completed in between. With that second look, each
+//!   distinct cacheable request is billed exactly once, however the calls interleave, for as long
+//!   as its answer stays in the cache (bounds, TTL).
 //!
 //! Only cacheable calls (by the backend's cache policy) are collapsed: for a call sampled at a
 //! temperature, two identical requests are two different draws and must both be made.
@@ -27,14 +31,14 @@ use crate::backend::{Backend, BackendError, BatchItem, CacheKey, Request, Respon
 use crate::breaker::Breaker;
 use crate::cache::{CachedResult, ResultCache};
 use crate::config::{BackendConfig, CachePolicy};
-use crate::ledger::{Ledger, Pricing};
+use crate::ledger::{Ledger, Pricing, Served};
 
 /// What a caller gets back.
 #[derive(Debug, Clone)]
 pub struct CallOutcome {
     pub result: Result<Arc<Response>, BackendError>,
-    /// False when served from the cache or by joining an identical call in flight.
-    pub billed: bool,
+    /// How a successful call was served (a failed one says `Billed`: it was not answered for free).
+    pub served: Served,
     /// What the call costs when billed (also for unbilled ones: that is what was saved).
     pub cost_usd: f64,
 }
@@ -91,6 +95,7 @@ pub struct Coalescer {
     policy: CachePolicy,
     pricing: Pricing,
     breaker: Arc<Breaker>,
+    ledger: Arc<Ledger>,
 }
 
 impl Coalescer {
@@ -112,11 +117,12 @@ impl Coalescer {
         let actor = Actor {
             breaker: breaker.clone(),
             index,
+            name: name.clone(),
             backend: backend.clone(),
             limits: limits.clone(),
             pricing,
             cache: cache.clone(),
-            ledger,
+            ledger: ledger.clone(),
             inflight: HashMap::new(),
             batches: Slab::new(),
         };
@@ -129,53 +135,67 @@ impl Coalescer {
             policy: limits.policy,
             pricing,
             breaker,
+            ledger,
         }
     }
 
     /// Makes one call: from the cache, by joining an identical call in flight, or in a batch.
     pub async fn call(&self, request: Request) -> CallOutcome {
-        let cacheable = match self.policy {
-            CachePolicy::Off => false,
-            CachePolicy::Always => true,
-            CachePolicy::Deterministic => self.backend.deterministic(&request),
-        };
-        let key = cacheable.then(|| request.key(&self.name));
-        if let Some(k) = &key {
-            if let Some(hit) = self.cache.get(*k) {
+        let key = self.key(&request);
+        if let Some(k) = key {
+            if let Some(hit) = self.cache.get(k) {
                 return CallOutcome {
                     result: Ok(hit.response),
-                    billed: false,
+                    served: Served::Cache,
                     cost_usd: hit.cost_usd,
                 };
             }
         }
-        if !self.breaker.allow() {
-            return CallOutcome {
-                result: Err(BackendError::Unavailable {
-                    backend: self.name.to_string(),
-                }),
-                billed: false,
-                cost_usd: 0.0,
-            };
+        self.submit(key, request).await
+    }
+
+    /// The request's cache and single-flight key, when the backend's policy lets it be cached or
+    /// collapsed. Reports the call's key to the ledger when it counts distinct requests.
+    fn key(&self, request: &Request) -> Option<CacheKey> {
+        let cacheable = match self.policy {
+            CachePolicy::Off => false,
+            CachePolicy::Always => true,
+            CachePolicy::Deterministic => self.backend.deterministic(request),
+        };
+        if self.ledger.counts_distinct() {
+            let key = request.key(&self.name);
+            self.ledger.record_request_key(key);
+            return cacheable.then_some(key);
         }
-        let (reply, rx) = oneshot::channel();
+        cacheable.then(|| request.key(&self.name))
+    }
+
+    /// Hands a call that missed the cache to the actor and waits for its answer.
+    async fn submit(&self, key: Option<CacheKey>, request: Request) -> CallOutcome {
         let failed = |message: &str| CallOutcome {
             result: Err(BackendError::Failed {
                 backend: self.name.to_string(),
                 message: message.into(),
             }),
-            billed: false,
+            served: Served::Billed,
             cost_usd: 0.0,
         };
-        if self
-            .tx
-            .send(Submit {
-                key,
-                request,
-                reply,
-            })
-            .is_err()
-        {
+        if !self.breaker.allow() {
+            return CallOutcome {
+                result: Err(BackendError::Unavailable {
+                    backend: self.name.to_string(),
+                }),
+                served: Served::Billed,
+                cost_usd: 0.0,
+            };
+        }
+        let (reply, rx) = oneshot::channel();
+        let submit = Submit {
+            key,
+            request,
+            reply,
+        };
+        if self.tx.send(submit).is_err() {
             return failed("the coalescer has stopped");
         }
         rx.await
@@ -189,12 +209,14 @@ impl Coalescer {
 
 struct Actor {
     index: usize,
+    name: Arc<str>,
     backend: Arc<dyn Backend>,
     limits: CoalescerLimits,
     pricing: Pricing,
     cache: Arc<ResultCache>,
     ledger: Arc<Ledger>,
-    /// Callers waiting on each cacheable call in flight; the first one is the caller that is billed.
+    /// Callers waiting on each cacheable call in flight; the call is billed to the first of them
+    /// still there when it completes.
     inflight: HashMap<CacheKey, Vec<oneshot::Sender<CallOutcome>>>,
     /// Batches sent and not fully answered; their number is bounded by `max_concurrency`.
     batches: Slab<InFlight>,
@@ -267,11 +289,24 @@ impl Actor {
         }
     }
 
-    /// Adds a call to the batch being formed, or to the waiters of an identical call in flight.
+    /// Adds a call to the batch being formed, or to the waiters of an identical call in flight, or
+    /// answers it from the cache.
     fn admit(&mut self, s: Submit, batch: &mut Batch) {
         if let Some(k) = s.key {
             if let Some(waiters) = self.inflight.get_mut(&k) {
                 waiters.push(s.reply);
+                return;
+            }
+            // The caller missed the cache before sending, but an identical call may have completed
+            // since: its answer is cached and its in-flight entry gone. Both change only here, in
+            // the actor (the answer is cached before the entry goes), so looking again closes the
+            // window: a cacheable request is billed once unless its answer was evicted or expired.
+            if let Some(hit) = self.cache.get_again(k) {
+                let _ = s.reply.send(CallOutcome {
+                    result: Ok(hit.response),
+                    served: Served::Cache,
+                    cost_usd: hit.cost_usd,
+                });
                 return;
             }
             self.inflight.insert(k, vec![s.reply]);
@@ -303,8 +338,15 @@ impl Actor {
     }
 
     /// Sends a batch to the backend and adds its answer stream to `answers`. Calls whose callers
-    /// have all gone are dropped first; a batch left empty is not sent.
+    /// have all gone are dropped first; a batch left empty is not sent. When the breaker has opened
+    /// since its calls passed it, they are refused instead, as later calls are.
     fn send(&mut self, mut batch: Batch, answers: &mut Answers) {
+        if self.breaker.is_open() {
+            for call in batch.calls {
+                self.refuse(call);
+            }
+            return;
+        }
         let gone: Vec<usize> = (0..batch.calls.len())
             .filter(|&i| self.abandoned(&batch.calls[i]))
             .collect();
@@ -347,7 +389,7 @@ impl Actor {
                 let (mut served, mut failures) = (b.served, b.failures);
                 for call in b.calls.into_iter().flatten() {
                     let missing = Err(BackendError::Failed {
-                        backend: format!("#{}", self.index),
+                        backend: self.name.to_string(),
                         message: "the backend gave no answer for this request".into(),
                     });
                     served += self.answer(call, missing);
@@ -355,6 +397,24 @@ impl Actor {
                 }
                 self.ledger.record_batch(self.index, served, failures);
             }
+        }
+    }
+
+    /// Fails every caller of a call that was not sent because the breaker is open.
+    fn refuse(&mut self, (key, reply): Call) {
+        let waiters = match (key, reply) {
+            (_, Some(r)) => vec![r],
+            (Some(k), None) => self.inflight.remove(&k).unwrap_or_default(),
+            (None, None) => Vec::new(),
+        };
+        for w in waiters {
+            let _ = w.send(CallOutcome {
+                result: Err(BackendError::Unavailable {
+                    backend: self.name.to_string(),
+                }),
+                served: Served::Billed,
+                cost_usd: 0.0,
+            });
         }
     }
 
@@ -381,12 +441,20 @@ impl Actor {
             self.cache.put(*k, value, self.limits.ttl);
         }
         let served = waiters.len();
-        for (i, w) in waiters.into_iter().enumerate() {
-            let _ = w.send(CallOutcome {
+        // The call is billed to one caller: the first still there to hear of it (an earlier one may
+        // have been cancelled while it was in flight).
+        let mut billed = false;
+        for w in waiters {
+            let outcome = CallOutcome {
                 result: result.clone(),
-                billed: i == 0,
+                served: if billed {
+                    Served::Joined
+                } else {
+                    Served::Billed
+                },
                 cost_usd: cost,
-            });
+            };
+            billed |= w.send(outcome).is_ok();
         }
         served
     }
@@ -452,13 +520,16 @@ mod tests {
     }
 
     fn setup(max_batch: usize, max_wait_ms: u64, policy: CachePolicy, delay_ms: u64) -> Setup {
-        let rec = Arc::new(Recorder {
-            batches: Mutex::new(Vec::new()),
-            delay: Duration::from_millis(delay_ms),
-            fail_prompt: Some("bad".into()),
-        });
-        let ledger = Arc::new(Ledger::new(&["rec".into()]));
-        let cache = Arc::new(ResultCache::new(&CacheConfig::default()).unwrap());
+        setup_with(max_batch, max_wait_ms, policy, delay_ms, false)
+    }
+
+    fn setup_with(
+        max_batch: usize,
+        max_wait_ms: u64,
+        policy: CachePolicy,
+        delay_ms: u64,
+        count_distinct: bool,
+    ) -> Setup {
         let limits = CoalescerLimits {
             max_batch,
             max_wait: Duration::from_millis(max_wait_ms),
@@ -468,6 +539,17 @@ mod tests {
             breaker_failures: 1000,
             breaker_cooldown: Duration::from_secs(5),
         };
+        setup_limits(limits, delay_ms, count_distinct)
+    }
+
+    fn setup_limits(limits: CoalescerLimits, delay_ms: u64, count_distinct: bool) -> Setup {
+        let rec = Arc::new(Recorder {
+            batches: Mutex::new(Vec::new()),
+            delay: Duration::from_millis(delay_ms),
+            fail_prompt: Some("bad".into()),
+        });
+        let ledger = Arc::new(Ledger::with_distinct(&["rec".into()], count_distinct));
+        let cache = Arc::new(ResultCache::new(&CacheConfig::default()).unwrap());
         let pricing = Pricing {
             in_per_mtok: 1.0,
             out_per_mtok: 10.0,
@@ -579,7 +661,8 @@ mod tests {
         let s = setup(16, 5, CachePolicy::Deterministic, 100);
         let out = call_all(&s.co, &["same"; 10]).await;
         assert_eq!(s.rec.batches.lock().concat(), vec!["same".to_string()]);
-        assert_eq!(out.iter().filter(|o| o.billed).count(), 1);
+        assert_eq!(out.iter().filter(|o| o.served == Served::Billed).count(), 1);
+        assert_eq!(out.iter().filter(|o| o.served == Served::Joined).count(), 9);
         assert!(out
             .iter()
             .all(|o| o.result.as_ref().unwrap().text == "echo same"));
@@ -588,7 +671,7 @@ mod tests {
         assert_eq!(sum.backends[0].requests, 10);
         // Later identical calls hit the cache: still one call.
         let again = call_all(&s.co, &["same"]).await;
-        assert!(!again[0].billed);
+        assert_eq!(again[0].served, Served::Cache);
         assert_eq!(s.rec.batches.lock().len(), 1);
     }
 
@@ -597,7 +680,7 @@ mod tests {
         let s = setup(16, 5, CachePolicy::Off, 10);
         let out = call_all(&s.co, &["same"; 3]).await;
         assert_eq!(s.rec.batches.lock().concat().len(), 3);
-        assert!(out.iter().all(|o| o.billed));
+        assert!(out.iter().all(|o| o.served == Served::Billed));
     }
 
     #[tokio::test(start_paused = true)]
@@ -649,5 +732,87 @@ mod tests {
         let t0 = Instant::now();
         call_all(&s.co, &refs).await;
         assert_eq!(t0.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_missed_just_before_an_identical_call_landed_is_not_billed_again() {
+        // The interleaving that billed twice: B looks in the cache while A's identical call is in
+        // flight (a miss); A's answer lands (cached, its in-flight entry released); only then does
+        // B's call reach the actor, which finds neither an entry in flight nor, unless it looks
+        // again, the answer.
+        let s = setup(16, 0, CachePolicy::Deterministic, 100);
+        let co = s.co.clone();
+        let a = tokio::spawn(async move { co.call(req("same")).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let key = s.co.key(&req("same")).expect("cacheable");
+        assert!(s.co.cache.get(key).is_none(), "A is still in flight");
+        let a = a.await.unwrap();
+        assert_eq!(a.served, Served::Billed);
+        let b = s.co.submit(Some(key), req("same")).await;
+        assert_eq!(b.result.unwrap().text, "echo same");
+        assert_eq!(b.served, Served::Cache, "answered by A's call, not billed");
+        assert_eq!(s.rec.batches.lock().concat(), vec!["same".to_string()]);
+        assert_eq!(s.ledger.summary().backends[0].sent, 1);
+        let stats = s.co.cache.stats();
+        assert_eq!(
+            (stats.hits, stats.misses),
+            (1, 1),
+            "A's miss; B's miss, turned into a hit by the second look"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_call_is_billed_to_the_first_caller_still_waiting() {
+        // A is cancelled while its call is in flight; B, who joined it, is billed instead.
+        let s = setup(16, 0, CachePolicy::Deterministic, 100);
+        let co = s.co.clone();
+        let a = tokio::spawn(async move { co.call(req("same")).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let co = s.co.clone();
+        let b = tokio::spawn(async move { co.call(req("same")).await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        a.abort();
+        let _ = a.await;
+        let b = b.await.unwrap();
+        assert_eq!(b.served, Served::Billed);
+        assert_eq!(s.rec.batches.lock().concat(), vec!["same".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn distinct_requests_are_counted_whatever_the_policy() {
+        for policy in [CachePolicy::Off, CachePolicy::Deterministic] {
+            let s = setup_with(16, 5, policy, 10, true);
+            let out = call_all(&s.co, &["a", "b", "a", "c", "a"]).await;
+            assert_eq!(s.ledger.summary().unique_calls, Some(3), "{policy:?}");
+            let billed = out.iter().filter(|o| o.served == Served::Billed).count();
+            let expected = if policy == CachePolicy::Off { 5 } else { 3 };
+            assert_eq!(billed, expected, "{policy:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_queued_when_the_breaker_opens_are_refused_not_sent() {
+        // One batch of one at a time. The first call fails and opens the breaker (threshold 1)
+        // while two more, admitted before, wait for the slot: they are refused and never sent.
+        let limits = CoalescerLimits {
+            max_batch: 1,
+            max_wait: Duration::ZERO,
+            max_concurrency: 1,
+            policy: CachePolicy::Deterministic,
+            ttl: None,
+            breaker_failures: 1,
+            breaker_cooldown: Duration::from_secs(60),
+        };
+        let s = setup_limits(limits, 100, false);
+        let out = call_all(&s.co, &["bad", "a", "b"]).await;
+        assert!(matches!(out[0].result, Err(BackendError::Failed { .. })));
+        for o in &out[1..] {
+            assert!(
+                matches!(o.result, Err(BackendError::Unavailable { .. })),
+                "{o:?}"
+            );
+        }
+        assert_eq!(s.rec.batches.lock().concat(), vec!["bad".to_string()]);
+        assert_eq!(s.ledger.summary().backends[0].sent, 1);
     }
 }

@@ -39,12 +39,16 @@ pub enum EngineError {
 pub struct EngineOptions {
     /// Keep each episode's messages as JSON in its result (bulk runs do; benchmarks need not).
     pub record_trajectories: bool,
+    /// Count distinct requests (the ledger's `unique_calls`), so a benchmark can check that the
+    /// cache bills each once. It keeps a key per distinct call, so long-lived servers leave it off.
+    pub count_unique_calls: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             record_trajectories: true,
+            count_unique_calls: false,
         }
     }
 }
@@ -99,7 +103,7 @@ impl Engine {
     pub fn new(cfg: &Config, opts: EngineOptions) -> Result<Engine, EngineError> {
         let catalog = Arc::new(Catalog::new(cfg));
         let names: Vec<Arc<str>> = catalog.backends.iter().map(|b| b.name.clone()).collect();
-        let ledger = Arc::new(Ledger::new(&names));
+        let ledger = Arc::new(Ledger::with_distinct(&names, opts.count_unique_calls));
         let cache = Arc::new(ResultCache::new(&cfg.cache)?);
         let mut coalescers = Vec::with_capacity(cfg.backends.len());
         let mut request_params = Vec::with_capacity(cfg.backends.len());

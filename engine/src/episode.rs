@@ -155,13 +155,13 @@ async fn call(
                     tool: tool.clone(),
                     alias: target.1.clone(),
                     backend: env.catalog.backends[target.0].name.clone(),
-                    cached: !outcome.billed,
+                    cached: false, // set by `record_call` from how it was served
                     input_tokens: response.input_tokens as i64,
                     output_tokens: response.output_tokens as i64,
                     cost_usd: 0.0,
                     latency_ms,
                 };
-                ledger.record_call(record, outcome.cost_usd);
+                ledger.record_call(record, outcome.cost_usd, outcome.served);
                 return Ok(response);
             }
             Err(BackendError::Unavailable { .. }) if !fallen_back => {

@@ -3,12 +3,26 @@
 //! An episode keeps its own [`TaskLedger`] (no sharing on the hot path) and folds it into the
 //! job-wide [`Ledger`] once, when it ends. Backends' batch counts go straight to the [`Ledger`].
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::backend::CacheKey;
 use crate::task::{CallRecord, Status};
+
+/// How a call was served. Every call that got an answer is exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// Sent to the backend and billed to this caller.
+    Billed,
+    /// Answered from the result cache.
+    Cache,
+    /// Joined an identical call already in flight; that call is billed to its first caller.
+    Joined,
+}
 
 /// Prices of one backend (or of the orchestrator's own tokens).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -41,6 +55,9 @@ pub struct TaskLedger {
     pub orchestrator_tokens_out: u64,
     pub orchestrator_cost_usd: f64,
     pub failed_calls: u32,
+    /// Calls answered from the cache, and calls that joined an identical call in flight.
+    pub cache_hits: u32,
+    pub joined_calls: u32,
 }
 
 impl TaskLedger {
@@ -53,15 +70,25 @@ impl TaskLedger {
         self.cost_usd += cost;
     }
 
-    /// Accounts one backend call. `full_cost` is what the call costs when billed; a cached call is
-    /// recorded at zero and its full cost counts as saved.
-    pub fn record_call(&mut self, mut call: CallRecord, full_cost: f64) {
-        if call.cached {
-            call.cost_usd = 0.0;
-            self.saved_usd += full_cost;
-        } else {
-            call.cost_usd = full_cost;
-            self.cost_usd += full_cost;
+    /// Accounts one backend call served as `served`. `full_cost` is what the call costs when
+    /// billed; a call served without billing (cache, joined) is recorded at zero, marked `cached`,
+    /// and its full cost counts as saved.
+    pub fn record_call(&mut self, mut call: CallRecord, full_cost: f64, served: Served) {
+        call.cached = served != Served::Billed;
+        match served {
+            Served::Billed => {
+                call.cost_usd = full_cost;
+                self.cost_usd += full_cost;
+            }
+            Served::Cache | Served::Joined => {
+                call.cost_usd = 0.0;
+                self.saved_usd += full_cost;
+                if served == Served::Cache {
+                    self.cache_hits += 1;
+                } else {
+                    self.joined_calls += 1;
+                }
+            }
         }
         self.calls.push(call);
     }
@@ -126,6 +153,11 @@ pub struct Ledger {
     turns: AtomicU64,
     billed_calls: AtomicU64,
     cache_hits: AtomicU64,
+    joined_calls: AtomicU64,
+    /// The distinct request keys of every call made, when counted (benchmarks): what the cache
+    /// promises is that cacheable calls are billed once per distinct request. Off by default, as it
+    /// grows with the job.
+    distinct: Option<Mutex<HashSet<CacheKey>>>,
     failed_calls: AtomicU64,
     cost_usd: AtomicF64,
     saved_usd: AtomicF64,
@@ -137,6 +169,11 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(backend_names: &[Arc<str>]) -> Ledger {
+        Ledger::with_distinct(backend_names, false)
+    }
+
+    /// A ledger that also counts distinct requests (`unique_calls`) when `distinct` is set.
+    pub fn with_distinct(backend_names: &[Arc<str>], distinct: bool) -> Ledger {
         Ledger {
             backends: backend_names
                 .iter()
@@ -146,6 +183,8 @@ impl Ledger {
             turns: AtomicU64::new(0),
             billed_calls: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            joined_calls: AtomicU64::new(0),
+            distinct: distinct.then(|| Mutex::new(HashSet::new())),
             failed_calls: AtomicU64::new(0),
             cost_usd: AtomicF64::default(),
             saved_usd: AtomicF64::default(),
@@ -153,6 +192,18 @@ impl Ledger {
             orchestrator_cost_usd: AtomicF64::default(),
             correct: AtomicU64::new(0),
             graded: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether distinct requests are counted: callers then report each call's key.
+    pub fn counts_distinct(&self) -> bool {
+        self.distinct.is_some()
+    }
+
+    /// A call was made with this request key (counted only when [`Ledger::counts_distinct`]).
+    pub fn record_request_key(&self, key: CacheKey) {
+        if let Some(d) = &self.distinct {
+            d.lock().insert(key);
         }
     }
 
@@ -195,10 +246,11 @@ impl Ledger {
     pub fn record_task(&self, status: Status, turns: u32, t: &TaskLedger, correct: Option<bool>) {
         self.tasks[status as usize].fetch_add(1, Ordering::Relaxed);
         self.turns.fetch_add(turns as u64, Ordering::Relaxed);
-        let hits = t.calls.iter().filter(|c| c.cached).count() as u64;
+        let (hits, joined) = (t.cache_hits as u64, t.joined_calls as u64);
         self.cache_hits.fetch_add(hits, Ordering::Relaxed);
+        self.joined_calls.fetch_add(joined, Ordering::Relaxed);
         self.billed_calls
-            .fetch_add(t.calls.len() as u64 - hits, Ordering::Relaxed);
+            .fetch_add(t.calls.len() as u64 - hits - joined, Ordering::Relaxed);
         self.failed_calls
             .fetch_add(t.failed_calls as u64, Ordering::Relaxed);
         self.cost_usd.add(t.cost_usd);
@@ -239,6 +291,8 @@ impl Ledger {
             turns: get(&self.turns),
             billed_calls: get(&self.billed_calls),
             cache_hits: get(&self.cache_hits),
+            joined_calls: get(&self.joined_calls),
+            unique_calls: self.distinct.as_ref().map(|d| d.lock().len() as u64),
             failed_calls: get(&self.failed_calls),
             cost_usd: self.cost_usd.get(),
             saved_usd: self.saved_usd.get(),
@@ -262,8 +316,17 @@ pub struct LedgerSummary {
     /// Finished tasks per status.
     pub tasks: std::collections::BTreeMap<String, u64>,
     pub turns: u64,
+    /// Calls sent to a backend and billed. With `cache_hits` and `joined_calls`: every call that
+    /// got an answer, each counted once.
     pub billed_calls: u64,
+    /// Calls answered from the result cache.
     pub cache_hits: u64,
+    /// Calls that joined an identical call in flight (billed once, to that call's first caller).
+    pub joined_calls: u64,
+    /// Distinct requests among the calls made, when the engine counts them (benchmarks). With the
+    /// cache on and nothing evicted or expired, cacheable calls make `billed_calls` equal this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unique_calls: Option<u64>,
     pub failed_calls: u64,
     pub cost_usd: f64,
     pub saved_usd: f64,
@@ -300,12 +363,12 @@ pub struct BackendSummary {
 mod tests {
     use super::*;
 
-    fn call(cached: bool) -> CallRecord {
+    fn call() -> CallRecord {
         CallRecord {
             tool: "search".into(),
             alias: "search-1".into(),
             backend: "gpt-5".into(),
-            cached,
+            cached: false,
             input_tokens: 1000,
             output_tokens: 200,
             cost_usd: 0.0,
@@ -334,8 +397,9 @@ mod tests {
             ..Default::default()
         };
         let full = p.cost(1000, 200, 0.0);
-        t.record_call(call(false), full);
-        t.record_call(call(true), full);
+        t.record_call(call(), full, Served::Billed);
+        t.record_call(call(), full, Served::Cache);
+        assert!(t.calls[1].cached);
         assert!((t.cost_usd - full).abs() < 1e-15);
         assert!((t.saved_usd - full).abs() < 1e-15);
         assert_eq!(t.calls[1].cost_usd, 0.0);
@@ -365,9 +429,10 @@ mod tests {
     fn ledger_totals_fold_tasks_and_batches() {
         let l = Ledger::new(&["gpt-5".into(), "qwen".into()]);
         let mut t = TaskLedger::default();
-        t.record_call(call(false), 0.5);
-        t.record_call(call(true), 0.5);
-        t.record_call(call(false), 0.25);
+        t.record_call(call(), 0.5, Served::Billed);
+        t.record_call(call(), 0.5, Served::Cache);
+        t.record_call(call(), 0.25, Served::Billed);
+        t.record_call(call(), 0.25, Served::Joined);
         l.record_task(Status::Answered, 3, &t, Some(true));
         l.record_task(Status::Failed, 1, &TaskLedger::default(), Some(false));
         l.record_sent(0, 2);
@@ -381,10 +446,25 @@ mod tests {
         assert_eq!(s.turns, 4);
         assert_eq!(s.billed_calls, 2);
         assert_eq!(s.cache_hits, 1);
+        assert_eq!(s.joined_calls, 1);
+        assert_eq!(s.unique_calls, None, "not counted unless asked");
         assert!((s.cost_usd - 0.75).abs() < 1e-12);
-        assert!((s.saved_usd - 0.5).abs() < 1e-12);
+        assert!((s.saved_usd - 0.75).abs() < 1e-12);
         assert_eq!((s.graded, s.correct), (2, 1));
         assert!((s.coalescing_factor - 2.0).abs() < 1e-12);
         assert_eq!(s.backends[1].failures, 1);
+    }
+
+    #[test]
+    fn distinct_request_keys_are_counted_when_asked() {
+        let l = Ledger::with_distinct(&["gpt-5".into()], true);
+        assert!(l.counts_distinct());
+        for k in [1u128, 2, 1, 3, 2] {
+            l.record_request_key(CacheKey(k));
+        }
+        assert_eq!(l.summary().unique_calls, Some(3));
+        let off = Ledger::new(&["gpt-5".into()]);
+        off.record_request_key(CacheKey(1));
+        assert_eq!(off.summary().unique_calls, None);
     }
 }

@@ -60,8 +60,12 @@ pub struct RunReport {
     pub task_latency_ms: Latency,
     pub cost_usd: f64,
     pub cost_per_task_usd: f64,
+    /// Every call that got an answer is one of: billed, a cache hit, or joined in flight.
     pub billed_calls: u64,
     pub cache_hits: u64,
+    pub joined_calls: u64,
+    /// Distinct requests among the calls: with the cache on, what `billed_calls` should equal.
+    pub unique_calls: u64,
     pub coalescing_factor: f64,
     pub accuracy: f64,
     /// Tasks per final status.
@@ -105,6 +109,8 @@ pub struct BenchReport {
     pub cost_usd: f64,
     pub billed_calls: u64,
     pub cache_hits: u64,
+    pub joined_calls: u64,
+    pub unique_calls: u64,
     pub coalescing_factor: f64,
     pub peak_rss_bytes: u64,
     pub run: RunReport,
@@ -135,6 +141,7 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
         cfg,
         EngineOptions {
             record_trajectories: false,
+            count_unique_calls: true,
         },
     )?;
     let n = tasks.len() as u64;
@@ -178,6 +185,8 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
         },
         billed_calls: ledger.billed_calls,
         cache_hits: ledger.cache_hits,
+        joined_calls: ledger.joined_calls,
+        unique_calls: ledger.unique_calls.unwrap_or(0),
         coalescing_factor: ledger.coalescing_factor,
         accuracy: if ledger.graded == 0 {
             0.0
@@ -271,6 +280,8 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
         cost_usd: run.cost_usd,
         billed_calls: run.billed_calls,
         cache_hits: run.cache_hits,
+        joined_calls: run.joined_calls,
+        unique_calls: run.unique_calls,
         coalescing_factor: run.coalescing_factor,
         peak_rss_bytes,
         run,
