@@ -14,6 +14,10 @@ fn killed_run_resumes_to_every_id_exactly_once() {
     let out = dir.path().join("out.parquet");
     let parts = dir.path().join("out.parquet.parts");
     write_tasks(&tasks, 10_000);
+    // The first run is slowed (calls of ~0.2–2 s, 128 tasks live) so it cannot finish in the few
+    // seconds before it is killed, however loaded the machine; the resumed run is the usual
+    // simulation. Which results are already done does not depend on the config.
+    let slow = sim_config(dir.path(), 0.02, 128);
     let config = repo("configs/toolorchestra-sim.toml");
 
     let mut child = tutti()
@@ -22,7 +26,7 @@ fn killed_run_resumes_to_every_id_exactly_once() {
         .arg("-o")
         .arg(&out)
         .arg("--config")
-        .arg(&config)
+        .arg(&slow)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();

@@ -54,3 +54,18 @@ pub fn result_ids(path: &Path) -> Vec<String> {
     }
     ids
 }
+
+/// The bundled simulated catalog (`configs/toolorchestra-sim.toml`) with its latencies compressed
+/// by `time_scale` instead of 0.001 and `max_live_tasks` tasks live, written into `dir`.
+pub fn sim_config(dir: &Path, time_scale: f64, max_live_tasks: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo("configs/toolorchestra-sim.toml")).unwrap();
+    let scale = format!("time_scale = {time_scale}");
+    let live = format!("max_live_tasks = {max_live_tasks}");
+    let text = text
+        .replace("time_scale = 0.001", &scale)
+        .replace("max_live_tasks = 1024", &live);
+    assert!(text.contains(&scale) && text.contains(&live));
+    let path = dir.join(format!("sim-{time_scale}-{max_live_tasks}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -16,14 +16,7 @@ use super::{repo, tutti};
 /// The bundled simulated catalog, slowed so a job of a thousand tasks takes several seconds
 /// (calls of ~0.1–1 s, 128 tasks live): room to kill or cancel it mid-way.
 pub fn slow_sim_config(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo("configs/toolorchestra-sim.toml")).unwrap();
-    let text = text
-        .replace("time_scale = 0.001", "time_scale = 0.005")
-        .replace("max_live_tasks = 1024", "max_live_tasks = 128");
-    assert!(text.contains("time_scale = 0.005") && text.contains("max_live_tasks = 128"));
-    let path = dir.join("slow-sim.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    super::sim_config(dir, 0.005, 128)
 }
 
 /// A running server; killed (SIGKILL) when dropped.

@@ -5,6 +5,7 @@
 //! orchestrator's decode steps. Each request is one completion on a fresh sequence: the prompt
 //! rendered as a user turn with the chat template, then up to `max_tokens` new tokens.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
@@ -20,6 +21,8 @@ pub struct NativeBackend {
     runtime: Arc<NativeRuntime>,
     prompt: Arc<PromptRenderer>,
     seed: u64,
+    /// Calls made so far: each sampled call is a new draw (at temperature 0 the seed is unused).
+    draws: AtomicU64,
 }
 
 impl NativeBackend {
@@ -38,6 +41,7 @@ impl NativeBackend {
             runtime,
             prompt: Arc::new(prompt),
             seed,
+            draws: AtomicU64::new(0),
         })
     }
 }
@@ -51,7 +55,8 @@ impl Backend for NativeBackend {
                 let runtime = self.runtime.clone();
                 let prompt = self.prompt.clone();
                 let name = self.name.clone();
-                let seed = self.seed;
+                let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+                let seed = self.seed ^ draw.rotate_left(17);
                 async move {
                     let failed = |message: String| BackendError::Failed {
                         backend: name.to_string(),

@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use super::{Decision, ExecError, Executor, TurnView};
 use crate::backend::openai::ChatTemplate;
+use crate::backend::sim::stable_hash;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::{Model, Tokenizer};
@@ -307,7 +308,10 @@ impl NativeExecutor {
                     max_new: policy.max_tokens(),
                     stop: None,
                     sampling: Sampling {
-                        seed: self.sampling.seed ^ view.context_hash,
+                        // The task's id and its context: two tasks alike still draw apart.
+                        seed: self.sampling.seed
+                            ^ view.context_hash
+                            ^ stable_hash(0, &[view.task.id.as_bytes()]),
                         ..self.sampling
                     },
                     policy: Some(Arc::new(policy)),

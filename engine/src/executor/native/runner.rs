@@ -355,7 +355,10 @@ impl StepRunner for NativeRunner {
         {
             error = Some(format!("token id {bad} is outside the model's vocabulary"));
         }
-        let seed = input.sampling.seed ^ seq.key.rotate_left(17) ^ input.tokens.len() as u64;
+        // Seeded by what the caller gives and the context's length only, never by the order in which
+        // sequences reached this thread: a turn samples the same tokens however the episodes
+        // interleave.
+        let seed = input.sampling.seed ^ input.tokens.len() as u64;
         let pending = input.tokens.len().saturating_sub(
             st.cached
                 .iter()
