@@ -43,6 +43,26 @@ pub struct CallOutcome {
     pub cost_usd: f64,
 }
 
+impl CallOutcome {
+    /// An answer from the cache: not billed, its cost saved.
+    fn cached(hit: CachedResult) -> CallOutcome {
+        CallOutcome {
+            result: Ok(hit.response),
+            served: Served::Cache,
+            cost_usd: hit.cost_usd,
+        }
+    }
+
+    /// A call that got no answer.
+    fn failed(error: BackendError) -> CallOutcome {
+        CallOutcome {
+            result: Err(error),
+            served: Served::Billed,
+            cost_usd: 0.0,
+        }
+    }
+}
+
 /// Batching and caching limits of one backend.
 #[derive(Debug, Clone)]
 pub struct CoalescerLimits {
@@ -144,11 +164,7 @@ impl Coalescer {
         let key = self.key(&request);
         if let Some(k) = key {
             if let Some(hit) = self.cache.get(k) {
-                return CallOutcome {
-                    result: Ok(hit.response),
-                    served: Served::Cache,
-                    cost_usd: hit.cost_usd,
-                };
+                return CallOutcome::cached(hit);
             }
         }
         self.submit(key, request).await
@@ -162,32 +178,25 @@ impl Coalescer {
             CachePolicy::Always => true,
             CachePolicy::Deterministic => self.backend.deterministic(request),
         };
-        if self.ledger.counts_distinct() {
-            let key = request.key(&self.name);
-            self.ledger.record_request_key(key);
-            return cacheable.then_some(key);
+        let key = (cacheable || self.ledger.counts_distinct()).then(|| request.key(&self.name));
+        if let Some(k) = key {
+            self.ledger.record_request_key(k);
         }
-        cacheable.then(|| request.key(&self.name))
+        key.filter(|_| cacheable)
     }
 
     /// Hands a call that missed the cache to the actor and waits for its answer.
     async fn submit(&self, key: Option<CacheKey>, request: Request) -> CallOutcome {
-        let failed = |message: &str| CallOutcome {
-            result: Err(BackendError::Failed {
+        let failed = |message: &str| {
+            CallOutcome::failed(BackendError::Failed {
                 backend: self.name.to_string(),
                 message: message.into(),
-            }),
-            served: Served::Billed,
-            cost_usd: 0.0,
+            })
         };
         if !self.breaker.allow() {
-            return CallOutcome {
-                result: Err(BackendError::Unavailable {
-                    backend: self.name.to_string(),
-                }),
-                served: Served::Billed,
-                cost_usd: 0.0,
-            };
+            return CallOutcome::failed(BackendError::Unavailable {
+                backend: self.name.to_string(),
+            });
         }
         let (reply, rx) = oneshot::channel();
         let submit = Submit {
@@ -302,11 +311,7 @@ impl Actor {
             // the actor (the answer is cached before the entry goes), so looking again closes the
             // window: a cacheable request is billed once unless its answer was evicted or expired.
             if let Some(hit) = self.cache.get_again(k) {
-                let _ = s.reply.send(CallOutcome {
-                    result: Ok(hit.response),
-                    served: Served::Cache,
-                    cost_usd: hit.cost_usd,
-                });
+                let _ = s.reply.send(CallOutcome::cached(hit));
                 return;
             }
             self.inflight.insert(k, vec![s.reply]);
@@ -400,26 +405,26 @@ impl Actor {
         }
     }
 
-    /// Fails every caller of a call that was not sent because the breaker is open.
-    fn refuse(&mut self, (key, reply): Call) {
-        let waiters = match (key, reply) {
+    /// The callers of a call: its own, or those waiting on its key (which leaves the in-flight map).
+    fn take_waiters(&mut self, (key, reply): Call) -> Vec<oneshot::Sender<CallOutcome>> {
+        match (key, reply) {
             (_, Some(r)) => vec![r],
             (Some(k), None) => self.inflight.remove(&k).unwrap_or_default(),
             (None, None) => Vec::new(),
-        };
-        for w in waiters {
-            let _ = w.send(CallOutcome {
-                result: Err(BackendError::Unavailable {
-                    backend: self.name.to_string(),
-                }),
-                served: Served::Billed,
-                cost_usd: 0.0,
-            });
+        }
+    }
+
+    /// Fails every caller of a call that was not sent because the breaker is open.
+    fn refuse(&mut self, call: Call) {
+        for w in self.take_waiters(call) {
+            let _ = w.send(CallOutcome::failed(BackendError::Unavailable {
+                backend: self.name.to_string(),
+            }));
         }
     }
 
     /// Answers every caller of one call (caching a success first); returns how many were served.
-    fn answer(&mut self, (key, reply): Call, result: Result<Response, BackendError>) -> usize {
+    fn answer(&mut self, call: Call, result: Result<Response, BackendError>) -> usize {
         let cost = result.as_ref().map_or(0.0, |r| {
             self.pricing
                 .cost(r.input_tokens, r.output_tokens, r.billed_seconds)
@@ -428,11 +433,8 @@ impl Actor {
             self.ledger.record_breaker_open(self.index);
         }
         let result = result.map(Arc::new);
-        let waiters = match (&key, reply) {
-            (_, Some(r)) => vec![r],
-            (Some(k), None) => self.inflight.remove(k).unwrap_or_default(),
-            (None, None) => Vec::new(),
-        };
+        let key = call.0;
+        let waiters = self.take_waiters(call);
         if let (Some(k), Ok(resp)) = (&key, &result) {
             let value = CachedResult {
                 response: resp.clone(),
