@@ -86,16 +86,25 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             std::process::exit(130);
         }
         engine.flush();
-        let rows = writer.await.context("the result writer panicked")??;
-        anyhow::Ok((rows, engine.ledger()))
+        let (rows, rewards) = writer.await.context("the result writer panicked")??;
+        let sessions = engine.env_sessions().map(|c| {
+            (
+                c.opened.load(std::sync::atomic::Ordering::Relaxed),
+                c.closed.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        });
+        anyhow::Ok((rows, engine.ledger(), rewards, sessions))
     })?;
-    let (rows, ledger) = summary;
+    let (rows, ledger, rewards, sessions) = summary;
     if args.json {
         let out = serde_json::json!({
             "output": args.output,
             "rows": rows,
             "skipped_already_done": skipped,
             "ledger": ledger,
+            "rewards": rewards.count,
+            "mean_reward": rewards.mean(),
+            "env_sessions": sessions.map(|(opened, closed)| serde_json::json!({"opened": opened, "closed": closed})),
         });
         println!("{out}");
     } else {
@@ -123,8 +132,28 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
         if retries + opens + fallbacks > 0 {
             eprintln!("tutti: {retries} retries, {opens} circuit-breaker opens, {fallbacks} calls served by fallbacks");
         }
+        if let Some((opened, closed)) = sessions {
+            eprintln!(
+                "tutti: {} of this run's episodes got a reward (mean {:.3}); environment sessions: {opened} opened, {closed} closed",
+                rewards.count,
+                rewards.mean().unwrap_or(0.0)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rewards environments gave this run's episodes.
+#[derive(Default)]
+struct Rewards {
+    count: u64,
+    sum: f64,
+}
+
+impl Rewards {
+    fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
 }
 
 /// Commits results as they come (see [`commit_stream`]), then merges the output.
@@ -132,13 +161,21 @@ async fn write_results(
     rx: mpsc::Receiver<TaskResult>,
     store: ResultStore,
     mut progress: Progress,
-) -> Result<u64> {
-    let store = commit_stream(rx, store, true, |rows| progress.advance(rows.len() as u64)).await?;
+) -> Result<(u64, Rewards)> {
+    let mut rewards = Rewards::default();
+    let store = commit_stream(rx, store, true, |rows| {
+        for r in rows.iter().filter_map(|r| r.reward) {
+            rewards.count += 1;
+            rewards.sum += r;
+        }
+        progress.advance(rows.len() as u64)
+    })
+    .await?;
     progress.finish();
     let rows = tokio::task::spawn_blocking(move || store.finish())
         .await
         .context("the result writer panicked")??;
-    Ok(rows)
+    Ok((rows, rewards))
 }
 
 /// A progress bar on a terminal, plain periodic lines otherwise.

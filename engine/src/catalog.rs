@@ -71,7 +71,9 @@ pub struct Catalog {
     pub tools: Vec<CatalogTool>,
     pub actions: Vec<CatalogAction>,
     pub backends: Vec<CatalogBackend>,
-    pub answer_tool: usize,
+    /// The tool that ends an episode with an answer; absent only where an environment ends
+    /// episodes instead (validated: the sim and native executors need it).
+    pub answer_tool: Option<usize>,
     /// The judge's backend and alias, when answers are graded by a model.
     pub judge: Option<(usize, Arc<str>)>,
     tool_index: HashMap<String, usize>,
@@ -150,7 +152,7 @@ impl Catalog {
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
         Catalog {
-            answer_tool: tool_index[ANSWER_TOOL],
+            answer_tool: tool_index.get(ANSWER_TOOL).copied(),
             judge: cfg.grading.judge.as_ref().map(|alias| {
                 (
                     backend_index[cfg.aliases[alias].as_str()],
@@ -167,6 +169,12 @@ impl Catalog {
             action_index,
             preference_scale: cfg.orchestrator.preference_scale,
         }
+    }
+
+    /// The `answer` tool, for executors that end episodes with it (validated present for them).
+    pub fn answer(&self) -> usize {
+        self.answer_tool
+            .expect("validated: this executor's catalog has an `answer` tool")
     }
 
     /// The catalog action an orchestrator's tool call names.
@@ -361,7 +369,7 @@ mod tests {
     #[test]
     fn prompts_fill_problem_and_context() {
         let c = catalog();
-        let p = c.render_prompt(c.answer_tool, "What is {x}?", "Documents: a");
+        let p = c.render_prompt(c.answer(), "What is {x}?", "Documents: a");
         assert_eq!(
             p,
             "Problem: What is {x}?\nDocuments: a\nAnswer the problem."

@@ -31,14 +31,40 @@ pub struct Config {
     pub orchestrator: OrchestratorConfig,
     #[serde(default)]
     pub simulation: SimulationConfig,
+    #[serde(default)]
     pub tools: Vec<ToolConfig>,
     /// alias -> backend name.
+    #[serde(default)]
     pub aliases: BTreeMap<String, String>,
     pub backends: Vec<BackendConfig>,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
     pub grading: GradingConfig,
+    /// A stateful environment (an `openenv` backend) with one session per episode: its function
+    /// tools join the catalog's, and its `done` ends the episode with a reward.
+    pub environment: Option<EnvironmentConfig>,
+}
+
+/// The environment of every episode, and the simulated user the orchestrator talks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    /// A backend of kind `openenv`.
+    pub backend: String,
+    /// The function through which the orchestrator talks to the user: one string argument,
+    /// `content`.
+    #[serde(default = "defaults::user_tool")]
+    pub user_tool: String,
+    /// The alias whose model plays the user, prompted with the task's `user` scenario and the
+    /// conversation. Without one, messages to the user are recorded and get no reply (replays).
+    pub user_alias: Option<String>,
+    /// What the user's model is told; `{scenario}` and `{conversation}` are filled in.
+    pub user_prompt: Option<String>,
+    /// Send the conversation's text messages to the environment as `message` steps (it scores
+    /// them and may end the episode on the user's stop signal).
+    #[serde(default = "defaults::yes")]
+    pub record_messages: bool,
 }
 
 /// How answers are graded against a task's reference.
@@ -56,6 +82,8 @@ pub enum ExecutorKind {
     Native,
     Openai,
     Sim,
+    /// Plays the calls recorded in each task (its `replay` column).
+    Replay,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +228,8 @@ pub enum BackendKind {
     Retrieval,
     Sim,
     VllmRs,
+    /// An OpenEnv environment: a WebSocket session per episode (`endpoint`: its base URL).
+    Openenv,
 }
 
 /// How the `openai` executor builds its prompt.
@@ -345,6 +375,12 @@ impl Default for CacheConfig {
 }
 
 mod defaults {
+    pub fn user_tool() -> String {
+        "respond".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
     pub fn max_turns() -> u32 {
         8
     }
@@ -618,6 +654,19 @@ impl Config {
                     format!("no backend named `{backend}` in [[backends]]"),
                 );
             }
+            if self
+                .backends
+                .iter()
+                .any(|b| &b.name == backend && b.kind == BackendKind::Openenv)
+            {
+                return err(
+                    &format!("aliases.{alias}"),
+                    format!(
+                        "backend `{backend}` is an environment: it serves the function tools of \
+                         [environment], not aliases"
+                    ),
+                );
+            }
         }
         for (i, b) in self.backends.iter().enumerate() {
             if let Some(fb) = &b.fallback {
@@ -665,13 +714,72 @@ impl Config {
                 return err("grading.judge", format!("no alias `{judge}` in [aliases]"));
             }
         }
-        if !tool_names.contains(crate::catalog::ANSWER_TOOL) {
+        match &self.environment {
+            None if !tool_names.contains(crate::catalog::ANSWER_TOOL) => {
+                return err(
+                    "tools",
+                    "expected a tool named `answer`: it is how an episode ends".into(),
+                );
+            }
+            None => {}
+            Some(e) => self.validate_environment(origin, e, &tool_names)?,
+        }
+        if o.executor == ExecutorKind::Sim && !tool_names.contains(crate::catalog::ANSWER_TOOL) {
             return err(
                 "tools",
-                "expected a tool named `answer`: it is how an episode ends".into(),
+                "the sim executor needs a tool named `answer`: it is how its episodes end".into(),
             );
         }
         Ok(())
+    }
+
+    fn validate_environment(
+        &self,
+        origin: &str,
+        e: &EnvironmentConfig,
+        tool_names: &HashSet<&str>,
+    ) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::at_key(origin, key, msg));
+        match self.backends.iter().find(|b| b.name == e.backend) {
+            None => {
+                return err(
+                    "environment.backend",
+                    format!("no backend named `{}` in [[backends]]", e.backend),
+                )
+            }
+            Some(b) if b.kind != BackendKind::Openenv => {
+                return err(
+                    "environment.backend",
+                    format!("backend `{}` is not of kind `openenv`", e.backend),
+                )
+            }
+            Some(_) => {}
+        }
+        if tool_names.contains(e.user_tool.as_str()) {
+            return err(
+                "environment.user_tool",
+                format!("`{}` is also a tool in [[tools]]", e.user_tool),
+            );
+        }
+        if let Some(alias) = &e.user_alias {
+            if !self.aliases.contains_key(alias) {
+                return err(
+                    "environment.user_alias",
+                    format!("no alias `{alias}` in [aliases]"),
+                );
+            }
+        }
+        match self.orchestrator.executor {
+            ExecutorKind::Replay | ExecutorKind::Openai => Ok(()),
+            other => err(
+                "orchestrator.executor",
+                format!(
+                    "an [environment] runs with the `replay` or `openai` executor; `{}` does not \
+                     call function tools yet",
+                    format!("{other:?}").to_lowercase()
+                ),
+            ),
+        }
     }
 }
 

@@ -16,7 +16,8 @@ use crate::cache::{CacheStats, ResultCache};
 use crate::catalog::Catalog;
 use crate::coalesce::{Coalescer, CoalescerLimits};
 use crate::config::Config;
-use crate::episode::{run_episode, Cancel, EpisodeEnv};
+use crate::environment::{EnvClient, SessionCounts};
+use crate::episode::{run_episode, Cancel, EnvSetup, EpisodeEnv, DEFAULT_USER_PROMPT};
 use crate::executor;
 use crate::executor::native::{NativeModels, RuntimeLimits};
 use crate::ledger::{Ledger, LedgerSummary, Pricing, TaskLedger};
@@ -73,6 +74,8 @@ fn ended_early(
         trajectory: None,
         error,
         metadata,
+        reward: None,
+        reward_info: None,
     }
 }
 
@@ -128,6 +131,37 @@ impl Engine {
             request_params.push((model, b.max_tokens, b.temperature));
         }
         let executor = executor::build(cfg, catalog.clone(), &mut models)?;
+        let environment = match &cfg.environment {
+            None => None,
+            Some(e) => {
+                let index = |name: &str| {
+                    cfg.backends
+                        .iter()
+                        .position(|b| b.name == name)
+                        .expect("validated: the backend exists")
+                };
+                let backend = index(&e.backend);
+                let client = EnvClient::new(&cfg.backends[backend]).map_err(|message| {
+                    backend::BuildError {
+                        name: e.backend.clone(),
+                        message,
+                    }
+                })?;
+                Some(EnvSetup {
+                    client: Arc::new(client),
+                    backend,
+                    user_tool: e.user_tool.as_str().into(),
+                    user: e.user_alias.as_ref().map(|alias| {
+                        (index(&cfg.aliases[alias]), Arc::<str>::from(alias.as_str()))
+                    }),
+                    user_prompt: e
+                        .user_prompt
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_USER_PROMPT.to_string()),
+                    record_messages: e.record_messages,
+                })
+            }
+        };
         let o = &cfg.orchestrator;
         let env = EpisodeEnv {
             catalog,
@@ -144,6 +178,7 @@ impl Engine {
             default_budget_usd: o.default_budget_usd,
             max_malformed_calls: o.max_malformed_calls,
             record_trajectory: opts.record_trajectories,
+            environment,
         };
         Ok(Engine {
             env: Arc::new(env),
@@ -228,6 +263,11 @@ impl Engine {
     /// The in-process model's counters, when the orchestrator is native.
     pub fn native_stats(&self) -> Option<&crate::executor::native::runner::NativeStats> {
         self.env.executor.native_stats()
+    }
+
+    /// Environment sessions opened and closed, when the config has an environment.
+    pub fn env_sessions(&self) -> Option<&SessionCounts> {
+        self.env.environment.as_ref().map(|e| &e.client.counts)
     }
 
     pub fn scheduler_stats(&self) -> Option<&SchedulerStats> {

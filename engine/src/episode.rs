@@ -17,7 +17,9 @@ use crate::backend::sim::stable_hash;
 use crate::backend::{BackendError, Request, Response};
 use crate::catalog::Catalog;
 use crate::coalesce::Coalescer;
+use crate::environment::{observation_text, EnvClient, EnvError, Step};
 use crate::executor::{Executor, TurnView};
+use crate::hermes;
 use crate::ledger::{Ledger, Pricing, TaskLedger};
 use crate::task::{grade, Action, CallRecord, Message, Role, Status, Task, TaskResult};
 
@@ -35,7 +37,28 @@ pub(crate) struct EpisodeEnv {
     pub default_budget_usd: Option<f64>,
     pub max_malformed_calls: u32,
     pub record_trajectory: bool,
+    /// The environment every episode gets a session of, when the config has one.
+    pub environment: Option<EnvSetup>,
 }
+
+/// An `[environment]`, resolved.
+pub(crate) struct EnvSetup {
+    pub client: Arc<EnvClient>,
+    /// The environment's backend, for its name and prices.
+    pub backend: usize,
+    pub user_tool: Arc<str>,
+    /// The backend and alias of the model that plays the user.
+    pub user: Option<(usize, Arc<str>)>,
+    pub user_prompt: String,
+    pub record_messages: bool,
+}
+
+/// What the user's model is told when the config says nothing.
+pub(crate) const DEFAULT_USER_PROMPT: &str = "You are a customer talking to a customer service \
+agent. Stay in character and follow your scenario; do not make up information it does not give.\n\n\
+Your scenario:\n{scenario}\n\nThe conversation so far:\n{conversation}\n\n\
+Write your next message to the agent, and only that. When your request is done, or cannot be \
+done, reply with ###STOP###.";
 
 /// A job's cancellation, as its episodes see it.
 pub(crate) struct Cancel {
@@ -112,7 +135,7 @@ impl Context {
 
 /// Calls `backend` for `tool` through its coalescer and records the call in the task's ledger.
 /// When the backend's breaker is open and it has a fallback alias, the fallback serves instead.
-async fn call(
+async fn call_model(
     env: &EpisodeEnv,
     cancel: &Cancel,
     ledger: &mut TaskLedger,
@@ -206,6 +229,9 @@ fn approx_tokens(text: &str) -> u32 {
 /// Runs one task to its end. Cancellation is checked before every turn and every call, and
 /// abandons a turn or call in progress.
 pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -> TaskResult {
+    if let Some(setup) = &env.environment {
+        return run_env_episode(env, setup, task, cancel).await;
+    }
     let started = Instant::now();
     let preference = env.catalog.preference(&task.preference);
     let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
@@ -244,6 +270,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
             remaining_usd: remaining,
             preference: &preference,
             context_hash: ctx.hash,
+            functions: &[],
         };
         let decision = match cancel.or_cancelled(env.executor.decide(seq, view)).await {
             Some(Ok(d)) => d,
@@ -293,7 +320,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
         let prompt = env
             .catalog
             .render_prompt(a.tool, &task.prompt, &ctx.observations);
-        let response = match call(
+        let response = match call_model(
             env,
             cancel,
             &mut ledger,
@@ -311,7 +338,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
                 continue;
             }
         };
-        if a.tool == env.catalog.answer_tool {
+        if Some(a.tool) == env.catalog.answer_tool {
             answer = Some(response.text.clone());
             break Status::Answered;
         }
@@ -320,7 +347,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
             None => response,
             Some(runner) => {
                 let written = response.text.clone();
-                match call(
+                match call_model(
                     env,
                     cancel,
                     &mut ledger,
@@ -353,7 +380,8 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
             Some((backend, alias)) => {
                 let prompt = judge_prompt(&task.prompt, r, a);
                 let judge = JUDGE.into();
-                let verdict = call(env, cancel, &mut ledger, &judge, *backend, alias, prompt).await;
+                let verdict =
+                    call_model(env, cancel, &mut ledger, &judge, *backend, alias, prompt).await;
                 match verdict {
                     Ok(v) => Some(v.text.trim_start().to_ascii_lowercase().starts_with("yes")),
                     // A judge that cannot be reached leaves the answer graded by exact match.
@@ -382,5 +410,359 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
         trajectory,
         error,
         metadata: task.metadata,
+        reward: None,
+        reward_info: None,
+    }
+}
+
+/// How an environment step went, as the episode acts on it.
+enum Stepped {
+    /// The observation the orchestrator sees next.
+    Observed(String),
+    /// The environment ended the episode (its `done`).
+    Done(Step),
+    /// The session failed (connection, protocol, timeout): the episode fails.
+    Broken(EnvError),
+    /// The job was cancelled while the step was in progress.
+    Cancelled,
+}
+
+/// Sends one step and records it in the task's ledger as a call of the environment's backend:
+/// billed at its `price_per_call` and `price_per_second`, never cached.
+async fn env_step(
+    env: &EpisodeEnv,
+    setup: &EnvSetup,
+    cancel: &Cancel,
+    ledger: &mut TaskLedger,
+    tool: &str,
+    action: impl Future<Output = Result<Step, EnvError>>,
+) -> Stepped {
+    let t0 = Instant::now();
+    let Some(result) = cancel.or_cancelled(action).await else {
+        return Stepped::Cancelled;
+    };
+    let elapsed = t0.elapsed();
+    let backend = &env.catalog.backends[setup.backend];
+    let record = CallRecord {
+        tool: tool.into(),
+        alias: backend.name.clone(),
+        backend: backend.name.clone(),
+        cached: false,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+        latency_ms: elapsed.as_millis() as i64,
+    };
+    let cost = backend.pricing.cost(0, 0, elapsed.as_secs_f64());
+    match result {
+        Ok(step) => {
+            ledger.record_call(record, cost, crate::ledger::Served::Billed);
+            if step.done {
+                Stepped::Done(step)
+            } else {
+                Stepped::Observed(observation_text(&step.observation))
+            }
+        }
+        // The environment refused the call (a tool's own error): the orchestrator sees it.
+        Err(EnvError::Refused { message }) => {
+            ledger.record_call(record, cost, crate::ledger::Served::Billed);
+            Stepped::Observed(format!("Error: {message}"))
+        }
+        Err(e) => {
+            ledger.record_failed_call();
+            Stepped::Broken(e)
+        }
+    }
+}
+
+/// The user's prompt: the template with the scenario and the conversation filled in.
+fn user_prompt(template: &str, scenario: &str, conversation: &[(&'static str, String)]) -> String {
+    let lines: Vec<String> = conversation
+        .iter()
+        .map(|(who, text)| format!("{who}: {text}"))
+        .collect();
+    template
+        .replace("{scenario}", scenario)
+        .replace("{conversation}", &lines.join("\n"))
+}
+
+/// One episode in an environment: a session opened with the task's `env` object, the
+/// orchestrator's calls checked against the environment's tool schemas and sent as steps, its
+/// messages to the user answered by the user's model, until a step says `done` (the episode's
+/// reward) or a limit ends it. The session is closed on every path.
+async fn run_env_episode(
+    env: &EpisodeEnv,
+    setup: &EnvSetup,
+    task: Task,
+    cancel: &Cancel,
+) -> TaskResult {
+    let started = Instant::now();
+    let preference = env.catalog.preference(&task.preference);
+    let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
+    let budget = task.budget_usd.or(env.default_budget_usd);
+    let cheapest = env
+        .catalog
+        .cheapest_call_usd()
+        .min(env.catalog.backends[setup.backend].pricing.per_call);
+    let mut ledger = TaskLedger::default();
+    let mut ctx = Context {
+        messages: Vec::new(),
+        hash: 0,
+        observations: String::new(),
+    };
+    ctx.push(Role::User, task.prompt.clone(), approx_tokens(&task.prompt));
+    let mut turns = 0u32;
+    let mut error = None;
+    let mut done: Option<Step> = None;
+
+    let reset = match &task.env {
+        Some(text) => serde_json::from_str(text).unwrap_or_default(),
+        None => serde_json::Value::Object(Default::default()),
+    };
+    let t0 = Instant::now();
+    let opened = cancel.or_cancelled(setup.client.open(reset)).await;
+    let latency_ms = t0.elapsed().as_millis() as i64;
+    let mut session = match opened {
+        None => None,
+        Some(Err(e)) => {
+            ledger.record_failed_call();
+            error = Some(e.to_string());
+            None
+        }
+        Some(Ok((session, _reset))) => {
+            let backend = &env.catalog.backends[setup.backend];
+            let record = CallRecord {
+                tool: "reset".into(),
+                alias: backend.name.clone(),
+                backend: backend.name.clone(),
+                cached: false,
+                input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: 0.0,
+                latency_ms,
+            };
+            let cost = backend.pricing.cost(0, 0, latency_ms as f64 / 1e3);
+            ledger.record_call(record, cost, crate::ledger::Served::Billed);
+            Some(session)
+        }
+    };
+
+    let status = match session.as_mut() {
+        None if error.is_some() => Status::Failed,
+        None => Status::Cancelled,
+        Some(session) => {
+            let functions = {
+                let mut f = session.tools().definitions();
+                f.push(serde_json::json!({
+                    "name": &*setup.user_tool,
+                    "description": "Send a message to the user; returns the user's reply.",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"content": {"type": "string"}},
+                        "required": ["content"],
+                    },
+                }));
+                f
+            };
+            let seq = env.executor.open();
+            let mut sent = 0;
+            let mut malformed = 0u32;
+            let mut conversation: Vec<(&'static str, String)> = Vec::new();
+            let scenario = task.user.as_deref().unwrap_or("");
+            let status = loop {
+                if cancel.is_set() {
+                    break Status::Cancelled;
+                }
+                if turns >= max_turns {
+                    break Status::MaxTurns;
+                }
+                let remaining = ledger.remaining(budget);
+                if remaining < cheapest {
+                    break Status::BudgetExhausted;
+                }
+                let view = TurnView {
+                    task: &task,
+                    messages: &ctx.messages,
+                    new_from: sent,
+                    turn: turns,
+                    remaining_usd: remaining,
+                    preference: &preference,
+                    context_hash: ctx.hash,
+                    functions: &functions,
+                };
+                let decision = match cancel.or_cancelled(env.executor.decide(seq, view)).await {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        error = Some(e.to_string());
+                        break Status::Failed;
+                    }
+                    None => break Status::Cancelled,
+                };
+                sent = ctx.messages.len();
+                turns += 1;
+                ledger.record_turn(
+                    decision.prompt_tokens,
+                    decision.completion_tokens,
+                    &env.orchestrator_price,
+                );
+                let parsed = hermes::parse(&decision.text);
+                ctx.push(
+                    Role::Assistant,
+                    decision.text,
+                    decision.completion_tokens as u32,
+                );
+                let call = match parsed {
+                    Ok(c) => {
+                        malformed = 0;
+                        c
+                    }
+                    Err(e) => {
+                        malformed += 1;
+                        if malformed >= env.max_malformed_calls {
+                            error = Some(format!(
+                                "{malformed} malformed tool calls in a row; the last: {e}"
+                            ));
+                            break Status::Failed;
+                        }
+                        ctx.push_error(&format_args!("invalid tool call: {e}"));
+                        continue;
+                    }
+                };
+                if cancel.is_set() {
+                    break Status::Cancelled;
+                }
+                let stepped = if call.name == *setup.user_tool {
+                    let Some(serde_json::Value::String(content)) = call.arguments.get("content")
+                    else {
+                        ctx.push_error(&format_args!(
+                            "tool `{}`: argument `content`: expected a string, the message to the user",
+                            setup.user_tool
+                        ));
+                        continue;
+                    };
+                    let content = content.clone();
+                    let mut stepped = Stepped::Observed(String::new());
+                    if setup.record_messages {
+                        let step = session.message("assistant", &content);
+                        stepped = env_step(env, setup, cancel, &mut ledger, "message", step).await;
+                    }
+                    conversation.push(("agent", content));
+                    if let Stepped::Observed(_) = stepped {
+                        stepped = match &setup.user {
+                            None => Stepped::Observed("(the user did not reply)".into()),
+                            Some((backend, alias)) => {
+                                let prompt =
+                                    user_prompt(&setup.user_prompt, scenario, &conversation);
+                                let tool = setup.user_tool.clone();
+                                match call_model(
+                                    env,
+                                    cancel,
+                                    &mut ledger,
+                                    &tool,
+                                    *backend,
+                                    alias,
+                                    prompt,
+                                )
+                                .await
+                                {
+                                    Err(BackendError::Cancelled) => break Status::Cancelled,
+                                    Err(e) => Stepped::Observed(format!("Error: {e}")),
+                                    Ok(reply) => {
+                                        let reply = reply.text.trim().to_string();
+                                        conversation.push(("user", reply.clone()));
+                                        if setup.record_messages {
+                                            let step = session.message("user", &reply);
+                                            match env_step(
+                                                env,
+                                                setup,
+                                                cancel,
+                                                &mut ledger,
+                                                "message",
+                                                step,
+                                            )
+                                            .await
+                                            {
+                                                Stepped::Observed(_) => Stepped::Observed(reply),
+                                                other => other,
+                                            }
+                                        } else {
+                                            Stepped::Observed(reply)
+                                        }
+                                    }
+                                }
+                            }
+                        };
+                    }
+                    stepped
+                } else {
+                    let arguments = serde_json::Value::Object(call.arguments);
+                    if let Err(e) = session.tools().check(&call.name, &arguments) {
+                        // An unknown tool or arguments that break the schema: the orchestrator
+                        // sees what is wrong and the episode goes on, as τ²'s own runner does.
+                        let e = match e {
+                            crate::environment::CallError::UnknownTool { tool, known } => format!(
+                                "unknown tool `{tool}`; the tools are {known}, `{}`",
+                                setup.user_tool
+                            ),
+                            other => other.to_string(),
+                        };
+                        ctx.push_error(&e);
+                        continue;
+                    }
+                    let step = session.call_tool(&call.name, arguments);
+                    env_step(env, setup, cancel, &mut ledger, &call.name, step).await
+                };
+                match stepped {
+                    Stepped::Observed(text) => {
+                        let tokens = approx_tokens(&text);
+                        ctx.push(Role::Tool, text, tokens);
+                    }
+                    Stepped::Done(step) => {
+                        done = Some(step);
+                        break Status::Answered;
+                    }
+                    Stepped::Broken(e) => {
+                        error = Some(e.to_string());
+                        break Status::Failed;
+                    }
+                    Stepped::Cancelled => break Status::Cancelled,
+                }
+            };
+            env.executor.release(seq);
+            status
+        }
+    };
+    if let Some(session) = session {
+        session.close().await;
+    }
+    env.ledger.record_task(status, turns, &ledger, None);
+    let trajectory = env
+        .record_trajectory
+        .then(|| serde_json::to_string(&ctx.messages).expect("messages serialise"));
+    let (reward, reward_info) = match done {
+        Some(step) => (
+            step.reward,
+            Some(match step.observation.get("reward_info") {
+                Some(info) => info.to_string(),
+                None => step.observation.to_string(),
+            }),
+        ),
+        None => (None, None),
+    };
+    TaskResult {
+        id: task.id,
+        status,
+        answer: None,
+        correct: None,
+        turns: turns as i32,
+        cost_usd: ledger.cost_usd,
+        latency_ms: started.elapsed().as_millis() as i64,
+        orchestrator_tokens: ledger.orchestrator_tokens() as i64,
+        calls: ledger.calls,
+        trajectory,
+        error,
+        metadata: task.metadata,
+        reward,
+        reward_info,
     }
 }

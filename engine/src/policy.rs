@@ -47,7 +47,7 @@ pub fn choose(catalog: &Catalog, scores: &mut [f32], u: f32) -> usize {
 
 /// The `answer` action with the lowest expected cost.
 pub fn cheapest_answer(catalog: &Catalog) -> usize {
-    catalog.tools[catalog.answer_tool]
+    catalog.tools[catalog.answer()]
         .actions
         .iter()
         .copied()

@@ -4,8 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 
 /// One problem to solve. Only `id` and `prompt` are required; the rest falls back to the config.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -19,6 +18,14 @@ pub struct Task {
     pub reference: Option<String>,
     /// Opaque, passed through to the result.
     pub metadata: Option<String>,
+    /// What the environment's `reset` is given for this episode (a JSON object), when the config
+    /// has an `[environment]`.
+    pub env: Option<String>,
+    /// The user's scenario: what the model that plays the user is told.
+    pub user: Option<String>,
+    /// Calls for the `replay` executor to play, in order: a JSON array of
+    /// `{"name": …, "arguments": {…}}`.
+    pub replay: Option<String>,
 }
 
 /// How an episode ended.
@@ -87,81 +94,29 @@ pub struct Action {
     pub alias: String,
 }
 
-/// Why a tool call could not be parsed. Shown to the orchestrator as an error observation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("no <tool_call> found in the reply")]
-    Missing,
-    #[error("<tool_call> is not closed by </tool_call>")]
-    Unclosed,
-    #[error("the tool call is not valid JSON: {0}")]
-    Json(String),
-    #[error("the tool call has no string field `name`")]
-    NoName,
-    #[error("the tool call's `arguments` has no string field `model`")]
-    NoModel,
-}
-
-/// The shape of a Hermes call, borrowed from the text: fields stay raw JSON until checked, so a
-/// call is parsed without building a JSON tree.
-#[derive(Deserialize)]
-struct HermesCall<'a> {
-    #[serde(borrow)]
-    name: Option<&'a RawValue>,
-    #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct HermesArgs<'a> {
-    #[serde(borrow)]
-    model: Option<&'a RawValue>,
-}
-
-/// The string a raw JSON value holds, or `None` when it is not a non-empty string.
-fn raw_string(raw: Option<&RawValue>) -> Option<String> {
-    let raw = raw?.get();
-    if !raw.starts_with('"') {
-        return None;
-    }
-    serde_json::from_str::<String>(raw)
-        .ok()
-        .filter(|s| !s.is_empty())
-}
+pub use crate::hermes::ParseError;
 
 impl Action {
-    /// Parses the first Hermes/Qwen style call in a reply:
-    /// `<tool_call>{"name": "answer", "arguments": {"model": "answer-math-2"}}</tool_call>`.
-    /// `arguments` may also be a JSON string holding the object, as some servers emit it.
+    /// Parses the first Hermes call in a reply as a ToolOrchestra action, whose one argument
+    /// `model` is an alias: `<tool_call>{"name": "answer", "arguments": {"model": "answer-math-2"}}</tool_call>`.
     pub fn parse_hermes(text: &str) -> Result<Action, ParseError> {
-        const OPEN: &str = "<tool_call>";
-        const CLOSE: &str = "</tool_call>";
-        let start = text.find(OPEN).ok_or(ParseError::Missing)? + OPEN.len();
-        let len = text[start..].find(CLOSE).ok_or(ParseError::Unclosed)?;
-        let body = text[start..start + len].trim();
-        let call: HermesCall<'_> =
-            serde_json::from_str(body).map_err(|e| ParseError::Json(e.to_string()))?;
-        let tool = raw_string(call.name).ok_or(ParseError::NoName)?;
-        let args = call.arguments.ok_or(ParseError::NoModel)?.get();
-        // Some servers emit `arguments` as a JSON string holding the object.
-        let unwrapped;
-        let args = if args.starts_with('"') {
-            unwrapped = serde_json::from_str::<String>(args)
-                .map_err(|e| ParseError::Json(e.to_string()))?;
-            unwrapped.as_str()
-        } else {
-            args
-        };
-        let args: HermesArgs<'_> =
-            serde_json::from_str(args).map_err(|e| ParseError::Json(e.to_string()))?;
-        let alias = raw_string(args.model).ok_or(ParseError::NoModel)?;
-        Ok(Action { tool, alias })
+        Action::from_call(crate::hermes::parse(text)?)
+    }
+
+    /// The ToolOrchestra action a parsed call names.
+    pub fn from_call(call: crate::hermes::ToolCall) -> Result<Action, ParseError> {
+        match call.arguments.get("model") {
+            Some(serde_json::Value::String(alias)) if !alias.is_empty() => Ok(Action {
+                tool: call.name,
+                alias: alias.clone(),
+            }),
+            _ => Err(ParseError::NoModel),
+        }
     }
 
     /// Renders the action as the Hermes text an orchestrator emits.
     pub fn to_hermes(&self) -> String {
-        let call = serde_json::json!({"name": self.tool, "arguments": {"model": self.alias}});
-        format!("<tool_call>{call}</tool_call>")
+        crate::hermes::model_call_text(&self.tool, &self.alias)
     }
 }
 
@@ -196,6 +151,10 @@ pub struct TaskResult {
     pub trajectory: Option<String>,
     pub error: Option<String>,
     pub metadata: Option<String>,
+    /// The environment's reward for the episode, when it gave one (its last step was `done`).
+    pub reward: Option<f64>,
+    /// What the environment said about that reward (its final observation, as JSON).
+    pub reward_info: Option<String>,
 }
 
 /// Normalises an answer for exact-match grading: strips `\boxed{...}` and `<answer>...</answer>`

@@ -100,6 +100,7 @@ pub fn tasks(n: usize) -> Vec<Task> {
                 max_turns: None,
                 reference: Some((a + b).to_string()),
                 metadata: None,
+                ..Default::default()
             }
         })
         .collect()

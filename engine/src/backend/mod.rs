@@ -15,6 +15,7 @@ pub mod sim;
 use std::sync::Arc;
 
 use futures::stream::BoxStream;
+use futures::StreamExt;
 
 use crate::config::{BackendConfig, BackendKind, SimulationConfig};
 use crate::executor::native::{NativeModels, RuntimeLimits};
@@ -147,6 +148,10 @@ pub fn build(
         BackendKind::Retrieval => Ok(Arc::new(
             retrieval::RetrievalBackend::new(cfg).map_err(err)?,
         )),
+        // An environment is called through its sessions (`crate::environment`), never through a
+        // coalescer: no alias may name it (validated), so this backend only keeps the indices of
+        // the backends aligned.
+        BackendKind::Openenv => Ok(Arc::new(SessionsOnly)),
         other => Err(BuildError {
             name: cfg.name.clone(),
             message: format!(
@@ -166,5 +171,25 @@ fn kind_name(kind: BackendKind) -> &'static str {
         BackendKind::Retrieval => "retrieval",
         BackendKind::Sim => "sim",
         BackendKind::VllmRs => "vllm-rs",
+        BackendKind::Openenv => "openenv",
+    }
+}
+
+/// The coalescer's view of an `openenv` backend, which is only reached through its sessions.
+struct SessionsOnly;
+
+impl Backend for SessionsOnly {
+    fn call_batch(&self, requests: Vec<Request>) -> BoxStream<'static, BatchItem> {
+        let n = requests.len();
+        futures::stream::iter((0..n).map(|i| {
+            (
+                i,
+                Err(BackendError::Failed {
+                    backend: "openenv".into(),
+                    message: "an environment is called through its episode's session".into(),
+                }),
+            )
+        }))
+        .boxed()
     }
 }

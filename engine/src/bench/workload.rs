@@ -95,6 +95,7 @@ pub fn generate(spec: &WorkloadSpec, catalog: &Catalog) -> Vec<Task> {
             max_turns: None,
             reference: Some(value.to_string()),
             metadata: None,
+            ..Default::default()
         });
     }
     tasks

@@ -1,11 +1,12 @@
 //! Orchestrator executors: what turns an episode's context into the orchestrator's next reply.
 //!
 //! `native` (an in-process GGUF model) and `sim` (a workload model for benchmarks) run on the
-//! continuous-batching scheduler; `openai` sends each turn to an OpenAI-compatible server. All
-//! implement the same [`Executor`] trait.
+//! continuous-batching scheduler; `openai` sends each turn to an OpenAI-compatible server;
+//! `replay` plays calls recorded in the task. All implement the same [`Executor`] trait.
 
 pub mod native;
 pub mod openai;
+pub mod replay;
 pub mod sim;
 
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct TurnView<'a> {
     pub preference: &'a Arc<Preference>,
     /// A hash of the whole context: equal contexts have equal hashes.
     pub context_hash: u64,
+    /// The environment's function tools (OpenAI definitions), besides the catalog's; empty
+    /// without an environment.
+    pub functions: &'a [serde_json::Value],
 }
 
 /// The orchestrator's reply for one turn.
@@ -107,5 +111,6 @@ pub fn build(
         ExecutorKind::Sim => Ok(Arc::new(sim::SimExecutor::start(cfg, catalog))),
         ExecutorKind::Openai => Ok(Arc::new(openai::OpenAiExecutor::new(cfg, catalog)?)),
         ExecutorKind::Native => Ok(Arc::new(native::NativeExecutor::new(cfg, catalog, models)?)),
+        ExecutorKind::Replay => Ok(Arc::new(replay::ReplayExecutor)),
     }
 }

@@ -34,6 +34,9 @@ pub struct OpenAiExecutor {
     api: OpenAiApi,
     template: Option<ChatTemplate>,
     grammar: Option<String>,
+    /// Whether to send a grammar: of the catalog's calls, or with an environment, of calls to
+    /// its functions (built per turn from the session's tools).
+    use_grammar: bool,
     tools: Value,
     system: String,
     max_tokens: u32,
@@ -74,6 +77,7 @@ impl OpenAiExecutor {
             api: o.api,
             template,
             grammar: o.grammar.then(|| tool_call_grammar(&catalog)),
+            use_grammar: o.grammar,
             tools: tools_json(&catalog),
             system: system_prompt(&catalog),
             max_tokens: o.max_tokens,
@@ -83,9 +87,23 @@ impl OpenAiExecutor {
         })
     }
 
+    /// The catalog's functions and the environment's, as OpenAI definitions.
+    fn functions(&self, view: &TurnView<'_>) -> Vec<Value> {
+        let catalog = self.tools.as_array().expect("an array");
+        catalog
+            .iter()
+            .map(|t| t["function"].clone())
+            .chain(view.functions.iter().cloned())
+            .collect()
+    }
+
     /// The conversation so far, as chat messages.
     fn messages(&self, view: &TurnView<'_>) -> Vec<Value> {
-        let mut system = self.system.clone();
+        let mut system = if view.functions.is_empty() {
+            self.system.clone()
+        } else {
+            crate::hermes::tools_prompt(&self.functions(view))
+        };
         if !view.task.preference.is_empty() {
             system.push_str(&format!(
                 "\nThe user's preference weights: {}.",
@@ -112,6 +130,17 @@ impl OpenAiExecutor {
             .await
             .map_err(|_| ExecError("executor closed".into()))?;
         let (path, mut body) = match self.api {
+            OpenAiApi::Chat if !view.functions.is_empty() => {
+                let tools: Vec<Value> = self
+                    .functions(&view)
+                    .into_iter()
+                    .map(|f| json!({"type": "function", "function": f}))
+                    .collect();
+                (
+                    "chat/completions",
+                    json!({"messages": messages, "tools": tools}),
+                )
+            }
             OpenAiApi::Chat => (
                 "chat/completions",
                 json!({"messages": messages, "tools": self.tools}),
@@ -125,7 +154,11 @@ impl OpenAiExecutor {
         body["model"] = json!(self.model);
         body["max_tokens"] = json!(self.max_tokens);
         body["temperature"] = json!(self.temperature);
-        if let Some(g) = &self.grammar {
+        if !view.functions.is_empty() && self.use_grammar {
+            let functions = self.functions(&view);
+            let names = functions.iter().filter_map(|f| f["name"].as_str());
+            body["grammar"] = json!(crate::hermes::gbnf_functions(names));
+        } else if let Some(g) = &self.grammar {
             body["grammar"] = json!(g);
         }
         let v = self
@@ -221,22 +254,13 @@ fn toolorchestra_prompt(view: &TurnView<'_>, part_chars: usize) -> String {
 
 /// A structured tool call rendered as the Hermes text the episode parses.
 fn tool_call_text(function: &Value) -> String {
-    let name = function.get("name").and_then(Value::as_str).unwrap_or("");
-    let args = match function.get("arguments") {
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s).unwrap_or(Value::Null),
-        Some(v) => v.clone(),
-        None => Value::Null,
-    };
-    match args.get("model").and_then(Value::as_str) {
-        Some(alias) => Action {
-            tool: name.to_string(),
-            alias: alias.to_string(),
-        }
-        .to_hermes(),
-        None => format!(
-            "<tool_call>{}</tool_call>",
-            json!({"name": name, "arguments": args})
-        ),
+    match function
+        .as_object()
+        .map(|f| crate::hermes::from_object(f.clone()))
+    {
+        Some(Ok(call)) => call.text(),
+        // Left for the episode to report: its parser says what is wrong.
+        _ => format!("{}{function}{}", crate::hermes::OPEN, crate::hermes::CLOSE),
     }
 }
 
@@ -271,49 +295,25 @@ pub fn tools_json(catalog: &Catalog) -> Value {
 
 /// The system prompt: ToolOrchestra's opening line and the tools in Hermes form.
 pub(crate) fn system_prompt(catalog: &Catalog) -> String {
+    let functions: Vec<Value> = tools_json(catalog)
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|t| t["function"].clone())
+        .collect();
     format!(
-        "You are good at using tools.\n\nYou may call one function to assist with the problem. \
-         The functions are given in <tools></tools> tags:\n<tools>\n{}\n</tools>\n\n\
-         Reply with one function call as JSON within <tool_call></tool_call> tags:\n\
-         <tool_call>{{\"name\": <function-name>, \"arguments\": {{\"model\": <model>}}}}</tool_call>",
-        tools_json(catalog)
-            .as_array()
-            .expect("an array")
-            .iter()
-            .map(|t| t["function"].to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        "You are good at using tools.\n\n{}",
+        crate::hermes::tools_prompt(&functions)
     )
 }
 
-/// A GBNF grammar admitting exactly the Hermes calls of the catalog, in the form `to_hermes` writes.
+/// A GBNF grammar admitting exactly the Hermes calls of the catalog, in their one spelling.
 pub fn tool_call_grammar(catalog: &Catalog) -> String {
-    let lit = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
-    let calls: Vec<String> = catalog
-        .tools
-        .iter()
-        .map(|t| {
-            let aliases: Vec<String> = t
-                .actions
-                .iter()
-                .map(|&a| lit(&catalog.actions[a].alias))
-                .collect();
-            format!(
-                "{} ( {} ) {}",
-                lit(&format!(
-                    "{{\"name\":\"{}\",\"arguments\":{{\"model\":\"",
-                    t.name
-                )),
-                aliases.join(" | "),
-                lit("\"}}")
-            )
-        })
-        .collect();
-    format!(
-        "root ::= {} call {}\ncall ::= {}\n",
-        lit("<tool_call>"),
-        lit("</tool_call>"),
-        calls.join(" | ")
+    crate::hermes::gbnf(
+        catalog
+            .actions
+            .iter()
+            .map(|a| crate::hermes::model_call_text(&a.tool_name, &a.alias)),
     )
 }
 
@@ -326,9 +326,12 @@ mod tests {
         let c = crate::catalog::sim_catalog();
         let g = tool_call_grammar(&c);
         for a in &c.actions {
-            assert!(g.contains(&format!("\"{}\"", a.alias)), "{g}");
+            assert!(g.contains(&format!("\\\"{}\\\"", a.alias)), "{g}");
         }
-        assert!(g.starts_with("root ::= \"<tool_call>\" call \"</tool_call>\""));
+        assert!(
+            g.starts_with("root ::= \"<tool_call>{\\\"name\\\": "),
+            "{g}"
+        );
     }
 
     #[test]
@@ -367,6 +370,7 @@ mod tests {
             remaining_usd: f64::INFINITY,
             preference: &pref,
             context_hash: 0,
+            functions: &[],
         };
         let p = toolorchestra_prompt(&view, 10);
         assert!(p.starts_with("Problem: What is 2 + 2?\n"), "{p}");

@@ -102,7 +102,7 @@ impl SimRunner {
         let tokens = (self.output_tokens.sample(&mut rng).round() as u64).max(1);
         self.tools.clear();
         self.tools.extend_from_slice(&self.tool_scores);
-        self.tools[self.catalog.answer_tool] +=
+        self.tools[self.catalog.answer()] +=
             self.cfg.answer_logit_per_turn as f32 * input.turn as f32;
         policy::shape_scores(
             &self.catalog,

@@ -179,6 +179,7 @@ mod tests {
             max_turns: None,
             reference: None,
             metadata: None,
+            ..Default::default()
         };
         spec.apply(&mut task);
         assert_eq!(task.budget_usd, Some(2.0), "a task's own value wins");

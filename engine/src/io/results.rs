@@ -61,6 +61,8 @@ pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
         opt_strings(|r| r.trajectory.as_deref()),
         opt_strings(|r| r.error.as_deref()),
         opt_strings(|r| r.metadata.as_deref()),
+        Arc::new(rows.iter().map(|r| r.reward).collect::<Float64Array>()),
+        opt_strings(|r| r.reward_info.as_deref()),
     ];
     RecordBatch::try_new(result_schema(), columns).expect("columns match the result schema")
 }
@@ -129,6 +131,8 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
     let tokens = col(7).as_primitive::<Int64Type>();
     let calls = col(8).as_list::<i32>();
     let (trajectories, errors, metadata) = (text(9), text(10), text(11));
+    let rewards = col(12).as_primitive::<Float64Type>();
+    let reward_infos = text(13);
 
     let call_values = calls.values().as_struct();
     let call_text = |i: usize| call_values.column(i).as_string::<i32>();
@@ -172,6 +176,8 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
                 trajectory: opt_text(trajectories, i),
                 error: opt_text(errors, i),
                 metadata: opt_text(metadata, i),
+                reward: rewards.is_valid(i).then(|| rewards.value(i)),
+                reward_info: opt_text(reward_infos, i),
             })
         })
         .collect()
@@ -185,6 +191,14 @@ fn conform(batch: &RecordBatch) -> Result<RecordBatch, ResultsError> {
     for field in schema.fields() {
         let name = field.name();
         let Ok(i) = batch.schema().index_of(name) else {
+            // Files written before a nullable column existed read it as null.
+            if field.is_nullable() {
+                columns.push(arrow::array::new_null_array(
+                    field.data_type(),
+                    batch.num_rows(),
+                ));
+                continue;
+            }
             return Err(ResultsError::MissingColumn {
                 column: name.clone(),
             });
@@ -663,6 +677,8 @@ mod tests {
             trajectory: Some("[]".into()),
             error: (calls == 3).then(|| "backend timed out".into()),
             metadata: None,
+            reward: calls.is_multiple_of(2).then_some(calls as f64 / 4.0),
+            reward_info: calls.is_multiple_of(2).then(|| r#"{"db": 1.0}"#.into()),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
 /// Columns of a task table, in schema order. Only `id` and `prompt` are required.
-pub const TASK_COLUMNS: [&str; 7] = [
+pub const TASK_COLUMNS: [&str; 10] = [
     "id",
     "prompt",
     "preference",
@@ -14,6 +14,9 @@ pub const TASK_COLUMNS: [&str; 7] = [
     "max_turns",
     "reference",
     "metadata",
+    "env",
+    "user",
+    "replay",
 ];
 
 static TASK_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -32,6 +35,9 @@ static TASK_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("max_turns", DataType::Int32, true),
         Field::new("reference", DataType::Utf8, true),
         Field::new("metadata", DataType::Utf8, true),
+        Field::new("env", DataType::Utf8, true),
+        Field::new("user", DataType::Utf8, true),
+        Field::new("replay", DataType::Utf8, true),
     ]))
 });
 
@@ -63,12 +69,14 @@ static RESULT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("trajectory", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
         Field::new("metadata", DataType::Utf8, true),
+        Field::new("reward", DataType::Float64, true),
+        Field::new("reward_info", DataType::Utf8, true),
     ]))
 });
 
 /// The schema of a task table: `id` and `prompt` (utf8, required), `preference`
-/// (map<utf8, float64>), `budget_usd` (float64), `max_turns` (int32), `reference` and `metadata`
-/// (utf8). Readers accept losslessly castable variants of these types; writers produce exactly this.
+/// (map<utf8, float64>), `budget_usd` (float64), `max_turns` (int32), `reference`, `metadata`,
+/// `env` (a JSON object), `user` and `replay` (a JSON array) (utf8). Readers accept losslessly castable variants of these types; writers produce exactly this.
 pub fn task_schema() -> SchemaRef {
     TASK_SCHEMA.clone()
 }

@@ -27,6 +27,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use serde_json::value::RawValue;
+
 use super::schema::{task_schema, type_name, TASK_COLUMNS};
 use crate::task::Task;
 
@@ -215,6 +217,14 @@ fn validate(task: &Task) -> Result<(), FieldError> {
             ));
         }
     }
+    if let Some(env) = &task.env {
+        if !matches!(serde_json::from_str(env), Ok(serde_json::Value::Object(_))) {
+            return Err(FieldError::new("env", "must be a JSON object"));
+        }
+    }
+    if let Some(replay) = &task.replay {
+        crate::executor::replay::parse_calls(replay).map_err(|e| FieldError::new("replay", e))?;
+    }
     for (i, (key, weight)) in task.preference.iter().enumerate() {
         if !weight.is_finite() {
             return Err(FieldError::new(
@@ -296,6 +306,11 @@ struct TaskLine {
     reference: Option<String>,
     /// Passed through: a string stays as it is, any other JSON value is kept as its JSON text.
     metadata: Option<serde_json::Value>,
+    /// A JSON object, kept as its JSON text.
+    env: Option<serde_json::Value>,
+    user: Option<String>,
+    /// A JSON array of calls, kept as its JSON text.
+    replay: Option<serde_json::Value>,
 }
 
 /// A preference object, read in the order written (serde_json's map would sort the keys).
@@ -438,6 +453,9 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         }),
+        env: row.env.map(|v| v.to_string()),
+        user: row.user,
+        replay: row.replay.map(|v| v.to_string()),
     })
 }
 
@@ -486,6 +504,12 @@ struct TaskLineOut<'a> {
     reference: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay: Option<&'a RawValue>,
 }
 
 fn serialize_preference<S: Serializer>(
@@ -497,6 +521,11 @@ fn serialize_preference<S: Serializer>(
         map.serialize_entry(key, weight)?;
     }
     map.end()
+}
+
+/// JSON text written as it is (validated on input); text that is not JSON is left out.
+fn raw_json(text: Option<&str>) -> Option<&RawValue> {
+    text.and_then(|t| serde_json::from_str(t).ok())
 }
 
 /// Writes tasks as JSON Lines, one object per line, in the field names of the task schema.
@@ -516,6 +545,9 @@ pub fn write_tasks_jsonl(path: &Path, tasks: &[Task]) -> Result<(), InputError> 
             max_turns: task.max_turns,
             reference: task.reference.as_deref(),
             metadata: task.metadata.as_deref(),
+            env: raw_json(task.env.as_deref()),
+            user: task.user.as_deref(),
+            replay: raw_json(task.replay.as_deref()),
         };
         serde_json::to_writer(&mut out, &line).map_err(|e| io_error(e.into()))?;
         out.write_all(b"\n").map_err(io_error)?;
@@ -682,6 +714,9 @@ impl<'a> TaskBatchDecoder<'a> {
         let prompts = text("prompt")?.expect("resolve_columns requires prompt");
         let references = text("reference")?;
         let metadata = text("metadata")?;
+        let envs = text("env")?;
+        let users = text("user")?;
+        let replays = text("replay")?;
         let budgets: Option<Float64Array> = column("budget_usd")
             .map(|c| cast(c, &DataType::Float64).map(|a| a.as_primitive::<Float64Type>().clone()))
             .transpose()
@@ -757,6 +792,9 @@ impl<'a> TaskBatchDecoder<'a> {
                 max_turns,
                 reference: opt_text(&references),
                 metadata: opt_text(&metadata),
+                env: opt_text(&envs),
+                user: opt_text(&users),
+                replay: opt_text(&replays),
             };
             self.acceptor.accept(&task, position)?;
             tasks.push(task);
@@ -844,6 +882,9 @@ pub fn tasks_to_batch(tasks: &[Task]) -> RecordBatch {
     let mut turns = Int32Builder::with_capacity(n);
     let mut references = StringBuilder::with_capacity(n, 0);
     let mut metadata = StringBuilder::with_capacity(n, 0);
+    let mut envs = StringBuilder::with_capacity(n, 0);
+    let mut users = StringBuilder::with_capacity(n, 0);
+    let mut replays = StringBuilder::with_capacity(n, 0);
     for task in tasks {
         ids.append_value(&task.id);
         prompts.append_value(&task.prompt);
@@ -858,6 +899,9 @@ pub fn tasks_to_batch(tasks: &[Task]) -> RecordBatch {
         turns.append_option(task.max_turns);
         references.append_option(task.reference.as_deref());
         metadata.append_option(task.metadata.as_deref());
+        envs.append_option(task.env.as_deref());
+        users.append_option(task.user.as_deref());
+        replays.append_option(task.replay.as_deref());
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(ids.finish()),
@@ -867,6 +911,9 @@ pub fn tasks_to_batch(tasks: &[Task]) -> RecordBatch {
         Arc::new(turns.finish()),
         Arc::new(references.finish()),
         Arc::new(metadata.finish()),
+        Arc::new(envs.finish()),
+        Arc::new(users.finish()),
+        Arc::new(replays.finish()),
     ];
     RecordBatch::try_new(task_schema(), columns).expect("builders match the task schema")
 }
@@ -948,6 +995,9 @@ mod tests {
                 max_turns: Some(8),
                 reference: Some("\\sqrt{2}".into()),
                 metadata: Some(r#"{"source":"gsm8k"}"#.into()),
+                env: Some(r#"{"task_id":"7"}"#.into()),
+                user: Some("You want a refund.".into()),
+                replay: Some(r#"[{"name":"done","arguments":{}}]"#.into()),
             },
             Task {
                 id: "t-3 ünïcode".into(),
@@ -957,6 +1007,7 @@ mod tests {
                 max_turns: None,
                 reference: None,
                 metadata: Some(String::new()),
+                ..Default::default()
             },
         ]
     }
@@ -1068,7 +1119,7 @@ mod tests {
         assert_ends_with(
             &e,
             "unknown field `temperature`; accepted fields: id, prompt, preference, budget_usd, \
-             max_turns, reference, metadata",
+             max_turns, reference, metadata, env, user, replay",
         );
     }
 
@@ -1281,7 +1332,7 @@ mod tests {
         assert_ends_with(
             &e,
             "tasks.parquet: unknown column `temperature`; accepted columns: id, prompt, preference, \
-             budget_usd, max_turns, reference, metadata",
+             budget_usd, max_turns, reference, metadata, env, user, replay",
         );
     }
 

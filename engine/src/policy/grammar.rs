@@ -25,10 +25,7 @@ use crate::catalog::{Catalog, Preference};
 use crate::executor::native::runner::Sampling;
 use crate::model::Tokenizer;
 
-/// Opens a Hermes call.
-pub const OPEN: &str = "<tool_call>";
-/// Closes a Hermes call; a turn under the grammar ends with it.
-pub const CLOSE: &str = "</tool_call>";
+pub use crate::hermes::{CLOSE, OPEN};
 
 /// The calls of a catalog and the tokens that spell them, for one tokenizer.
 pub struct CallGrammar {
@@ -45,14 +42,9 @@ pub struct CallGrammar {
     expected_cost: Vec<f64>,
 }
 
-/// The text of the call of `tool` with `alias`, in the form the system prompt shows.
+/// The text of the call of `tool` with `alias`: Hermes' one spelling ([`crate::hermes::call_text`]).
 pub fn call_text(tool: &str, alias: &str) -> String {
-    let q = |s: &str| serde_json::to_string(s).expect("a string serializes");
-    format!(
-        "{OPEN}{{\"name\": {}, \"arguments\": {{\"model\": {}}}}}{CLOSE}",
-        q(tool),
-        q(alias)
-    )
+    crate::hermes::model_call_text(tool, alias)
 }
 
 impl std::fmt::Debug for CallGrammar {

