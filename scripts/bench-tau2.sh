@@ -30,11 +30,16 @@ python3 envs/tau2/tasks.py --domain retail --limit "$n" -o "$work/tasks.jsonl" >
 ids=$(python3 -c "import json,sys; print(' '.join(json.loads(l)['env']['task_id'] for l in open(sys.argv[1])))" "$work/tasks.jsonl")
 
 echo "== tau2 run: $n retail tasks, --max-steps $steps, --max-concurrency 3"
-llm='{"temperature": 0.0, "api_base": "http://127.0.0.1:8089/v1", "api_key": "none"}'
+# τ² saves into its package's data/simulations/<name>.json and asks before reusing a name.
+save="tutti-bench-$(date +%s)-$$"
+# The same generation limits as configs/tau2-local.toml: 128 tokens per agent turn, 96 per user
+# turn (without them the 270M model writes until its context is full).
+agent_llm='{"temperature": 0.0, "max_tokens": 128, "api_base": "http://127.0.0.1:8089/v1", "api_key": "none"}'
+user_llm='{"temperature": 0.0, "max_tokens": 96, "api_base": "http://127.0.0.1:8089/v1", "api_key": "none"}'
 t0=$(date +%s.%N)
 (cd "$work" && tau2 run --domain retail --task-ids $ids --max-steps "$steps" --max-concurrency 3 \
-    --agent-llm openai/gemma-3-270m --agent-llm-args "$llm" \
-    --user-llm openai/gemma-3-270m --user-llm-args "$llm" --save-to bench >"$work/tau2.log" 2>&1) || {
+    --agent-llm openai/gemma-3-270m --agent-llm-args "$agent_llm" \
+    --user-llm openai/gemma-3-270m --user-llm-args "$user_llm" --save-to "$save" >"$work/tau2.log" 2>&1) || {
     tail -20 "$work/tau2.log"; exit 1; }
 t1=$(date +%s.%N)
 
@@ -45,12 +50,13 @@ TUTTI_ENV_URL=http://127.0.0.1:8766 target/release/tutti run "$work/tasks.jsonl"
     --config "$work/tutti.toml" --json >"$work/tutti.json"
 t3=$(date +%s.%N)
 
+sims=$(python3 -c "import os, tau2; print(os.path.join(os.path.dirname(tau2.__file__), 'data', 'simulations'))")
+mv "$sims/$save.json" "$work/tau2.json"
 python3 - "$work" "$t0" "$t1" "$t2" "$t3" <<'PY'
-import glob, json, sys
+import json, sys
 import pyarrow.parquet as pq
 work, t0, t1, t2, t3 = sys.argv[1], *map(float, sys.argv[2:])
-sims = glob.glob(f"{work}/**/bench*.json", recursive=True) + glob.glob("/root/.pyenv/versions/*/lib/python3*/site-packages/tau2/data/simulations/bench*.json")
-runs = json.load(open(sims[0]))["simulations"]
+runs = json.load(open(f"{work}/tau2.json"))["simulations"]
 rewards = [(s.get("reward_info") or {}).get("reward", 0.0) for s in runs]
 msgs = [m for s in runs for m in s["messages"]]
 calls = sum(1 for m in msgs if m["role"] in ("assistant", "user"))
