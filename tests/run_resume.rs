@@ -3,7 +3,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -31,25 +30,7 @@ fn killed_run_resumes_to_every_id_exactly_once() {
         .spawn()
         .unwrap();
     // Wait until some results are committed, then kill without warning.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let segments = std::fs::read_dir(&parts)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-                    .count()
-            })
-            .unwrap_or(0);
-        if segments >= 2 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "no results committed in time");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_segments(&mut child, &parts, 2, 120);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!out.exists(), "the run was killed before it finished");

@@ -285,21 +285,7 @@ fn killed_tau2_run_resumes_with_every_id_once_and_fresh_sessions() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let segments = std::fs::read_dir(&parts)
-            .map(|d| d.filter_map(|e| e.ok()).count())
-            .unwrap_or(0);
-        if segments >= 1 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before the kill"
-        );
-        assert!(Instant::now() < deadline, "no results committed in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_segments(&mut child, &parts, 1, 300);
     child.kill().unwrap(); // SIGKILL: episodes die mid-session
     child.wait().unwrap();
     assert!(!out.exists(), "killed before it finished");

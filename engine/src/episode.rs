@@ -226,104 +226,212 @@ fn approx_tokens(text: &str) -> u32 {
     (text.len() as u32).div_ceil(4)
 }
 
+/// What both turn loops share: the task's limits, its context and accounts, and the turns taken.
+struct Turns<'a> {
+    env: &'a EpisodeEnv,
+    cancel: &'a Cancel,
+    task: Task,
+    started: Instant,
+    preference: Arc<crate::catalog::Preference>,
+    max_turns: u32,
+    budget: Option<f64>,
+    /// Below this much budget left, no call is affordable.
+    cheapest: f64,
+    ledger: TaskLedger,
+    ctx: Context,
+    seq: u64,
+    /// Messages before this index were part of an earlier turn's context.
+    sent: usize,
+    turns: u32,
+    malformed: u32,
+    error: Option<String>,
+}
+
+impl<'a> Turns<'a> {
+    fn new(env: &'a EpisodeEnv, cancel: &'a Cancel, task: Task, cheapest: f64) -> Turns<'a> {
+        let mut ctx = Context {
+            messages: Vec::new(),
+            hash: 0,
+            observations: String::new(),
+        };
+        ctx.push(Role::User, task.prompt.clone(), approx_tokens(&task.prompt));
+        Turns {
+            env,
+            cancel,
+            started: Instant::now(),
+            preference: env.catalog.preference(&task.preference),
+            max_turns: task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32),
+            budget: task.budget_usd.or(env.default_budget_usd),
+            cheapest,
+            ledger: TaskLedger::default(),
+            ctx,
+            seq: env.executor.open(),
+            sent: 0,
+            turns: 0,
+            malformed: 0,
+            error: None,
+            task,
+        }
+    }
+
+    /// Asks the executor for the next turn and appends its reply to the context; `Err` is the
+    /// status that ends the episode first (cancellation, a limit, a failed turn).
+    async fn next_reply(&mut self, functions: &[serde_json::Value]) -> Result<(), Status> {
+        if self.cancel.is_set() {
+            return Err(Status::Cancelled);
+        }
+        if self.turns >= self.max_turns {
+            return Err(Status::MaxTurns);
+        }
+        let remaining = self.ledger.remaining(self.budget);
+        if remaining < self.cheapest {
+            return Err(Status::BudgetExhausted);
+        }
+        let view = TurnView {
+            task: &self.task,
+            messages: &self.ctx.messages,
+            new_from: self.sent,
+            turn: self.turns,
+            remaining_usd: remaining,
+            preference: &self.preference,
+            context_hash: self.ctx.hash,
+            functions,
+        };
+        let decide = self.env.executor.decide(self.seq, view);
+        let decision = match self.cancel.or_cancelled(decide).await {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.error = Some(e.to_string());
+                return Err(Status::Failed);
+            }
+            None => return Err(Status::Cancelled),
+        };
+        self.sent = self.ctx.messages.len();
+        self.turns += 1;
+        self.ledger.record_turn(
+            decision.prompt_tokens,
+            decision.completion_tokens,
+            &self.env.orchestrator_price,
+        );
+        let tokens = decision.completion_tokens as u32;
+        self.ctx.push(Role::Assistant, decision.text, tokens);
+        Ok(())
+    }
+
+    /// The reply [`Turns::next_reply`] appended.
+    fn reply(&self) -> &str {
+        &self
+            .ctx
+            .messages
+            .last()
+            .expect("a reply was appended")
+            .content
+    }
+
+    /// The call a reply was parsed into, `None` when it holds no usable call (counted, and shown
+    /// to the orchestrator), or the status that ends the episode: too many malformed calls in a
+    /// row, or cancellation.
+    fn accept<T>(&mut self, parsed: Result<T, String>) -> Result<Option<T>, Status> {
+        let call = match parsed {
+            Ok(call) => {
+                self.malformed = 0;
+                Some(call)
+            }
+            Err(e) => {
+                self.malformed(&e)?;
+                None
+            }
+        };
+        if self.cancel.is_set() {
+            return Err(Status::Cancelled);
+        }
+        Ok(call)
+    }
+
+    /// Counts a reply that holds no usable call: an error observation, or `Failed` after
+    /// `max_malformed_calls` in a row.
+    fn malformed(&mut self, e: &dyn std::fmt::Display) -> Result<(), Status> {
+        self.malformed += 1;
+        if self.malformed >= self.env.max_malformed_calls {
+            self.error = Some(format!(
+                "{} malformed tool calls in a row; the last: {e}",
+                self.malformed
+            ));
+            return Err(Status::Failed);
+        }
+        self.ctx.push_error(&format_args!("invalid tool call: {e}"));
+        Ok(())
+    }
+
+    /// The result row; folds the episode's accounts into the job's ledger.
+    fn finish(
+        self,
+        status: Status,
+        answer: Option<String>,
+        correct: Option<bool>,
+        reward: Option<(Option<f64>, String)>,
+    ) -> TaskResult {
+        self.env.executor.release(self.seq);
+        self.env
+            .ledger
+            .record_task(status, self.turns, &self.ledger, correct);
+        let trajectory = self
+            .env
+            .record_trajectory
+            .then(|| serde_json::to_string(&self.ctx.messages).expect("messages serialise"));
+        let (reward, reward_info) = match reward {
+            Some((r, info)) => (r, Some(info)),
+            None => (None, None),
+        };
+        TaskResult {
+            id: self.task.id,
+            status,
+            answer,
+            correct,
+            turns: self.turns as i32,
+            cost_usd: self.ledger.cost_usd,
+            latency_ms: self.started.elapsed().as_millis() as i64,
+            orchestrator_tokens: self.ledger.orchestrator_tokens() as i64,
+            calls: self.ledger.calls,
+            trajectory,
+            error: self.error,
+            metadata: self.task.metadata,
+            reward,
+            reward_info,
+        }
+    }
+}
+
 /// Runs one task to its end. Cancellation is checked before every turn and every call, and
 /// abandons a turn or call in progress.
 pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -> TaskResult {
     if let Some(setup) = &env.environment {
         return run_env_episode(env, setup, task, cancel).await;
     }
-    let started = Instant::now();
-    let preference = env.catalog.preference(&task.preference);
-    let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
-    let budget = task.budget_usd.or(env.default_budget_usd);
-    let cheapest = env.catalog.cheapest_call_usd();
-    let mut ledger = TaskLedger::default();
-    let mut ctx = Context {
-        messages: Vec::new(),
-        hash: 0,
-        observations: String::new(),
-    };
-    ctx.push(Role::User, task.prompt.clone(), approx_tokens(&task.prompt));
-    let seq = env.executor.open();
-    let mut sent = 0;
-    let mut turns = 0u32;
-    let mut malformed = 0u32;
+    let mut t = Turns::new(env, cancel, task, env.catalog.cheapest_call_usd());
     let mut answer = None;
-    let mut error = None;
 
     let status = loop {
-        if cancel.is_set() {
-            break Status::Cancelled;
+        if let Err(status) = t.next_reply(&[]).await {
+            break status;
         }
-        if turns >= max_turns {
-            break Status::MaxTurns;
-        }
-        let remaining = ledger.remaining(budget);
-        if remaining < cheapest {
-            break Status::BudgetExhausted;
-        }
-        let view = TurnView {
-            task: &task,
-            messages: &ctx.messages,
-            new_from: sent,
-            turn: turns,
-            remaining_usd: remaining,
-            preference: &preference,
-            context_hash: ctx.hash,
-            functions: &[],
-        };
-        let decision = match cancel.or_cancelled(env.executor.decide(seq, view)).await {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                error = Some(e.to_string());
-                break Status::Failed;
-            }
-            None => break Status::Cancelled,
-        };
-        sent = ctx.messages.len();
-        turns += 1;
-        ledger.record_turn(
-            decision.prompt_tokens,
-            decision.completion_tokens,
-            &env.orchestrator_price,
-        );
-        let parsed = Action::parse_hermes(&decision.text)
+        let parsed = Action::parse_hermes(t.reply())
             .map_err(|e| e.to_string())
             .and_then(|a| env.catalog.resolve(&a).map_err(|e| e.to_string()));
-        ctx.push(
-            Role::Assistant,
-            decision.text,
-            decision.completion_tokens as u32,
-        );
-        let action = match parsed {
-            Ok(a) => {
-                malformed = 0;
-                a
-            }
-            Err(e) => {
-                malformed += 1;
-                if malformed >= env.max_malformed_calls {
-                    error = Some(format!(
-                        "{malformed} malformed tool calls in a row; the last: {e}"
-                    ));
-                    break Status::Failed;
-                }
-                ctx.push_error(&format_args!("invalid tool call: {e}"));
-                continue;
-            }
+        let action = match t.accept(parsed) {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(status) => break status,
         };
-        if cancel.is_set() {
-            break Status::Cancelled;
-        }
 
         let a = &env.catalog.actions[action];
         let prompt = env
             .catalog
-            .render_prompt(a.tool, &task.prompt, &ctx.observations);
+            .render_prompt(a.tool, &t.task.prompt, &t.ctx.observations);
         let response = match call_model(
             env,
             cancel,
-            &mut ledger,
+            &mut t.ledger,
             &a.tool_name,
             a.backend,
             &a.alias,
@@ -334,7 +442,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
             Ok(r) => r,
             Err(BackendError::Cancelled) => break Status::Cancelled,
             Err(e) => {
-                ctx.push_error(&e);
+                t.ctx.push_error(&e);
                 continue;
             }
         };
@@ -350,7 +458,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
                 match call_model(
                     env,
                     cancel,
-                    &mut ledger,
+                    &mut t.ledger,
                     &a.tool_name,
                     runner,
                     &a.alias,
@@ -361,27 +469,26 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
                     Ok(r) => r,
                     Err(BackendError::Cancelled) => break Status::Cancelled,
                     Err(e) => {
-                        ctx.push_error(&e);
+                        t.ctx.push_error(&e);
                         continue;
                     }
                 }
             }
         };
-        ctx.push(
+        t.ctx.push(
             Role::Tool,
             observation.text.clone(),
             observation.output_tokens as u32,
         );
     };
-    env.executor.release(seq);
 
-    let correct = match (&answer, &task.reference) {
+    let correct = match (&answer, &t.task.reference) {
         (Some(a), Some(r)) => match &env.catalog.judge {
             Some((backend, alias)) => {
-                let prompt = judge_prompt(&task.prompt, r, a);
+                let prompt = judge_prompt(&t.task.prompt, r, a);
                 let judge = JUDGE.into();
                 let verdict =
-                    call_model(env, cancel, &mut ledger, &judge, *backend, alias, prompt).await;
+                    call_model(env, cancel, &mut t.ledger, &judge, *backend, alias, prompt).await;
                 match verdict {
                     Ok(v) => Some(v.text.trim_start().to_ascii_lowercase().starts_with("yes")),
                     // A judge that cannot be reached leaves the answer graded by exact match.
@@ -393,26 +500,7 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
         (None, Some(_)) => Some(false),
         _ => None,
     };
-    env.ledger.record_task(status, turns, &ledger, correct);
-    let trajectory = env
-        .record_trajectory
-        .then(|| serde_json::to_string(&ctx.messages).expect("messages serialise"));
-    TaskResult {
-        id: task.id,
-        status,
-        answer,
-        correct,
-        turns: turns as i32,
-        cost_usd: ledger.cost_usd,
-        latency_ms: started.elapsed().as_millis() as i64,
-        orchestrator_tokens: ledger.orchestrator_tokens() as i64,
-        calls: ledger.calls,
-        trajectory,
-        error,
-        metadata: task.metadata,
-        reward: None,
-        reward_info: None,
-    }
+    t.finish(status, answer, correct, None)
 }
 
 /// How an environment step went, as the episode acts on it.
@@ -427,21 +515,15 @@ enum Stepped {
     Cancelled,
 }
 
-/// Sends one step and records it in the task's ledger as a call of the environment's backend:
-/// billed at its `price_per_call` and `price_per_second`, never cached.
-async fn env_step(
+/// Records one step of the environment in the task's ledger: a call of its backend, billed at
+/// its `price_per_call` and `price_per_second`, never cached.
+fn record_env_call(
     env: &EpisodeEnv,
     setup: &EnvSetup,
-    cancel: &Cancel,
     ledger: &mut TaskLedger,
     tool: &str,
-    action: impl Future<Output = Result<Step, EnvError>>,
-) -> Stepped {
-    let t0 = Instant::now();
-    let Some(result) = cancel.or_cancelled(action).await else {
-        return Stepped::Cancelled;
-    };
-    let elapsed = t0.elapsed();
+    elapsed: std::time::Duration,
+) {
     let backend = &env.catalog.backends[setup.backend];
     let record = CallRecord {
         tool: tool.into(),
@@ -454,9 +536,25 @@ async fn env_step(
         latency_ms: elapsed.as_millis() as i64,
     };
     let cost = backend.pricing.cost(0, 0, elapsed.as_secs_f64());
+    ledger.record_call(record, cost, crate::ledger::Served::Billed);
+}
+
+/// Sends one step and records it in the task's ledger.
+async fn env_step(
+    env: &EpisodeEnv,
+    setup: &EnvSetup,
+    cancel: &Cancel,
+    ledger: &mut TaskLedger,
+    tool: &str,
+    action: impl Future<Output = Result<Step, EnvError>>,
+) -> Stepped {
+    let t0 = Instant::now();
+    let Some(result) = cancel.or_cancelled(action).await else {
+        return Stepped::Cancelled;
+    };
     match result {
         Ok(step) => {
-            ledger.record_call(record, cost, crate::ledger::Served::Billed);
+            record_env_call(env, setup, ledger, tool, t0.elapsed());
             if step.done {
                 Stepped::Done(step)
             } else {
@@ -465,7 +563,7 @@ async fn env_step(
         }
         // The environment refused the call (a tool's own error): the orchestrator sees it.
         Err(EnvError::Refused { message }) => {
-            ledger.record_call(record, cost, crate::ledger::Served::Billed);
+            record_env_call(env, setup, ledger, tool, t0.elapsed());
             Stepped::Observed(format!("Error: {message}"))
         }
         Err(e) => {
@@ -496,273 +594,138 @@ async fn run_env_episode(
     task: Task,
     cancel: &Cancel,
 ) -> TaskResult {
-    let started = Instant::now();
-    let preference = env.catalog.preference(&task.preference);
-    let max_turns = task.max_turns.map_or(env.max_turns, |t| t.max(0) as u32);
-    let budget = task.budget_usd.or(env.default_budget_usd);
     let cheapest = env
         .catalog
         .cheapest_call_usd()
         .min(env.catalog.backends[setup.backend].pricing.per_call);
-    let mut ledger = TaskLedger::default();
-    let mut ctx = Context {
-        messages: Vec::new(),
-        hash: 0,
-        observations: String::new(),
-    };
-    ctx.push(Role::User, task.prompt.clone(), approx_tokens(&task.prompt));
-    let mut turns = 0u32;
-    let mut error = None;
-    let mut done: Option<Step> = None;
-
     let reset = match &task.env {
         Some(text) => serde_json::from_str(text).unwrap_or_default(),
         None => serde_json::Value::Object(Default::default()),
     };
+    let mut t = Turns::new(env, cancel, task, cheapest);
     let t0 = Instant::now();
-    let opened = cancel.or_cancelled(setup.client.open(reset)).await;
-    let latency_ms = t0.elapsed().as_millis() as i64;
-    let mut session = match opened {
-        None => None,
+    let mut session = match cancel.or_cancelled(setup.client.open(reset)).await {
+        None => return t.finish(Status::Cancelled, None, None, None),
         Some(Err(e)) => {
-            ledger.record_failed_call();
-            error = Some(e.to_string());
-            None
+            t.ledger.record_failed_call();
+            t.error = Some(e.to_string());
+            return t.finish(Status::Failed, None, None, None);
         }
         Some(Ok((session, _reset))) => {
-            let backend = &env.catalog.backends[setup.backend];
-            let record = CallRecord {
-                tool: "reset".into(),
-                alias: backend.name.clone(),
-                backend: backend.name.clone(),
-                cached: false,
-                input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: 0.0,
-                latency_ms,
-            };
-            let cost = backend.pricing.cost(0, 0, latency_ms as f64 / 1e3);
-            ledger.record_call(record, cost, crate::ledger::Served::Billed);
-            Some(session)
+            record_env_call(env, setup, &mut t.ledger, "reset", t0.elapsed());
+            session
         }
     };
+    let mut functions = session.tools().definitions();
+    functions.push(serde_json::json!({
+        "name": &*setup.user_tool,
+        "description": "Send a message to the user; returns the user's reply.",
+        "parameters": {
+            "type": "object",
+            "properties": {"content": {"type": "string"}},
+            "required": ["content"],
+        },
+    }));
+    let mut conversation: Vec<(&'static str, String)> = Vec::new();
+    let mut done: Option<Step> = None;
 
-    let status = match session.as_mut() {
-        None if error.is_some() => Status::Failed,
-        None => Status::Cancelled,
-        Some(session) => {
-            let functions = {
-                let mut f = session.tools().definitions();
-                f.push(serde_json::json!({
-                    "name": &*setup.user_tool,
-                    "description": "Send a message to the user; returns the user's reply.",
-                    "parameters": {
-                        "type": "object",
-                        "properties": {"content": {"type": "string"}},
-                        "required": ["content"],
-                    },
-                }));
-                f
+    let status = loop {
+        if let Err(status) = t.next_reply(&functions).await {
+            break status;
+        }
+        let call = match t.accept(hermes::parse(t.reply()).map_err(|e| e.to_string())) {
+            Ok(Some(call)) => call,
+            Ok(None) => continue,
+            Err(status) => break status,
+        };
+        let stepped = if call.name == *setup.user_tool {
+            let Some(serde_json::Value::String(content)) = call.arguments.get("content") else {
+                t.ctx.push_error(&format_args!(
+                    "tool `{}`: argument `content`: expected a string, the message to the user",
+                    setup.user_tool
+                ));
+                continue;
             };
-            let seq = env.executor.open();
-            let mut sent = 0;
-            let mut malformed = 0u32;
-            let mut conversation: Vec<(&'static str, String)> = Vec::new();
-            let scenario = task.user.as_deref().unwrap_or("");
-            let status = loop {
-                if cancel.is_set() {
-                    break Status::Cancelled;
-                }
-                if turns >= max_turns {
-                    break Status::MaxTurns;
-                }
-                let remaining = ledger.remaining(budget);
-                if remaining < cheapest {
-                    break Status::BudgetExhausted;
-                }
-                let view = TurnView {
-                    task: &task,
-                    messages: &ctx.messages,
-                    new_from: sent,
-                    turn: turns,
-                    remaining_usd: remaining,
-                    preference: &preference,
-                    context_hash: ctx.hash,
-                    functions: &functions,
-                };
-                let decision = match cancel.or_cancelled(env.executor.decide(seq, view)).await {
-                    Some(Ok(d)) => d,
-                    Some(Err(e)) => {
-                        error = Some(e.to_string());
-                        break Status::Failed;
-                    }
-                    None => break Status::Cancelled,
-                };
-                sent = ctx.messages.len();
-                turns += 1;
-                ledger.record_turn(
-                    decision.prompt_tokens,
-                    decision.completion_tokens,
-                    &env.orchestrator_price,
-                );
-                let parsed = hermes::parse(&decision.text);
-                ctx.push(
-                    Role::Assistant,
-                    decision.text,
-                    decision.completion_tokens as u32,
-                );
-                let call = match parsed {
-                    Ok(c) => {
-                        malformed = 0;
-                        c
-                    }
-                    Err(e) => {
-                        malformed += 1;
-                        if malformed >= env.max_malformed_calls {
-                            error = Some(format!(
-                                "{malformed} malformed tool calls in a row; the last: {e}"
-                            ));
-                            break Status::Failed;
-                        }
-                        ctx.push_error(&format_args!("invalid tool call: {e}"));
-                        continue;
-                    }
-                };
-                if cancel.is_set() {
-                    break Status::Cancelled;
-                }
-                let stepped = if call.name == *setup.user_tool {
-                    let Some(serde_json::Value::String(content)) = call.arguments.get("content")
-                    else {
-                        ctx.push_error(&format_args!(
-                            "tool `{}`: argument `content`: expected a string, the message to the user",
-                            setup.user_tool
-                        ));
-                        continue;
-                    };
-                    let content = content.clone();
-                    let mut stepped = Stepped::Observed(String::new());
-                    if setup.record_messages {
-                        let step = session.message("assistant", &content);
-                        stepped = env_step(env, setup, cancel, &mut ledger, "message", step).await;
-                    }
-                    conversation.push(("agent", content));
-                    if let Stepped::Observed(_) = stepped {
-                        stepped = match &setup.user {
-                            None => Stepped::Observed("(the user did not reply)".into()),
-                            Some((backend, alias)) => {
-                                let prompt =
-                                    user_prompt(&setup.user_prompt, scenario, &conversation);
-                                let tool = setup.user_tool.clone();
-                                match call_model(
-                                    env,
-                                    cancel,
-                                    &mut ledger,
-                                    &tool,
-                                    *backend,
-                                    alias,
-                                    prompt,
-                                )
-                                .await
-                                {
-                                    Err(BackendError::Cancelled) => break Status::Cancelled,
-                                    Err(e) => Stepped::Observed(format!("Error: {e}")),
-                                    Ok(reply) => {
-                                        let reply = reply.text.trim().to_string();
-                                        conversation.push(("user", reply.clone()));
-                                        if setup.record_messages {
-                                            let step = session.message("user", &reply);
-                                            match env_step(
-                                                env,
-                                                setup,
-                                                cancel,
-                                                &mut ledger,
-                                                "message",
-                                                step,
-                                            )
-                                            .await
-                                            {
-                                                Stepped::Observed(_) => Stepped::Observed(reply),
-                                                other => other,
-                                            }
-                                        } else {
-                                            Stepped::Observed(reply)
-                                        }
+            let content = content.clone();
+            let mut stepped = Stepped::Observed(String::new());
+            if setup.record_messages {
+                let step = session.message("assistant", &content);
+                stepped = env_step(env, setup, cancel, &mut t.ledger, "message", step).await;
+            }
+            conversation.push(("agent", content));
+            if let Stepped::Observed(_) = stepped {
+                stepped = match &setup.user {
+                    None => Stepped::Observed("(the user did not reply)".into()),
+                    Some((backend, alias)) => {
+                        let scenario = t.task.user.as_deref().unwrap_or("");
+                        let prompt = user_prompt(&setup.user_prompt, scenario, &conversation);
+                        let tool = setup.user_tool.clone();
+                        let ledger = &mut t.ledger;
+                        match call_model(env, cancel, ledger, &tool, *backend, alias, prompt).await
+                        {
+                            Err(BackendError::Cancelled) => break Status::Cancelled,
+                            Err(e) => Stepped::Observed(format!("Error: {e}")),
+                            Ok(reply) => {
+                                let reply = reply.text.trim().to_string();
+                                conversation.push(("user", reply.clone()));
+                                if setup.record_messages {
+                                    let step = session.message("user", &reply);
+                                    match env_step(env, setup, cancel, ledger, "message", step)
+                                        .await
+                                    {
+                                        Stepped::Observed(_) => Stepped::Observed(reply),
+                                        other => other,
                                     }
+                                } else {
+                                    Stepped::Observed(reply)
                                 }
                             }
-                        };
+                        }
                     }
-                    stepped
-                } else {
-                    let arguments = serde_json::Value::Object(call.arguments);
-                    if let Err(e) = session.tools().check(&call.name, &arguments) {
-                        // An unknown tool or arguments that break the schema: the orchestrator
-                        // sees what is wrong and the episode goes on, as τ²'s own runner does.
-                        let e = match e {
-                            crate::environment::CallError::UnknownTool { tool, known } => format!(
-                                "unknown tool `{tool}`; the tools are {known}, `{}`",
-                                setup.user_tool
-                            ),
-                            other => other.to_string(),
-                        };
-                        ctx.push_error(&e);
-                        continue;
-                    }
-                    let step = session.call_tool(&call.name, arguments);
-                    env_step(env, setup, cancel, &mut ledger, &call.name, step).await
                 };
-                match stepped {
-                    Stepped::Observed(text) => {
-                        let tokens = approx_tokens(&text);
-                        ctx.push(Role::Tool, text, tokens);
-                    }
-                    Stepped::Done(step) => {
-                        done = Some(step);
-                        break Status::Answered;
-                    }
-                    Stepped::Broken(e) => {
-                        error = Some(e.to_string());
-                        break Status::Failed;
-                    }
-                    Stepped::Cancelled => break Status::Cancelled,
-                }
-            };
-            env.executor.release(seq);
-            status
+            }
+            stepped
+        } else {
+            let arguments = serde_json::Value::Object(call.arguments);
+            if let Err(e) = session.tools().check(&call.name, &arguments) {
+                // An unknown tool or arguments that break the schema: the orchestrator sees
+                // what is wrong and the episode goes on, as τ²'s own runner does.
+                let e = match e {
+                    crate::environment::CallError::UnknownTool { tool, known } => format!(
+                        "unknown tool `{tool}`; the tools are {known}, `{}`",
+                        setup.user_tool
+                    ),
+                    other => other.to_string(),
+                };
+                t.ctx.push_error(&e);
+                continue;
+            }
+            let step = session.call_tool(&call.name, arguments);
+            env_step(env, setup, cancel, &mut t.ledger, &call.name, step).await
+        };
+        match stepped {
+            Stepped::Observed(text) => {
+                let tokens = approx_tokens(&text);
+                t.ctx.push(Role::Tool, text, tokens);
+            }
+            Stepped::Done(step) => {
+                done = Some(step);
+                break Status::Answered;
+            }
+            Stepped::Broken(e) => {
+                t.error = Some(e.to_string());
+                break Status::Failed;
+            }
+            Stepped::Cancelled => break Status::Cancelled,
         }
     };
-    if let Some(session) = session {
-        session.close().await;
-    }
-    env.ledger.record_task(status, turns, &ledger, None);
-    let trajectory = env
-        .record_trajectory
-        .then(|| serde_json::to_string(&ctx.messages).expect("messages serialise"));
-    let (reward, reward_info) = match done {
-        Some(step) => (
-            step.reward,
-            Some(match step.observation.get("reward_info") {
-                Some(info) => info.to_string(),
-                None => step.observation.to_string(),
-            }),
-        ),
-        None => (None, None),
-    };
-    TaskResult {
-        id: task.id,
-        status,
-        answer: None,
-        correct: None,
-        turns: turns as i32,
-        cost_usd: ledger.cost_usd,
-        latency_ms: started.elapsed().as_millis() as i64,
-        orchestrator_tokens: ledger.orchestrator_tokens() as i64,
-        calls: ledger.calls,
-        trajectory,
-        error,
-        metadata: task.metadata,
-        reward,
-        reward_info,
-    }
+    session.close().await;
+    let reward = done.map(|step| {
+        let info = match step.observation.get("reward_info") {
+            Some(info) => info.to_string(),
+            None => step.observation.to_string(),
+        };
+        (step.reward, info)
+    });
+    t.finish(status, None, None, reward)
 }

@@ -69,3 +69,30 @@ pub fn sim_config(dir: &Path, time_scale: f64, max_live_tasks: usize) -> PathBuf
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Waits until a running `tutti run` has committed `n` result segments into `parts`, failing if it
+/// ends first (it must still be running to be killed mid-run) or nothing comes within `timeout`.
+pub fn wait_for_segments(child: &mut std::process::Child, parts: &Path, n: usize, timeout_s: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    loop {
+        let segments = std::fs::read_dir(parts)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if segments >= n {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no results committed in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
