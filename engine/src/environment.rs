@@ -48,7 +48,7 @@ pub enum EnvError {
 pub struct FunctionTool {
     /// The OpenAI function definition: `name`, `description`, `parameters`.
     pub definition: Value,
-    validator: Option<jsonschema::Validator>,
+    validator: jsonschema::Validator,
 }
 
 /// The function tools of a session, compiled once per distinct list and shared by sessions.
@@ -97,7 +97,7 @@ impl ToolSet {
             }
             tools.push(FunctionTool {
                 definition: json!({"name": name, "description": description, "parameters": parameters}),
-                validator: Some(validator),
+                validator,
             });
         }
         Ok(ToolSet { tools, by_name })
@@ -127,10 +127,7 @@ impl ToolSet {
                     .join(", "),
             });
         };
-        let Some(validator) = &self.tools[i].validator else {
-            return Ok(());
-        };
-        match validator.iter_errors(arguments).next() {
+        match self.tools[i].validator.iter_errors(arguments).next() {
             None => Ok(()),
             Some(e) => {
                 let path = e.instance_path().to_string();
