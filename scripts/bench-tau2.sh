@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # τ²-Bench side by side on one local llama-server with the reference model: τ²'s own runner
-# (`tau2 run`, agent and user through its LiteLLM client) against tutti (`configs/tau2-local.toml`:
-# the `openai` executor, the user alias on the same server) on the same retail tasks.
+# (`tau2 run`, agent and user through its LiteLLM client) against tutti on the same retail tasks,
+# twice: `configs/tau2-local.toml` (the `openai` executor, the user alias on the same server) and
+# `configs/tau2-native.toml` (the agent in-process on the `native` executor, the user on the
+# server).
 #
 #   scripts/bench-tau2.sh [N_TASKS=3] [MAX_STEPS=12]
 #
@@ -43,19 +45,31 @@ t0=$(date +%s.%N)
     tail -20 "$work/tau2.log"; exit 1; }
 t1=$(date +%s.%N)
 
-echo "== tutti run: the same tasks, max_turns $steps"
-sed "s/^max_turns = .*/max_turns = $steps/; s#127.0.0.1:8080#127.0.0.1:8089#g" configs/tau2-local.toml >"$work/tutti.toml"
+# A τ² step is one message (agent to user or environment, and back), so --max-steps N gives the
+# agent about N/2 turns; tutti's max_turns counts the agent's turns.
+turns=$(((steps + 1) / 2))
+# One tutti pass: NAME, then the config it adapts to this script's ports and turns.
+tutti_pass() {
+    sed "s/^max_turns = .*/max_turns = $turns/; s#127.0.0.1:8080#127.0.0.1:8089#g" "$2" >"$work/$1.toml"
+    TUTTI_ENV_URL=http://127.0.0.1:8766 target/release/tutti run "$work/tasks.jsonl" -o "$work/$1.parquet" \
+        --config "$work/$1.toml" --json >"$work/$1.json"
+}
+echo "== tutti run: the same tasks, max_turns $turns"
 t2=$(date +%s.%N)
-TUTTI_ENV_URL=http://127.0.0.1:8766 target/release/tutti run "$work/tasks.jsonl" -o "$work/tutti.parquet" \
-    --config "$work/tutti.toml" --json >"$work/tutti.json"
+tutti_pass tutti configs/tau2-local.toml
 t3=$(date +%s.%N)
+
+echo "== tutti run: the same tasks, max_turns $turns, native executor"
+t4=$(date +%s.%N)
+tutti_pass native configs/tau2-native.toml
+t5=$(date +%s.%N)
 
 sims=$(python3 -c "import os, tau2; print(os.path.join(os.path.dirname(tau2.__file__), 'data', 'simulations'))")
 mv "$sims/$save.json" "$work/tau2.json"
-python3 - "$work" "$t0" "$t1" "$t2" "$t3" <<'PY'
+python3 - "$work" "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" <<'PY'
 import json, sys
 import pyarrow.parquet as pq
-work, t0, t1, t2, t3 = sys.argv[1], *map(float, sys.argv[2:])
+work, t0, t1, t2, t3, t4, t5 = sys.argv[1], *map(float, sys.argv[2:])
 runs = json.load(open(f"{work}/tau2.json"))["simulations"]
 rewards = [(s.get("reward_info") or {}).get("reward", 0.0) for s in runs]
 msgs = [m for s in runs for m in s["messages"]]
@@ -64,13 +78,16 @@ tokens = sum((m.get("usage") or {}).get("prompt_tokens", 0) + (m.get("usage") or
 print(json.dumps({"runner": "tau2 run", "tasks": len(runs), "seconds": round(t1 - t0, 1),
     "tasks_per_min": round(60 * len(runs) / (t1 - t0), 2), "mean_reward": sum(rewards) / len(rewards),
     "model_calls": calls, "tokens": tokens}))
-t = pq.read_table(f"{work}/tutti.parquet").to_pylist()
-print(json.dumps({"runner": "tutti (openai executor)", "tasks": len(t), "seconds": round(t3 - t2, 1),
-    "tasks_per_min": round(60 * len(t) / (t3 - t2), 2),
-    "mean_reward": sum((r["reward"] or 0.0) for r in t) / len(t),
-    "model_calls": sum(r["turns"] for r in t) + sum(1 for r in t for c in r["calls"] if c["backend"] == "local"),
-    "user_tokens": sum(c["input_tokens"] + c["output_tokens"] for r in t for c in r["calls"] if c["backend"] == "local"),
-    "env_calls": sum(1 for r in t for c in r["calls"] if c["backend"] == "tau2"),
-    "orchestrator_tokens": sum(r["orchestrator_tokens"] for r in t),
-    "statuses": sorted({r["status"] for r in t})}))
+def tutti(name, path, seconds):
+    t = pq.read_table(path).to_pylist()
+    print(json.dumps({"runner": name, "tasks": len(t), "seconds": round(seconds, 1),
+        "tasks_per_min": round(60 * len(t) / seconds, 2),
+        "mean_reward": sum((r["reward"] or 0.0) for r in t) / len(t),
+        "model_calls": sum(r["turns"] for r in t) + sum(1 for r in t for c in r["calls"] if c["backend"] == "local"),
+        "user_tokens": sum(c["input_tokens"] + c["output_tokens"] for r in t for c in r["calls"] if c["backend"] == "local"),
+        "env_calls": sum(1 for r in t for c in r["calls"] if c["backend"] == "tau2"),
+        "orchestrator_tokens": sum(r["orchestrator_tokens"] for r in t),
+        "statuses": sorted({r["status"] for r in t})}))
+tutti("tutti (openai executor)", f"{work}/tutti.parquet", t3 - t2)
+tutti("tutti (native executor)", f"{work}/native.parquet", t5 - t4)
 PY

@@ -217,3 +217,29 @@ fn config_error_names_file_and_key() {
         "{err}"
     );
 }
+
+/// A run that fails at start-up (here: its model file is missing) commits nothing, so the same
+/// command run again fails for the same reason, not because the first run left its output behind.
+#[test]
+fn a_run_that_failed_at_start_up_does_not_block_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = jsonl(dir.path(), "t.jsonl", &[r#"{"id": "a", "prompt": "p"}"#]);
+    let text = std::fs::read_to_string(repo("configs/default.toml")).unwrap();
+    let config = dir.path().join("missing-model.toml");
+    let missing = dir.path().join("no-such-model.gguf");
+    let text = text.replace(
+        "~/.cache/tutti/models/gemma-3-270m-Q4_K_M.gguf",
+        missing.to_str().unwrap(),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = dir.path().join("out.parquet");
+    for attempt in 0..2 {
+        let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
+        assert!(!o.status.success(), "attempt {attempt}: {err}");
+        assert!(
+            err.contains("no-such-model.gguf"),
+            "attempt {attempt}: {err}"
+        );
+        assert!(!err.contains("already exists"), "attempt {attempt}: {err}");
+    }
+}

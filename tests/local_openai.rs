@@ -137,18 +137,10 @@ fn local_openai_config_runs_the_example_with_real_tool_calls() {
         .collect();
     std::fs::write(&tasks, lines.join("\n") + "\n").unwrap();
     let out = dir.path().join("out.parquet");
-    let (o, err) = run(tutti()
-        .arg("run")
-        .arg(&tasks)
-        .arg("-o")
-        .arg(&out)
-        .arg("--config")
-        .arg(&config)
-        .arg("--json")
-        .env(
-            "TUTTI_OPENAI_BASE_URL",
-            format!("http://127.0.0.1:{}/v1", server.port),
-        ));
+    let (o, err) = run(tutti_run(&tasks, &out, &config).arg("--json").env(
+        "TUTTI_OPENAI_BASE_URL",
+        format!("http://127.0.0.1:{}/v1", server.port),
+    ));
     assert!(o.status.success(), "{err}");
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["rows"], 6);

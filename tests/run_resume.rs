@@ -36,24 +36,11 @@ fn killed_run_resumes_to_every_id_exactly_once() {
     assert!(!out.exists(), "the run was killed before it finished");
 
     // Without --resume the leftovers are refused rather than silently overwritten.
-    let (o, err) = run(tutti()
-        .arg("run")
-        .arg(&tasks)
-        .arg("-o")
-        .arg(&out)
-        .arg("--config")
-        .arg(&config));
+    let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
     assert!(!o.status.success());
     assert!(err.contains("--resume"), "{err}");
 
-    let (o, err) = run(tutti()
-        .arg("run")
-        .arg(&tasks)
-        .arg("-o")
-        .arg(&out)
-        .arg("--config")
-        .arg(&config)
-        .arg("--resume"));
+    let (o, err) = run(tutti_run(&tasks, &out, &config).arg("--resume"));
     assert!(o.status.success(), "{err}");
     let ids = result_ids(&out);
     assert_eq!(ids.len(), 10_000);

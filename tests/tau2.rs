@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tutti_engine::io::results::read_results;
+use tutti_engine::model::testing::{tiny_gguf, TinyConfig};
 use tutti_engine::{Status, TaskResult};
 
 /// Whether τ² and openenv-core are importable; in CI they must be.
@@ -142,14 +143,8 @@ fn gold_rewards(dir: &Path, domain: &str) -> HashMap<String, f64> {
 }
 
 fn replay_run(env: &Env, tasks: &Path, out: &Path, config: &Path, resume: bool) -> String {
-    let mut cmd = tutti();
-    cmd.arg("run")
-        .arg(tasks)
-        .arg("-o")
-        .arg(out)
-        .arg("--config")
-        .arg(config)
-        .env("TUTTI_ENV_URL", &env.url);
+    let mut cmd = tutti_run(tasks, out, config);
+    cmd.env("TUTTI_ENV_URL", &env.url);
     if resume {
         cmd.arg("--resume");
     }
@@ -303,4 +298,162 @@ fn killed_tau2_run_resumes_with_every_id_once_and_fresh_sessions() {
     assert_eq!(active, 0);
     assert_eq!(opened, closed);
     assert!(opened > opened_before);
+}
+
+/// The tools the adapter serves for `domain`: τ²'s own definitions (OpenAI function objects)
+/// and `done`.
+fn tau2_tools(dir: &Path, domain: &str) -> Vec<serde_json::Value> {
+    let path = dir.join(format!("{domain}-tools.json"));
+    let script = "import json, sys; sys.path.insert(0, sys.argv[3]); \
+                  from episode import domain_info; \
+                  json.dump(domain_info(sys.argv[1])[1], open(sys.argv[2], 'w'))";
+    let adapter = repo("envs/tau2");
+    let out = Command::new("python3")
+        .args(["-c", script, domain, path.to_str().unwrap()])
+        .arg(adapter)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The calls (`name`, `arguments`) in an episode's orchestrator replies.
+fn replied_calls(trajectory: &str) -> Vec<(String, serde_json::Value)> {
+    let messages: Vec<serde_json::Value> = serde_json::from_str(trajectory).unwrap();
+    messages
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .map(|m| {
+            let text = m["content"].as_str().unwrap();
+            let start = text.find("<tool_call>").expect("a call in every reply") + 11;
+            let end = text.rfind("</tool_call>").expect("every call closed");
+            let call: serde_json::Value =
+                serde_json::from_str(&text[start..end]).unwrap_or_else(|e| panic!("{e}: {text}"));
+            (
+                call["name"].as_str().unwrap().to_string(),
+                call["arguments"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_random_native_orchestrator_calls_mock_tools_only_as_their_schemas_allow() {
+    if !tau2_installed() {
+        return;
+    }
+    const EPISODES: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env::serve("mock", &[]);
+    // A tiny random-weights qwen3 with `<tool_call>` tokens: its choices are noise, so only
+    // the policy head's grammar stands between it and a malformed call.
+    let model = dir.path().join("tiny-qwen3.gguf");
+    std::fs::write(&model, tiny_gguf(&TinyConfig::orchestrator()).unwrap()).unwrap();
+    let mock = dir.path().join("mock.jsonl");
+    python(
+        "envs/tau2/tasks.py",
+        &["--domain", "mock", "-o", mock.to_str().unwrap()],
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&mock)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tasks = dir.path().join("tasks.jsonl");
+    let mut text = String::new();
+    for i in 0..EPISODES {
+        let mut task = lines[i % lines.len()].clone();
+        task["id"] = format!("{}-{i}", task["id"].as_str().unwrap()).into();
+        text.push_str(&format!("{task}\n"));
+    }
+    std::fs::write(&tasks, text).unwrap();
+    let config = dir.path().join("native.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[orchestrator]
+executor = "native"
+model = {model:?}
+chat_template = "{{%- for m in messages -%}}<|im_start|>{{{{ m.role }}}}\n{{{{ m.content }}}}<|im_end|>\n{{% endfor -%}}{{%- if add_generation_prompt %}}<|im_start|>assistant\n{{% endif -%}}"
+max_tokens = 4
+temperature = 1.0
+max_turns = 4
+max_live_tasks = 256
+max_seqs = 128
+max_batched_tokens = 4096
+
+[environment]
+backend = "mock"
+max_call_tokens = 256
+max_string_chars = 16
+
+[[backends]]
+name = "mock"
+kind = "openenv"
+endpoint = "{url}"
+timeout_ms = 60000
+"#,
+            model = model.to_str().unwrap(),
+            url = env.url,
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out.parquet");
+    let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
+    assert!(o.status.success(), "{err}");
+    let results = read_results(&out).unwrap();
+    assert_eq!(results.len(), EPISODES);
+
+    let mut schemas = tau2_tools(dir.path(), "mock");
+    schemas.push(serde_json::json!({
+        "name": "respond",
+        "parameters": {"type": "object", "properties": {"content": {"type": "string"}},
+                       "required": ["content"]},
+    }));
+    let validators: HashMap<String, jsonschema::Validator> = schemas
+        .iter()
+        .map(|f| {
+            let name = f["name"].as_str().unwrap().to_string();
+            (name, jsonschema::validator_for(&f["parameters"]).unwrap())
+        })
+        .collect();
+    let (mut calls, mut rewarded) = (0, 0);
+    let mut named: HashMap<String, usize> = HashMap::new();
+    for r in &results {
+        assert_ne!(r.status, Status::Failed, "{}: {:?}", r.id, r.error);
+        let trajectory = r.trajectory.as_deref().unwrap();
+        let replied = replied_calls(trajectory);
+        assert_eq!(replied.len(), r.turns as usize, "{}: {trajectory}", r.id);
+        for (name, args) in replied {
+            let v = validators
+                .get(&name)
+                .unwrap_or_else(|| panic!("{}: `{name}` is no tool of the domain", r.id));
+            if let Err(e) = v.validate(&args) {
+                panic!("{}: `{name}` {args}: {e}", r.id);
+            }
+            *named.entry(name).or_default() += 1;
+            calls += 1;
+        }
+        // tutti's own check never had to refuse a call.
+        for refused in ["unknown tool", "argument `", "the tool call"] {
+            assert!(!trajectory.contains(refused), "{}: {trajectory}", r.id);
+        }
+        rewarded += r.reward.is_some() as usize;
+    }
+    println!(
+        "{EPISODES} episodes, {calls} calls, {rewarded} ended by `done` with τ²'s reward; \
+         calls per tool: {named:?}"
+    );
+    assert!(calls >= EPISODES);
+    assert_eq!(named.len(), validators.len(), "every tool was called");
+    assert!(rewarded > 0);
+    // Every episode's session was closed, whichever way it ended.
+    let (active, opened, closed) = env.wait_idle();
+    assert_eq!(active, 0, "no session left open");
+    assert_eq!((opened, closed), (EPISODES as u64, EPISODES as u64));
 }

@@ -65,6 +65,14 @@ pub struct EnvironmentConfig {
     /// them and may end the episode on the user's stop signal).
     #[serde(default = "defaults::yes")]
     pub record_messages: bool,
+    /// Native executor: tokens a function call may take, `<tool_call>` to `</tool_call>`, on top
+    /// of `orchestrator.max_tokens` of free text.
+    #[serde(default = "defaults::max_call_tokens")]
+    pub max_call_tokens: u32,
+    /// Native executor: the longest string argument its call grammar admits (a schema's own
+    /// `maxLength` wins when smaller), so that every call can close within `max_call_tokens`.
+    #[serde(default = "defaults::max_string_chars")]
+    pub max_string_chars: u32,
 }
 
 /// How answers are graded against a task's reference.
@@ -375,6 +383,12 @@ impl Default for CacheConfig {
 }
 
 mod defaults {
+    pub fn max_call_tokens() -> u32 {
+        1024
+    }
+    pub fn max_string_chars() -> u32 {
+        512
+    }
     pub fn user_tool() -> String {
         "respond".into()
     }
@@ -769,15 +783,16 @@ impl Config {
                 );
             }
         }
+        if e.max_call_tokens == 0 {
+            return err("environment.max_call_tokens", "must be at least 1".into());
+        }
         match self.orchestrator.executor {
-            ExecutorKind::Replay | ExecutorKind::Openai => Ok(()),
-            other => err(
+            ExecutorKind::Replay | ExecutorKind::Openai | ExecutorKind::Native => Ok(()),
+            ExecutorKind::Sim => err(
                 "orchestrator.executor",
-                format!(
-                    "an [environment] runs with the `replay` or `openai` executor; `{}` does not \
-                     call function tools yet",
-                    format!("{other:?}").to_lowercase()
-                ),
+                "an [environment] runs with the `native`, `openai` or `replay` executor; the \
+                 `sim` executor models catalog calls only"
+                    .into(),
             ),
         }
     }

@@ -98,13 +98,25 @@ pub fn model_call_text(tool: &str, alias: &str) -> String {
 }
 
 /// Parses the first call in a reply. `arguments` may be absent (no arguments) or a JSON string
-/// holding the object, as some servers emit it.
+/// holding the object, as some servers emit it. The call is the JSON object right after
+/// `<tool_call>`, closed by the `</tool_call>` that follows it, so a string argument may hold
+/// either tag.
 pub fn parse(text: &str) -> Result<ToolCall, ParseError> {
     let start = text.find(OPEN).ok_or(ParseError::Missing)? + OPEN.len();
-    let len = text[start..].find(CLOSE).ok_or(ParseError::Unclosed)?;
-    let body = text[start..start + len].trim();
-    let call: serde_json::Map<String, Value> =
-        serde_json::from_str(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let rest = &text[start..];
+    if !rest.contains(CLOSE) {
+        return Err(ParseError::Unclosed);
+    }
+    let mut values =
+        serde_json::Deserializer::from_str(rest).into_iter::<serde_json::Map<String, Value>>();
+    let call = match values.next() {
+        Some(Ok(call)) => call,
+        Some(Err(e)) => return Err(ParseError::Json(e.to_string())),
+        None => return Err(ParseError::Json("no JSON object after <tool_call>".into())),
+    };
+    if !rest[values.byte_offset()..].trim_start().starts_with(CLOSE) {
+        return Err(ParseError::Unclosed);
+    }
     from_object(call)
 }
 
@@ -219,6 +231,17 @@ mod tests {
     fn parse_errors_say_what_is_wrong() {
         assert_eq!(parse("hello"), Err(ParseError::Missing));
         assert_eq!(parse("<tool_call>{"), Err(ParseError::Unclosed));
+        assert_eq!(
+            parse(r#"<tool_call>{"name": "t"} and more</tool_call>"#),
+            Err(ParseError::Unclosed)
+        );
+        // Either tag inside a string argument is text, not the end of the call.
+        let call = parse(
+            r#"note <tool_call> {"name": "say", "arguments": {"s": "a</tool_call>b<tool_call>"}}
+            </tool_call> after"#,
+        )
+        .unwrap();
+        assert_eq!(call.arguments["s"], "a</tool_call>b<tool_call>");
         assert!(matches!(
             parse("<tool_call>{]</tool_call>"),
             Err(ParseError::Json(_))

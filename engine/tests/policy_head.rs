@@ -136,16 +136,7 @@ fn check(results: &[TaskResult], catalog: &Catalog) -> (usize, usize, usize) {
 async fn a_random_orchestrator_makes_only_valid_affordable_calls_and_follows_preference() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny-qwen3.gguf");
-    // One layer and one head: the byte-level tiny vocabulary makes contexts long (the system
-    // prompt alone is about a thousand tokens), and attention is most of the work.
-    let tiny = TinyConfig {
-        tool_tokens: true,
-        n_layers: 1,
-        n_heads: 1,
-        n_kv_heads: 1,
-        ..TinyConfig::qwen3()
-    };
-    std::fs::write(&model, tiny_gguf(&tiny).unwrap()).unwrap();
+    std::fs::write(&model, tiny_gguf(&TinyConfig::orchestrator()).unwrap()).unwrap();
     let cfg = config(&model);
 
     let t0 = std::time::Instant::now();

@@ -16,6 +16,18 @@ pub fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// `tutti run TASKS -o OUT --config CONFIG`.
+pub fn tutti_run(tasks: &Path, out: &Path, config: &Path) -> Command {
+    let mut cmd = tutti();
+    cmd.arg("run")
+        .arg(tasks)
+        .arg("-o")
+        .arg(out)
+        .arg("--config")
+        .arg(config);
+    cmd
+}
+
 /// Runs the binary and returns its output, with stderr as text for assertions.
 pub fn run(cmd: &mut Command) -> (Output, String) {
     let out = cmd.output().expect("run tutti");

@@ -219,7 +219,10 @@ fn tool_decision(model: &Model, tok: &Tokenizer) -> anyhow::Result<ToolDecisionR
     let (mut tokens, mut grammar_ms) = (Vec::new(), Vec::new());
     let (mut rows_per_call, mut max_rows) = (0u64, 0u64);
     while head.chosen().is_none() && tokens.len() < 256 {
-        let ids = head.rows().expect("the call opens at once").to_vec();
+        let crate::policy::grammar::Next::Only(ids) = head.rows() else {
+            anyhow::bail!("the catalog's call opens at once, under the grammar");
+        };
+        let ids = ids.to_vec();
         let (out, ms) = timed(&mut cache, feed, Rows::Only(&ids));
         let mut logits = out?.pop().expect("one sequence");
         grammar_ms.push(ms);

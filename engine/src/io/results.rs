@@ -293,7 +293,14 @@ impl ResultStore {
                     path: out.to_path_buf(),
                 });
             }
-            if parts_exist {
+            // An empty parts directory is what a run that stopped before committing any row
+            // leaves (it failed at start-up): nothing to resume, so it does not block this one.
+            let started = parts_exist
+                && fs::read_dir(&parts)
+                    .map_err(io_error("list", &parts))?
+                    .next()
+                    .is_some();
+            if started {
                 return Err(StoreError::Exists { path: parts });
             }
         }
@@ -758,6 +765,19 @@ mod tests {
         let (store, _) = ResultStore::open(&out, false).unwrap();
         assert_eq!(store.finish().unwrap(), 0);
         assert!(read_results(&out).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_run_that_committed_nothing_does_not_block_the_next() {
+        let (_dir, out) = out_path();
+        // A run that failed at start-up: its parts directory exists, with nothing in it.
+        let (store, _) = ResultStore::open(&out, false).unwrap();
+        drop(store);
+        let (mut store, done) = ResultStore::open(&out, false).unwrap();
+        assert!(done.is_empty());
+        store.append(&results(&["a"])).unwrap();
+        assert_eq!(store.finish().unwrap(), 1);
+        assert_eq!(read_results(&out).unwrap().len(), 1);
     }
 
     #[test]

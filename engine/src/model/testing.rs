@@ -55,6 +55,19 @@ impl TinyConfig {
         }
     }
 
+    /// A random orchestrator for policy-head tests: a 1-layer, 1-head qwen3 with `<tool_call>`
+    /// tokens. The byte-level tiny vocabulary makes contexts long (a system prompt is about a
+    /// thousand tokens), and attention is most of the work, hence one layer and one head.
+    pub fn orchestrator() -> Self {
+        Self {
+            tool_tokens: true,
+            n_layers: 1,
+            n_heads: 1,
+            n_kv_heads: 1,
+            ..Self::qwen3()
+        }
+    }
+
     /// A 2-layer qwen3 with grouped-query attention, Q8_0 weights.
     pub fn qwen3() -> Self {
         Self {

@@ -24,6 +24,7 @@ use tutti_kernels::{
 use crate::catalog::{Catalog, Preference};
 use crate::executor::native::runner::Sampling;
 use crate::model::Tokenizer;
+use crate::policy::functions::FunctionGrammar;
 
 pub use crate::hermes::{CLOSE, OPEN};
 
@@ -118,16 +119,27 @@ impl CallGrammar {
     }
 }
 
-/// What the head may emit in one turn: the affordable calls with their preference biases.
+/// What the head may emit in one turn: the affordable calls of the catalog with their
+/// preference biases, or one call of an environment's functions.
 #[derive(Debug)]
 pub struct CallPolicy {
-    grammar: Arc<CallGrammar>,
-    /// Per action: the bias of the token that commits to it, or `None` when it is masked.
-    bias: Vec<Option<f32>>,
+    calls: Calls,
     /// Tokens of free text before the head opens the call itself.
     free_tokens: usize,
     /// Nothing was affordable: the cheapest `answer` is the only call, from the first token.
     forced: bool,
+}
+
+#[derive(Debug)]
+enum Calls {
+    Catalog {
+        grammar: Arc<CallGrammar>,
+        /// Per action: the bias of the token that commits to it, or `None` when it is masked.
+        bias: Vec<Option<f32>>,
+    },
+    /// Function calls with JSON-schema arguments, under llguidance (no preference shaping:
+    /// preferences weigh model aliases, which function tools do not have).
+    Functions(Arc<FunctionGrammar>),
 }
 
 impl CallPolicy {
@@ -149,10 +161,26 @@ impl CallPolicy {
             bias[grammar.cheapest_answer] = Some(0.0);
         }
         CallPolicy {
-            grammar,
-            bias,
+            calls: Calls::Catalog { grammar, bias },
             free_tokens: if forced { 0 } else { free_tokens },
             forced,
+        }
+    }
+
+    /// One call of `grammar`'s functions after up to `free_tokens` of free text.
+    pub fn functions(grammar: Arc<FunctionGrammar>, free_tokens: usize) -> CallPolicy {
+        CallPolicy {
+            calls: Calls::Functions(grammar),
+            free_tokens,
+            forced: false,
+        }
+    }
+
+    /// The catalog's grammar and the biases of its actions; `None` for function calls.
+    fn catalog(&self) -> Option<(&CallGrammar, &[Option<f32>])> {
+        match &self.calls {
+            Calls::Catalog { grammar, bias } => Some((grammar, bias)),
+            Calls::Functions(_) => None,
         }
     }
 
@@ -163,27 +191,45 @@ impl CallPolicy {
 
     /// New tokens a turn may take at most: its free text, then the longest allowed call at
     /// one token per byte.
+    /// For function calls: the free text, then the call's allowance.
     pub fn max_tokens(&self) -> usize {
-        let longest = self
-            .allowed()
-            .map(|a| self.grammar.calls[a].len())
-            .max()
-            .unwrap_or(0);
+        let longest = match &self.calls {
+            Calls::Catalog { grammar, .. } => self
+                .allowed()
+                .map(|a| grammar.calls[a].len())
+                .max()
+                .unwrap_or(0),
+            Calls::Functions(f) => f.limits().max_call_tokens,
+        };
         self.free_tokens + longest
     }
 
+    /// The catalog actions the turn may call (none for function calls).
     fn allowed(&self) -> impl Iterator<Item = usize> + '_ {
-        self.bias
-            .iter()
-            .enumerate()
-            .filter_map(|(a, b)| b.map(|_| a))
+        let bias = self.catalog().map_or(&[][..], |(_, b)| b);
+        bias.iter().enumerate().filter_map(|(a, b)| b.map(|_| a))
     }
 }
 
-/// A call under way: the bytes emitted since `OPEN` began, and the actions still possible.
-struct Progress {
-    emitted: Vec<u8>,
-    alive: Vec<usize>,
+/// A call under way.
+enum Progress {
+    /// The bytes emitted since `OPEN` began, and the catalog actions still possible.
+    Catalog { emitted: Vec<u8>, alive: Vec<usize> },
+    /// llguidance's state of the function call.
+    Function(Box<llguidance::Matcher>),
+}
+
+/// What the next token of a turn is chosen from ([`CallHead::rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next<'a> {
+    /// Free text: the whole vocabulary, with [`CallHead::choose_free`].
+    Free,
+    /// Under the grammar, and these few tokens are all it allows: compute only their rows
+    /// and choose with [`CallHead::choose_call`].
+    Only(&'a [u32]),
+    /// Under the grammar, with too many tokens allowed for a gather to pay: compute the whole
+    /// vocabulary's row and choose with [`CallHead::choose_call`], which masks it.
+    Masked,
 }
 
 /// The head's state during one turn.
@@ -195,6 +241,12 @@ pub struct CallHead {
     call: Option<Progress>,
     /// The action whose call is complete.
     chosen: Option<usize>,
+    /// The function call is complete.
+    closed: bool,
+    /// The function grammar allows too many tokens for a gather to pay ([`Next::Masked`]).
+    wide: bool,
+    /// Why the grammar could not go on, if it could not.
+    failure: Option<String>,
     /// The tokens allowed next and their biases (valid after [`CallHead::rows`]).
     allowed: Vec<u32>,
     bias: Vec<f32>,
@@ -209,6 +261,9 @@ impl CallHead {
             free_used: 0,
             call: None,
             chosen: None,
+            closed: false,
+            wide: false,
+            failure: None,
             allowed: Vec::new(),
             bias: Vec::new(),
             spans: Vec::new(),
@@ -225,40 +280,75 @@ impl CallHead {
         self.chosen
     }
 
+    /// Whether the turn's call is complete (a catalog action or a function call).
+    pub fn done(&self) -> bool {
+        self.chosen.is_some() || self.closed
+    }
+
+    /// Why the call grammar failed, when [`CallHead::choose_call`] returned `None` for it.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
     /// Whether the next token is under the grammar.
     pub fn in_call(&self) -> bool {
         self.call.is_some()
     }
 
-    /// Prepares the next token: `None` when the whole vocabulary is wanted (free text), else
-    /// the only token ids the grammar allows.
-    pub fn rows(&mut self) -> Option<&[u32]> {
+    /// Prepares the next token: free text, or the tokens the grammar allows.
+    pub fn rows(&mut self) -> Next<'_> {
         if self.call.is_none() && self.free_used >= self.policy.free_tokens {
             self.open_call();
         }
-        self.call.as_ref()?;
+        if self.call.is_none() {
+            return Next::Free;
+        }
         self.fill_allowed();
-        Some(&self.allowed)
+        if self.wide {
+            Next::Masked
+        } else {
+            Next::Only(&self.allowed)
+        }
     }
 
     /// Starts the call from its first byte.
     fn open_call(&mut self) {
-        self.call = Some(Progress {
-            emitted: Vec::new(),
-            alive: self.policy.allowed().collect(),
+        self.call = Some(match &self.policy.calls {
+            Calls::Catalog { .. } => Progress::Catalog {
+                emitted: Vec::new(),
+                alive: self.policy.allowed().collect(),
+            },
+            Calls::Functions(f) => Progress::Function(Box::new(f.matcher())),
         });
     }
 
-    /// Every token continuing some live call, with the largest bias among the calls it keeps.
+    /// Every token the grammar allows next: for the catalog, each token continuing some live
+    /// call, with the largest bias among the calls it keeps.
     fn fill_allowed(&mut self) {
-        let g = &self.policy.grammar;
-        let call = self.call.as_ref().expect("a call under way");
-        let at = call.emitted.len();
+        self.allowed.clear();
+        self.bias.clear();
+        self.spans.clear();
+        let (at, alive) = match self.call.as_mut().expect("a call under way") {
+            Progress::Function(m) => {
+                match m.compute_mask() {
+                    Ok(mask) => {
+                        mask.iter_set_entries(|t| self.allowed.push(t as u32));
+                        // Gathering rows pays only when few are wanted.
+                        self.wide = self.allowed.len() > mask.len() / 8;
+                    }
+                    Err(e) => self.failure = Some(format!("the call grammar: {e}")),
+                }
+                self.bias.resize(self.allowed.len(), 0.0);
+                return;
+            }
+            Progress::Catalog { emitted, alive } => (emitted.len(), alive),
+        };
+        let (g, biases) = self.policy.catalog().expect("a catalog call");
         // token -> (bias, an action it continues, its length in bytes)
         let mut best: HashMap<u32, (f32, usize, usize)> = HashMap::new();
-        for &a in &call.alive {
+        for &a in alive.iter() {
             let tail = &g.calls[a][at..];
-            let bias = self.policy.bias[a].expect("live calls are allowed");
+            let bias = biases[a].expect("live calls are allowed");
             for len in 1..=g.max_piece.min(tail.len()) {
                 if !g.finishable[a][at + len] {
                     continue;
@@ -273,9 +363,6 @@ impl CallHead {
         }
         let mut found: Vec<(u32, (f32, usize, usize))> = best.into_iter().collect();
         found.sort_unstable_by_key(|p| p.0);
-        self.allowed.clear();
-        self.bias.clear();
-        self.spans.clear();
         for (id, (b, a, len)) in found {
             self.allowed.push(id);
             self.bias.push(b);
@@ -283,28 +370,55 @@ impl CallHead {
         }
     }
 
-    /// Picks the next call token from `logits[i]`, the logit of `self.allowed[i]` (as
-    /// [`CallHead::rows`] returned), adding each token's bias.
-    /// `None` when no token is allowed (a vocabulary that cannot spell the call).
+    /// Picks the next call token from `logits`: `logits[i]` the logit of `self.allowed[i]`
+    /// ([`Next::Only`]), or the whole vocabulary's row ([`Next::Masked`]); each token's bias
+    /// is added. `None` when no token is allowed (a vocabulary that cannot spell the call, or
+    /// a grammar that failed: [`CallHead::failure`]).
     pub fn choose_call(
         &mut self,
         logits: &mut [f32],
         sampling: &Sampling,
         rng: &mut impl Rng,
     ) -> Option<u32> {
-        if self.allowed.is_empty() || logits.len() != self.allowed.len() {
+        if self.allowed.is_empty() {
             return None;
         }
+        let mut gathered;
+        let logits = if logits.len() == self.allowed.len() {
+            logits
+        } else {
+            gathered = Vec::with_capacity(self.allowed.len());
+            for &t in &self.allowed {
+                gathered.push(*logits.get(t as usize)?);
+            }
+            &mut gathered[..]
+        };
         for (l, b) in logits.iter_mut().zip(&self.bias) {
             *l += b;
         }
         // Masked or underflowed rows still leave a valid choice: the first allowed token.
         let i = pick(logits, sampling, rng).unwrap_or(0);
-        let (a, len) = self.spans[i];
-        let at = self.call.as_ref().expect("a call under way").emitted.len();
-        let piece = self.policy.grammar.calls[a][at..at + len].to_vec();
-        self.advance(&piece);
-        Some(self.allowed[i])
+        let token = self.allowed[i];
+        match self.call.as_mut().expect("a call under way") {
+            Progress::Function(m) => {
+                let step = m.consume_token(token).and_then(|()| m.is_accepting());
+                match step {
+                    Ok(accepting) => self.closed = accepting,
+                    Err(e) => {
+                        self.failure = Some(format!("the call grammar: {e}"));
+                        return None;
+                    }
+                }
+            }
+            Progress::Catalog { emitted, .. } => {
+                let (a, len) = self.spans[i];
+                let at = emitted.len();
+                let (g, _) = self.policy.catalog().expect("a catalog call");
+                let piece = g.calls[a][at..at + len].to_vec();
+                self.advance(&piece);
+            }
+        }
+        Some(token)
     }
 
     /// Picks the next token from the whole vocabulary's `logits` (free text). A token that
@@ -338,22 +452,11 @@ impl CallHead {
             let mut text = self.free.clone();
             text.extend(tokenizer.token_to_piece(t, false));
             if let Some(at) = find(&text, OPEN.as_bytes()) {
-                let emitted = text[at..].to_vec();
-                let alive: Vec<usize> = self
-                    .policy
-                    .allowed()
-                    .filter(|&a| self.policy.grammar.calls[a].starts_with(&emitted))
-                    .collect();
-                if alive.is_empty() {
-                    // Opens a call no action continues: never emitted.
+                if !self.begin_call(&text[at..], tokenizer) {
+                    // Opens a call the grammar does not continue: never emitted.
                     logits[t as usize] = if greedy { f32::NEG_INFINITY } else { 0.0 };
                     continue;
                 }
-                self.call = Some(Progress {
-                    emitted: Vec::new(),
-                    alive,
-                });
-                self.advance(&emitted);
             }
             self.free = text;
             self.free_used += 1;
@@ -368,18 +471,54 @@ impl CallHead {
         self.choose_call(&mut sub, sampling, rng)
     }
 
-    /// Appends `bytes` to the call and keeps the calls they continue.
+    /// Starts the call the model opened in free text: `emitted` is `OPEN` and what the same
+    /// token wrote after it. False when the grammar does not continue it. A function call must
+    /// open on a token boundary (its grammar runs on whole tokens).
+    fn begin_call(&mut self, emitted: &[u8], tokenizer: &Tokenizer) -> bool {
+        match &self.policy.calls {
+            Calls::Catalog { grammar, .. } => {
+                let alive: Vec<usize> = self
+                    .policy
+                    .allowed()
+                    .filter(|&a| grammar.calls[a].starts_with(emitted))
+                    .collect();
+                if alive.is_empty() {
+                    return false;
+                }
+                self.call = Some(Progress::Catalog {
+                    emitted: Vec::new(),
+                    alive,
+                });
+                self.advance(emitted);
+                true
+            }
+            Calls::Functions(f) => {
+                if emitted != OPEN.as_bytes() {
+                    return false;
+                }
+                let mut m = f.matcher();
+                if m.consume_tokens(&tokenizer.encode(OPEN, false, true))
+                    .is_err()
+                {
+                    return false;
+                }
+                self.call = Some(Progress::Function(Box::new(m)));
+                true
+            }
+        }
+    }
+
+    /// Appends `bytes` to a catalog call and keeps the calls they continue.
     fn advance(&mut self, bytes: &[u8]) {
-        let g = &self.policy.grammar;
-        let call = self.call.as_mut().expect("a call under way");
-        call.emitted.extend_from_slice(bytes);
-        call.alive
-            .retain(|&a| g.calls[a].starts_with(&call.emitted));
-        if let Some(&a) = call
-            .alive
-            .iter()
-            .find(|&&a| g.calls[a].len() == call.emitted.len())
-        {
+        let Some((g, _)) = self.policy.catalog() else {
+            return;
+        };
+        let Some(Progress::Catalog { emitted, alive }) = self.call.as_mut() else {
+            return;
+        };
+        emitted.extend_from_slice(bytes);
+        alive.retain(|&a| g.calls[a].starts_with(emitted));
+        if let Some(&a) = alive.iter().find(|&&a| g.calls[a].len() == emitted.len()) {
             self.chosen = Some(a);
         }
     }
@@ -451,27 +590,44 @@ mod tests {
         rng: &mut SmallRng,
         s: &Sampling,
     ) -> (usize, String) {
+        let text = drive_text(head, tok, rng, s, 400);
+        (head.chosen().expect("a catalog action"), text)
+    }
+
+    /// Drives a head with random logits until its call is complete, `limit` tokens at most;
+    /// returns the text of the tokens it chose.
+    fn drive_text(
+        head: &mut CallHead,
+        tok: &Tokenizer,
+        rng: &mut SmallRng,
+        s: &Sampling,
+        limit: usize,
+    ) -> String {
         let mut tokens = Vec::new();
-        for _ in 0..400 {
+        let row = |rng: &mut SmallRng| -> Vec<f32> {
+            (0..tok.vocab_size())
+                .map(|_| rng.random::<f32>() * 4.0)
+                .collect()
+        };
+        for _ in 0..limit {
             let t = match head.rows() {
-                Some(ids) => {
+                Next::Only(ids) => {
                     let mut l: Vec<f32> = ids.iter().map(|_| rng.random::<f32>() * 4.0).collect();
                     head.choose_call(&mut l, s, rng)
                 }
-                None => {
-                    let mut l: Vec<f32> = (0..tok.vocab_size())
-                        .map(|_| rng.random::<f32>() * 4.0)
-                        .collect();
-                    head.choose_free(&mut l, s, rng, tok)
-                }
+                Next::Masked => head.choose_call(&mut row(rng), s, rng),
+                Next::Free => head.choose_free(&mut row(rng), s, rng, tok),
             }
-            .expect("a token");
+            .unwrap_or_else(|| panic!("a token: {:?}", head.failure()));
             tokens.push(t);
-            if let Some(a) = head.chosen() {
-                return (a, tok.decode(&tokens, false));
+            if head.done() {
+                return tok.decode(&tokens, false);
             }
         }
-        panic!("no call after 400 tokens: {:?}", tok.decode(&tokens, false));
+        panic!(
+            "no call after {limit} tokens: {:?}",
+            tok.decode(&tokens, false)
+        );
     }
 
     #[test]
@@ -520,7 +676,10 @@ mod tests {
         let policy = Arc::new(CallPolicy::new(grammar, &catalog.preference(&[]), 0.0, 16));
         assert!(policy.forced());
         let mut head = CallHead::new(policy);
-        assert!(head.rows().is_some(), "no free text when forced");
+        assert!(
+            matches!(head.rows(), Next::Only(_)),
+            "no free text when forced"
+        );
         let mut rng = SmallRng::seed_from_u64(1);
         let (a, text) = drive(&mut head, &tok, &mut rng, &Sampling::GREEDY);
         assert_eq!(a, crate::policy::cheapest_answer(&catalog));
@@ -558,7 +717,7 @@ mod tests {
         let catalog = sim_catalog();
         let policy = Arc::new(CallPolicy::new(grammar, &catalog.preference(&[]), 1.0, 50));
         let mut head = CallHead::new(policy);
-        assert!(head.rows().is_none());
+        assert_eq!(head.rows(), Next::Free);
         let open = tok
             .token_id(OPEN)
             .expect("the tiny vocabulary has <tool_call>");
@@ -568,7 +727,10 @@ mod tests {
         let t = head.choose_free(&mut logits, &Sampling::GREEDY, &mut rng, &tok);
         assert_eq!(t, Some(open));
         assert!(head.in_call());
-        let ids = head.rows().expect("under the grammar").to_vec();
+        let Next::Only(ids) = head.rows() else {
+            panic!("under the grammar")
+        };
+        let ids = ids.to_vec();
         let texts: Vec<String> = ids.iter().map(|&i| tok.decode(&[i], false)).collect();
         assert!(
             texts.iter().all(|t| "{\"name\": ".starts_with(t.as_str())),
@@ -588,5 +750,97 @@ mod tests {
             .unwrap();
         assert!(head.in_call());
         assert!(OPEN.starts_with(&tok.decode(&[t], false)));
+    }
+
+    /// The τ² mock domain's tools, as its environment sends them (pydantic's schemas: a
+    /// `null` default on a string, no `additionalProperties`).
+    fn mock_tools() -> Vec<serde_json::Value> {
+        serde_json::from_str(
+            r#"[
+            {"name": "create_task", "parameters": {"properties": {
+                "user_id": {"description": "The ID of the user", "title": "User Id", "type": "string"},
+                "title": {"title": "Title", "type": "string"},
+                "description": {"default": null, "title": "Description", "type": "string"}},
+                "required": ["user_id", "title"], "title": "parameters", "type": "object"}},
+            {"name": "get_users", "parameters": {"properties": {}, "title": "parameters", "type": "object"}},
+            {"name": "update_task_status", "parameters": {"properties": {
+                "task_id": {"type": "string"},
+                "status": {"enum": ["pending", "completed"], "type": "string"},
+                "count": {"type": "integer", "minimum": 0, "maximum": 99}},
+                "required": ["task_id", "status"], "type": "object"}},
+            {"name": "respond", "parameters": {"type": "object",
+                "properties": {"content": {"type": "string"}}, "required": ["content"]}}
+        ]"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn random_logits_always_write_a_function_call_that_its_schema_accepts() {
+        use crate::policy::functions::{FunctionLimits, Vocabulary};
+        let (_, tok, _) = setup();
+        let tools = mock_tools();
+        let limits = FunctionLimits {
+            max_call_tokens: 256,
+            max_string_chars: 12,
+        };
+        let grammar = Arc::new(
+            Vocabulary::new(&tok)
+                .unwrap()
+                .functions(&tools, limits)
+                .unwrap(),
+        );
+        let validators: HashMap<&str, jsonschema::Validator> = tools
+            .iter()
+            .map(|t| {
+                let v = jsonschema::validator_for(&t["parameters"]).unwrap();
+                (t["name"].as_str().unwrap(), v)
+            })
+            .collect();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut seen = HashSet::new();
+        for i in 0..300 {
+            let s = Sampling {
+                temperature: [0.0, 1.0][i % 2],
+                ..Sampling::GREEDY
+            };
+            let policy = Arc::new(CallPolicy::functions(grammar.clone(), i % 4));
+            let mut head = CallHead::new(policy.clone());
+            let text = drive_text(&mut head, &tok, &mut rng, &s, policy.max_tokens());
+            let call = crate::hermes::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let args = serde_json::Value::Object(call.arguments.clone());
+            let v = &validators[call.name.as_str()];
+            assert!(v.is_valid(&args), "{text}");
+            assert!(text.ends_with(CLOSE), "the turn ends with its call: {text}");
+            seen.insert(call.name);
+        }
+        assert_eq!(seen.len(), tools.len(), "every tool gets called: {seen:?}");
+    }
+
+    #[test]
+    fn a_function_call_opened_in_free_text_continues_under_its_grammar() {
+        use crate::policy::functions::{FunctionLimits, Vocabulary};
+        let (_, tok, _) = setup();
+        let limits = FunctionLimits {
+            max_call_tokens: 256,
+            max_string_chars: 12,
+        };
+        let grammar = Vocabulary::new(&tok)
+            .unwrap()
+            .functions(&mock_tools(), limits)
+            .unwrap();
+        let mut head = CallHead::new(Arc::new(CallPolicy::functions(Arc::new(grammar), 50)));
+        assert_eq!(head.rows(), Next::Free);
+        let open = tok.token_id(OPEN).unwrap();
+        let mut logits = vec![0f32; tok.vocab_size()];
+        logits[open as usize] = 10.0;
+        let mut rng = SmallRng::seed_from_u64(1);
+        let t = head.choose_free(&mut logits, &Sampling::GREEDY, &mut rng, &tok);
+        assert_eq!(t, Some(open));
+        let Next::Only(ids) = head.rows() else {
+            panic!("under the grammar")
+        };
+        let texts: Vec<String> = ids.iter().map(|&i| tok.decode(&[i], false)).collect();
+        assert_eq!(texts, ["{"], "the call's JSON starts");
     }
 }

@@ -15,12 +15,23 @@
 //! constrains it to the catalog's calls (shaped by the task's preference, masked by its
 //! remaining budget) from the moment it opens `<tool_call>`, ends its turn, or runs out of
 //! free tokens.
+//!
+//! With an environment, the turn's calls are the environment's functions (and the user tool)
+//! instead: the system turn lists them (Hermes' `<tools>`), and the head holds the call to
+//! their JSON schemas with llguidance ([`crate::policy::functions`]). Each distinct tool list
+//! is compiled once. An episode's problem (an environment's instructions, e.g. τ²'s domain
+//! policy) joins the shared prefix, so it is prefilled once for all the tasks that bring it.
 
 pub mod runner;
 
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use lru::LruCache;
+use parking_lot::Mutex;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -31,6 +42,7 @@ use crate::backend::sim::stable_hash;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::model::{Model, Tokenizer};
+use crate::policy::functions::{FunctionGrammar, FunctionLimits, Vocabulary};
 use crate::policy::grammar::{CallGrammar, CallPolicy};
 use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
 use runner::{NativeInput, NativeOutput, NativeRunner, NativeStats, Sampling};
@@ -224,8 +236,27 @@ pub struct NativeExecutor {
     /// Free-text tokens per turn before the head opens the call.
     max_new: usize,
     sampling: Sampling,
-    grammar: Arc<CallGrammar>,
+    /// The catalog's calls; `None` with an environment, whose episodes call its functions.
+    grammar: Option<Arc<CallGrammar>>,
+    /// With an environment: the vocabulary as the function grammar sees it, and its limits.
+    functions: Option<(Vocabulary, FunctionLimits)>,
+    /// Compiled tool lists, by the hash of their definitions.
+    tool_lists: Mutex<LruCache<u64, Arc<ToolList>>>,
+    /// The problem texts (by hash) shared as prefixes.
+    problems: Mutex<HashSet<u64>>,
 }
+
+/// One tool list of an environment: its system turn and its call grammar.
+struct ToolList {
+    system: String,
+    grammar: Arc<FunctionGrammar>,
+}
+
+/// Tool lists kept compiled (an environment usually has one).
+const TOOL_LISTS: usize = 16;
+/// Distinct problem texts that may become shared prefixes; later ones are not shared (each
+/// shared prefix holds KV memory for the whole run).
+const SHARED_PROBLEMS: usize = 8;
 
 impl NativeExecutor {
     pub fn new(
@@ -246,15 +277,38 @@ impl NativeExecutor {
             "orchestrator",
         )
         .map_err(ExecError)?;
-        let grammar = CallGrammar::new(&catalog, runtime.tokenizer());
-        if !grammar.spellable() {
-            return Err(ExecError(format!(
-                "orchestrator: the vocabulary of {path} cannot spell every tool call of the \
-                 catalog (a tool or alias name uses characters it has no token for)"
-            )));
-        }
+        let grammar = match cfg.environment {
+            Some(_) => None,
+            None => {
+                let grammar = CallGrammar::new(&catalog, runtime.tokenizer());
+                if !grammar.spellable() {
+                    return Err(ExecError(format!(
+                        "orchestrator: the vocabulary of {path} cannot spell every tool call of \
+                         the catalog (a tool or alias name uses characters it has no token for)"
+                    )));
+                }
+                Some(Arc::new(grammar))
+            }
+        };
+        let functions = match &cfg.environment {
+            None => None,
+            Some(e) => {
+                let vocabulary = Vocabulary::new(runtime.tokenizer())
+                    .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
+                let limits = FunctionLimits {
+                    max_call_tokens: e.max_call_tokens as usize,
+                    max_string_chars: e.max_string_chars as u64,
+                };
+                Some((vocabulary, limits))
+            }
+        };
         Ok(NativeExecutor {
-            grammar: Arc::new(grammar),
+            functions,
+            tool_lists: Mutex::new(LruCache::new(
+                NonZeroUsize::new(TOOL_LISTS).expect("non-zero"),
+            )),
+            problems: Mutex::new(HashSet::new()),
+            grammar,
             prompt,
             system: super::openai::system_prompt(&catalog),
             max_new: o.max_tokens as usize,
@@ -272,9 +326,48 @@ impl NativeExecutor {
         &self.runtime
     }
 
+    /// The compiled tool list of `functions`, compiled now on first sight.
+    fn tool_list(&self, functions: &[Value]) -> Result<Arc<ToolList>, ExecError> {
+        let Some((vocabulary, limits)) = &self.functions else {
+            return Err(ExecError(
+                "function tools need an [environment] in the config".into(),
+            ));
+        };
+        let text = serde_json::to_string(functions).expect("JSON serializes");
+        let key = stable_hash(0, &[text.as_bytes()]);
+        if let Some(list) = self.tool_lists.lock().get(&key) {
+            return Ok(list.clone());
+        }
+        let grammar = vocabulary
+            .functions(functions, *limits)
+            .map_err(|e| ExecError(format!("the environment's tools: {e}")))?;
+        let list = Arc::new(ToolList {
+            system: crate::hermes::tools_prompt(functions),
+            grammar: Arc::new(grammar),
+        });
+        self.tool_lists.lock().put(key, list.clone());
+        Ok(list)
+    }
+
+    /// Messages of the shared prefix: the system turn, and with an environment the problem too
+    /// (its instructions, the same for every task of a domain), for the first
+    /// [`SHARED_PROBLEMS`] distinct problems; later ones share the system turn only.
+    fn shared_messages(&self, view: &TurnView<'_>, messages: &[Value]) -> usize {
+        let Some(problem) = messages.get(1).filter(|_| !view.functions.is_empty()) else {
+            return 1;
+        };
+        let key = stable_hash(0, &[problem.to_string().as_bytes()]);
+        let mut shared = self.problems.lock();
+        if shared.contains(&key) || shared.len() < SHARED_PROBLEMS && shared.insert(key) {
+            2
+        } else {
+            1
+        }
+    }
+
     /// The conversation as chat messages; it only ever grows, turn by turn (the preference
     /// and budget are stated once, with the problem).
-    fn messages(&self, view: &TurnView<'_>) -> Vec<Value> {
+    fn messages(&self, system: &str, view: &TurnView<'_>) -> Vec<Value> {
         let mut suffix = String::new();
         if !view.task.preference.is_empty() {
             let prefs = super::preference_text(&view.task.preference);
@@ -283,21 +376,27 @@ impl NativeExecutor {
         if let Some(b) = view.task.budget_usd {
             suffix.push_str(&format!("\nBudget: ${b:.4}."));
         }
-        super::chat_messages(&self.system, view.messages, &suffix)
+        super::chat_messages(system, view.messages, &suffix)
     }
 
     async fn turn(&self, seq: u64, view: TurnView<'_>) -> Result<Decision, ExecError> {
-        let messages = self.messages(&view);
+        let (messages, policy) = if view.functions.is_empty() {
+            let grammar = self.grammar.clone().ok_or_else(|| {
+                ExecError("a turn without the environment's tools under an [environment]".into())
+            })?;
+            let policy =
+                CallPolicy::new(grammar, view.preference, view.remaining_usd, self.max_new);
+            (self.messages(&self.system, &view), policy)
+        } else {
+            let list = self.tool_list(view.functions)?;
+            let policy = CallPolicy::functions(list.grammar.clone(), self.max_new);
+            (self.messages(&list.system, &view), policy)
+        };
+        let shared = self.shared_messages(&view, &messages);
         let (tokens, shared_prefix) = self
             .prompt
-            .tokens(self.runtime.tokenizer(), &messages, 1)
+            .tokens(self.runtime.tokenizer(), &messages, shared)
             .map_err(ExecError)?;
-        let policy = CallPolicy::new(
-            self.grammar.clone(),
-            view.preference,
-            view.remaining_usd,
-            self.max_new,
-        );
         let out = self
             .runtime
             .turn(

@@ -27,7 +27,7 @@ use rand::SeedableRng;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::model::{KvCache, Model, Rows, SeqStep, Tokenizer};
-use crate::policy::grammar::{sample_token, CallHead, CallPolicy};
+use crate::policy::grammar::{sample_token, CallHead, CallPolicy, Next};
 use crate::scheduler::{StepItem, StepRunner};
 
 /// How a turn picks its tokens.
@@ -113,6 +113,18 @@ pub struct NativeStats {
     pub grammar_rows: AtomicU64,
     /// Calls the grammar completed.
     pub grammar_calls: AtomicU64,
+}
+
+/// The output rows an item of a step needs.
+enum Want {
+    /// None: a prefill chunk that does not sample.
+    Nothing,
+    /// The whole vocabulary, free to choose from.
+    Free,
+    /// Only these tokens' rows (the grammar allows no others).
+    Only(Vec<u32>),
+    /// The whole vocabulary, masked by the grammar.
+    Masked,
 }
 
 struct Turn {
@@ -292,7 +304,7 @@ impl NativeRunner {
         }
         let mut text = self.tokenizer.decode(&turn.generated, false);
         if let Some(head) = &turn.head {
-            if head.chosen().is_some() {
+            if head.done() {
                 self.stats.grammar_calls.fetch_add(1, Ordering::Relaxed);
             }
         } else if let Some(stop) = &turn.input.stop {
@@ -313,7 +325,7 @@ impl NativeRunner {
             return true;
         }
         if let Some(head) = &turn.head {
-            return head.chosen().is_some();
+            return head.done();
         }
         if self.tokenizer.is_eog(token) {
             return true;
@@ -495,10 +507,10 @@ impl StepRunner for NativeRunner {
     ) {
         // Feed each item its prefill chunk, or its last sampled token; ask the head for the
         // output rows each needs: none for a prefill chunk that does not sample, the grammar's
-        // allowed tokens inside a call, else the whole vocabulary.
+        // allowed tokens inside a call (when few), else the whole vocabulary.
         let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(items.len());
         let mut caches: Vec<KvCache> = Vec::with_capacity(items.len());
-        let mut wants: Vec<Option<Vec<u32>>> = Vec::with_capacity(items.len());
+        let mut wants: Vec<Want> = Vec::with_capacity(items.len());
         let mut index = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let st = self.seqs.get_mut(&item.seq.key).expect("a live sequence");
@@ -514,9 +526,13 @@ impl StepRunner for NativeRunner {
                 vec![*turn.generated.last().expect("decoding after a first token")]
             };
             let want = match (&mut turn.head, item.decode) {
-                (_, false) => Some(Vec::new()),
-                (Some(head), true) => head.rows().map(<[u32]>::to_vec),
-                (None, true) => None,
+                (_, false) => Want::Nothing,
+                (Some(head), true) => match head.rows() {
+                    Next::Free => Want::Free,
+                    Next::Only(ids) => Want::Only(ids.to_vec()),
+                    Next::Masked => Want::Masked,
+                },
+                (None, true) => Want::Free,
             };
             feeds.push(feed);
             caches.push(cache);
@@ -537,9 +553,9 @@ impl StepRunner for NativeRunner {
             let rows: Vec<Rows<'_>> = wants
                 .iter()
                 .map(|w| match w {
-                    None => Rows::All,
-                    Some(ids) if ids.is_empty() => Rows::None,
-                    Some(ids) => Rows::Only(ids),
+                    Want::Free | Want::Masked => Rows::All,
+                    Want::Nothing => Rows::None,
+                    Want::Only(ids) => Rows::Only(ids),
                 })
                 .collect();
             self.model.step_rows(&mut steps, &rows)
@@ -574,12 +590,12 @@ impl StepRunner for NativeRunner {
                 let logits = &mut logits[row];
                 let sampling = turn.input.sampling;
                 let token = match (&mut turn.head, &wants[row]) {
-                    (Some(head), Some(_)) => {
+                    (Some(head), Want::Only(_) | Want::Masked) => {
                         grammar_steps += 1;
                         grammar_rows += logits.len() as u64;
                         head.choose_call(logits, &sampling, &mut turn.rng)
                     }
-                    (Some(head), None) => {
+                    (Some(head), _) => {
                         head.choose_free(logits, &sampling, &mut turn.rng, &self.tokenizer)
                     }
                     (None, _) => sample_token(logits, &sampling, &mut turn.rng),
@@ -589,7 +605,13 @@ impl StepRunner for NativeRunner {
                         turn.generated.push(t);
                         decoded += 1;
                     }
-                    None => turn.error = Some("sampling failed: every token is masked".into()),
+                    None => {
+                        let why = turn.head.as_ref().and_then(CallHead::failure);
+                        turn.error = Some(match why {
+                            Some(why) => format!("sampling failed: {why}"),
+                            None => "sampling failed: every token is masked".into(),
+                        })
+                    }
                 }
             }
         }
