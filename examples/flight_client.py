@@ -52,8 +52,10 @@ while True:
 results = client.do_get(info.endpoints[0].ticket, options=options).read_all()
 print(results.select(["id", "status", "answer", "correct"]).slice(0, 5))
 
-# Job stats (the job's ledger) and cancellation are actions; the body is the job id.
+# Job stats (the job's report: statuses, accuracy, latency, tokens, cost per alias and backend)
+# and cancellation are actions; the body is the job id.
 stats = json.loads(next(client.do_action(flight.Action("job-stats", job_id.encode()),
                                          options=options)).body.to_pybytes())
-print("cost $%.4f over %d calls" % (stats["ledger"]["cost_usd"], stats["ledger"]["calls"]))
+report = stats["report"]
+print("cost $%.4f over %d calls; accuracy %s" % (report["cost_usd"], report["calls"], report["accuracy"]))
 # client.do_action(flight.Action("cancel", job_id.encode()), options=options)

@@ -131,39 +131,32 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
 
 fn print_run(name: &str, r: &RunReport) {
     println!("{name}");
-    println!("  tasks            {} in {:.2} s", r.tasks, r.wall_s);
+    for line in r.report.lines() {
+        println!("{line}");
+    }
     println!(
-        "  throughput       {:.1} tasks/s, {:.1} turns/s",
-        r.tasks_per_s, r.turns_per_s
+        "  {:<10} {} billed ({} distinct requests), {} cache hits, {} joined in flight; \
+         coalescing factor {:.2} (calls served per backend batch)",
+        "backends",
+        r.billed_calls,
+        r.unique_calls,
+        r.cache_hits,
+        r.joined_calls,
+        r.coalescing_factor
     );
-    let l = r.task_latency_ms;
-    println!(
-        "  task latency ms  p50 {} · p90 {} · p99 {} · max {}",
-        l.p50, l.p90, l.p99, l.max
-    );
-    println!(
-        "  cost             ${:.4} (${:.6} per task)",
-        r.cost_usd, r.cost_per_task_usd
-    );
-    println!(
-        "  backend calls    {} billed ({} distinct requests), {} cache hits, {} joined in flight, {:.2} calls per batch",
-        r.billed_calls, r.unique_calls, r.cache_hits, r.joined_calls, r.coalescing_factor
-    );
-    println!("  accuracy         {:.1}%", r.accuracy * 100.0);
     let (retries, opens, fallbacks) = r.ledger.backends.iter().fold((0, 0, 0), |(a, b, c), x| {
         (a + x.retries, b + x.breaker_opens, c + x.fallbacks)
     });
     if retries + opens + fallbacks > 0 {
         println!(
-            "  failures         {retries} retries, {opens} breaker opens, {fallbacks} fallbacks"
+            "  {:<10} {retries} retries, {opens} breaker opens, {fallbacks} fallbacks",
+            "recovery"
         );
     }
-    let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("  statuses         {}", statuses.join(", "));
     if r.decode_steps > 0 {
         println!(
-            "  decode steps     {} (mean batch {:.1})",
-            r.decode_steps, r.mean_batch
+            "  {:<10} {} decode steps, {:.1} sequences per step",
+            "decode", r.decode_steps, r.mean_batch
         );
     }
 }
@@ -173,27 +166,28 @@ fn print_report(r: &BenchReport) {
         "tutti bench — {}{}",
         r.profile,
         if r.simulated {
-            " — SIMULATION: simulated parts, real engine"
+            " — SIMULATION: simulated parts, real engine; latencies are in simulated time \
+             (compressed by the config's time_scale)"
         } else {
             ""
         }
     );
     print_run("tutti", &r.run);
     println!(
-        "  peak RSS         {:.1} MiB",
+        "  {:<10} {:.1} MiB",
+        "peak RSS",
         r.peak_rss_bytes as f64 / (1 << 20) as f64
     );
     if let (Some(b), Some(s)) = (&r.baseline, &r.speedup) {
         print_run(&format!("baseline: {}", b.description), &b.run);
         println!(
-            "speedup: {:.1}x tasks/s, {:.1}x turns/s; baseline spends {:.2}x as much per task",
-            s.tasks_per_s, s.turns_per_s, s.cost_per_task
+            "speedup: tutti runs {:.1}x the tasks/s and {:.1}x the turns/s of the baseline; \
+             per task it spends ${:.6} against the baseline's ${:.6}",
+            s.tasks_per_s, s.turns_per_s, r.run.cost_per_task_usd, b.run.cost_per_task_usd
         );
     }
 }
 
-/// `--profile flight-ingest`: generated tasks uploaded to an in-process server over loopback gRPC,
-/// its data directory in a fresh temporary directory.
 fn ingest(args: &BenchArgs) -> Result<ExitCode> {
     let cfg = match &args.config {
         Some(p) => tutti_engine::Config::load(p)?,

@@ -1,5 +1,6 @@
 //! The client commands of a tutti server: `submit`, `status`, `results`, `cancel`, `jobs`.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,10 @@ pub struct SubmitArgs {
     /// Turn limit for tasks that give none.
     #[arg(long)]
     max_turns: Option<i32>,
+    /// Preference for tasks that give none: comma-separated KEY=WEIGHT pairs, each key an alias
+    /// or `cost` / `latency` (for example `cost=1,gpt-5=-0.5`).
+    #[arg(long, value_name = "KEY=WEIGHT,...", value_parser = parse_preference)]
+    preference: Option<BTreeMap<String, f64>>,
     /// Leave trajectories out of the result rows.
     #[arg(long)]
     no_trajectories: bool,
@@ -77,6 +82,9 @@ pub struct ResultsArgs {
     /// Output Parquet file (results written so far).
     #[arg(short, long)]
     output: PathBuf,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     server: ServerArgs,
 }
@@ -102,7 +110,7 @@ fn line(info: &JobInfo) -> String {
         })
         .unwrap_or_default();
     format!(
-        "{}  {:<9} {:>6.1}%  {}/{} rows{}{}",
+        "{}  {:<9} {:>3.0}%  {}/{} rows{}  ${:.4}{}",
         info.status["job_id"].as_str().unwrap_or("?"),
         info.state(),
         100.0 * info.progress(),
@@ -113,6 +121,7 @@ fn line(info: &JobInfo) -> String {
         } else {
             format!(" ({counts})")
         },
+        info.status["cost_usd"].as_f64().unwrap_or(0.0),
         info.status["name"]
             .as_str()
             .map(|n| format!("  {n}"))
@@ -124,7 +133,11 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
     let tasks = read_tasks(&args.tasks, &|_| Ok(()))?;
     let spec = serde_json::json!({
         "name": args.name,
-        "defaults": { "budget_usd": args.budget_usd, "max_turns": args.max_turns },
+        "defaults": {
+            "budget_usd": args.budget_usd,
+            "max_turns": args.max_turns,
+            "preference": args.preference,
+        },
         "overrides": if args.no_trajectories {
             serde_json::json!({ "trajectories": false })
         } else {
@@ -168,11 +181,32 @@ pub fn submit(args: SubmitArgs) -> Result<ExitCode> {
             tokio::time::sleep(POLL_EVERY).await;
         };
         if let Some(bar) = bar {
-            bar.finish();
+            bar.finish_and_clear();
         }
         eprintln!("tutti: {}", line(&info));
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `cost=1,gpt-5=-0.5` as a preference map.
+fn parse_preference(text: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut weights = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, weight) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not KEY=WEIGHT"))?;
+        let weight: f64 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{pair}`: the weight is not a number"))?;
+        if !weight.is_finite() {
+            return Err(format!("`{pair}`: the weight is not finite"));
+        }
+        if weights.insert(key.trim().to_string(), weight).is_some() {
+            return Err(format!("`{}` is given twice", key.trim()));
+        }
+    }
+    Ok(weights)
 }
 
 /// Removes null members, so the spec carries only what the user gave.
@@ -242,6 +276,12 @@ pub fn results(args: ResultsArgs) -> Result<ExitCode> {
         let mut client = args.server.connect().await?;
         let mut stream = client.results(&args.job).await?;
         let out = &args.output;
+        if out.exists() && !args.force {
+            anyhow::bail!(
+                "{} already exists; pass --force to replace it",
+                out.display()
+            );
+        }
         let tmp = out.with_extension("parquet.tmp");
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;

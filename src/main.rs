@@ -27,13 +27,27 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print less: no progress and no summary, only warnings and errors (and --json output).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print more: -v logs what each part does (info), -vv debug detail. TUTTI_LOG, when set,
+    /// wins (a tracing filter, such as `tutti_engine::coalesce=debug`).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+}
+
+/// How much the command prints, from `-q` / `-v`.
+#[derive(Debug, Clone, Copy)]
+pub struct Verbosity {
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run a bulk job: tasks from JSONL or Parquet, results to Parquet, resumable.
     Run(run::RunArgs),
-    /// Benchmark the engine on a generated workload (simulated profiles).
+    /// Benchmark the engine: a generated workload (simulated profiles), a task file on a real
+    /// deployment, Flight ingest, or in-process decode.
     Bench(bench::BenchArgs),
     /// Build a retrieval index (BM25) from a JSON Lines corpus with fields id, title, text.
     Index(IndexArgs),
@@ -76,16 +90,26 @@ fn index(args: IndexArgs) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A server says what happens to each job (info) unless told to be quiet.
+    let serving = matches!(cli.command, Command::Serve(_));
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) if serving => "warn,tutti=info,tutti_engine=info",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TUTTI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let verbosity = Verbosity { quiet: cli.quiet };
     let result = match cli.command {
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(args, verbosity),
         Command::Bench(args) => bench::main(args),
         Command::Index(args) => index(args),
         Command::Serve(args) => serve::main(args),
@@ -99,7 +123,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tutti: error: {e:#}");
+            eprintln!("tutti: error: {}", tutti_engine::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -1,48 +1,96 @@
 //! `tutti run`: a bulk job from a task file to a Parquet file, committed as results finish.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tutti_engine::catalog::Catalog;
-use tutti_engine::io::results::{commit_stream, ResultStore, COMMIT_ROWS};
+use tutti_engine::io::results::{commit_stream, Reopen, ResultStore, COMMIT_ROWS};
 use tutti_engine::io::tasks::{read_tasks, FieldError};
-use tutti_engine::{Engine, EngineOptions, TaskResult};
+use tutti_engine::preflight;
+use tutti_engine::report::Tally;
+use tutti_engine::{Engine, EngineOptions, Status, TaskResult};
 
 /// Plain progress lines when stderr is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// The exit status when tasks of this run ended `failed`.
+pub const EXIT_TASKS_FAILED: u8 = 2;
+
 #[derive(Args)]
+#[command(after_help = "\
+Exit status:
+  0    every task run now ended with a result: answered, max_turns or budget_exhausted
+  2    some task ended `failed` (a server, environment or the orchestrator failed it, or it wrote
+       too many malformed calls): the summary and the `error` column say why, and
+       `--retry failed` runs those tasks again
+  1    the run did not start (bad config or tasks, an unreachable backend) or stopped on an
+       error; what was committed is kept, and --resume continues
+  130  interrupted (Ctrl-C); --resume continues")]
 pub struct RunArgs {
-    /// Tasks: JSON Lines (.jsonl) or Parquet (.parquet) with the task schema.
+    /// Tasks: JSON Lines (.jsonl, .ndjson, .json) or Parquet (.parquet) with the task schema;
+    /// `-` reads JSON Lines from standard input.
     tasks: PathBuf,
-    /// Output Parquet file.
+    /// Output Parquet file (.parquet). Rows are committed beside it in OUT.parts/ as they finish
+    /// and merged into it at the end.
     #[arg(short, long)]
     output: PathBuf,
-    /// Config file; without one, the bundled simulated ToolOrchestra catalog (a simulation).
+    /// Config file; without one, the bundled configs/default.toml (the reference model,
+    /// in-process).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Continue an interrupted run: ids already in the output are skipped.
     #[arg(long)]
     resume: bool,
+    /// Run again the tasks whose latest row has one of these statuses (comma-separated: failed,
+    /// cancelled, max_turns, budget_exhausted, answered); their new rows replace the old ones.
+    /// Implies --resume.
+    #[arg(long, value_delimiter = ',', value_name = "STATUSES")]
+    retry: Vec<String>,
+    /// Run only the first N tasks of the input.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Check everything and run nothing: the config, the tasks, the output (and what --resume
+    /// would skip), that every server can be reached, and that the engine builds (models and
+    /// indexes load).
+    #[arg(long)]
+    dry_run: bool,
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     json: bool,
 }
 
-pub fn main(args: RunArgs) -> Result<ExitCode> {
-    if args.config.is_none() {
+pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
+    if args.config.is_none() && !verbosity.quiet {
         eprintln!(
             "tutti: no --config given: using the bundled configs/default.toml (the reference \
              model in-process: ~/.cache/tutti/models/gemma-3-270m-Q4_K_M.gguf)"
         );
     }
+    check_output_format(&args.output)?;
+    let retry = args
+        .retry
+        .iter()
+        .map(|s| {
+            Status::parse(s.trim()).ok_or_else(|| {
+                let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                anyhow::anyhow!(
+                    "--retry: unknown status `{s}`; expected some of {}",
+                    names.join(", ")
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let reopen = Reopen {
+        resume: args.resume || !retry.is_empty(),
+        retry,
+    };
     let cfg = crate::load_config(args.config.as_ref(), "default")?;
     let catalog = Catalog::new(&cfg);
     let check = |t: &tutti_engine::Task| {
@@ -53,8 +101,12 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
                 message,
             })
     };
-    let tasks = read_tasks(&args.tasks, &check)?;
-    let (store, done) = ResultStore::open(&args.output, args.resume)?;
+    let mut tasks = read_tasks(&args.tasks, &check)?;
+    if let Some(n) = args.limit {
+        tasks.truncate(n);
+    }
+    // Refuses an existing output without --resume before anything is reached or written.
+    let done = ResultStore::done(&args.output, &reopen)?;
     let total = tasks.len() as u64;
     let todo: Vec<_> = tasks
         .into_iter()
@@ -63,11 +115,42 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
     let skipped = total - todo.len() as u64;
 
     let rt = crate::runtime()?;
+    let preflight = rt.block_on(preflight::check(&cfg));
+    for w in &preflight.warnings {
+        eprintln!("tutti: warning: {w}");
+    }
+    if !preflight.ok() {
+        bail!(
+            "{} of the {} servers and programs this config reaches cannot be reached; no task was \
+             run:\n  {}",
+            preflight.problems.len(),
+            preflight.checked.max(preflight.problems.len()),
+            preflight.problems.join("\n  ")
+        );
+    }
+    if args.dry_run {
+        // Building the engine loads the in-process models and indexes and refuses kinds that
+        // are not built; then it is dropped unused.
+        rt.block_on(async { Engine::new(&cfg, EngineOptions::default()).map(drop) })?;
+        eprintln!(
+            "tutti: dry run: the config and {} tasks are valid; {} would run now ({} already \
+             done); {} servers and programs reached; nothing was run or written",
+            total,
+            todo.len(),
+            skipped,
+            preflight.checked
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (store, _) = ResultStore::open_with(&args.output, &reopen)?;
+
+    let show_progress = !verbosity.quiet;
     let summary = rt.block_on(async move {
         let engine = Engine::new(&cfg, EngineOptions::default())?;
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
-        let progress = Progress::new(total, skipped);
+        let progress = Progress::new(total, skipped, show_progress);
+        let started = Instant::now();
         let writer = tokio::spawn(write_results(rx, store, progress));
         let run = engine.run(futures::stream::iter(todo), tx, cancel.clone());
         tokio::pin!(run);
@@ -86,88 +169,101 @@ pub fn main(args: RunArgs) -> Result<ExitCode> {
             std::process::exit(130);
         }
         engine.flush();
-        let (rows, rewards) = writer.await.context("the result writer panicked")??;
+        let (rows, tally) = writer.await.context("the result writer panicked")??;
+        let wall_s = started.elapsed().as_secs_f64();
         let sessions = engine.env_sessions().map(|c| {
             (
                 c.opened.load(std::sync::atomic::Ordering::Relaxed),
                 c.closed.load(std::sync::atomic::Ordering::Relaxed),
             )
         });
-        anyhow::Ok((rows, engine.ledger(), rewards, sessions))
+        anyhow::Ok((rows, engine.ledger(), tally.report(wall_s), sessions))
     })?;
-    let (rows, ledger, rewards, sessions) = summary;
+    let (rows, ledger, report, sessions) = summary;
+    let failed = report
+        .statuses
+        .get(Status::Failed.as_str())
+        .copied()
+        .unwrap_or(0);
     if args.json {
         let out = serde_json::json!({
             "output": args.output,
             "rows": rows,
+            "run_now": report.tasks,
             "skipped_already_done": skipped,
+            "report": report,
             "ledger": ledger,
-            "rewards": rewards.count,
-            "mean_reward": rewards.mean(),
             "env_sessions": sessions.map(|(opened, closed)| serde_json::json!({"opened": opened, "closed": closed})),
         });
         println!("{out}");
-    } else {
-        let statuses: Vec<String> = ledger
-            .tasks
-            .iter()
-            .filter(|(_, v)| **v > 0)
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+    } else if !verbosity.quiet {
         eprintln!(
-            "tutti: {} rows in {} ({} run now: {}; {} already done); cost ${:.4}, {} billed calls, {} cache hits, {} joined in flight",
+            "tutti: {} rows in {} ({} run now, {} already done)",
             rows,
             args.output.display(),
-            ledger.finished(),
-            statuses.join(", "),
-            skipped,
-            ledger.cost_usd,
-            ledger.billed_calls,
-            ledger.cache_hits,
-            ledger.joined_calls
+            report.tasks,
+            skipped
         );
+        for line in report.lines() {
+            eprintln!("{line}");
+        }
         let (retries, opens, fallbacks) = ledger.backends.iter().fold((0, 0, 0), |(a, b, c), x| {
             (a + x.retries, b + x.breaker_opens, c + x.fallbacks)
         });
         if retries + opens + fallbacks > 0 {
-            eprintln!("tutti: {retries} retries, {opens} circuit-breaker opens, {fallbacks} calls served by fallbacks");
+            eprintln!(
+                "  {:<10} {retries} retries, {opens} circuit-breaker opens, {fallbacks} calls \
+                 served by fallbacks",
+                "recovery"
+            );
         }
         if let Some((opened, closed)) = sessions {
             eprintln!(
-                "tutti: {} of this run's episodes got a reward (mean {:.3}); environment sessions: {opened} opened, {closed} closed",
-                rewards.count,
-                rewards.mean().unwrap_or(0.0)
+                "  {:<10} environment sessions: {opened} opened, {closed} closed",
+                "sessions"
+            );
+        }
+        if failed > 0 {
+            eprintln!(
+                "tutti: {failed} tasks failed; once the cause is fixed, `--retry failed` runs \
+                 them again"
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed > 0 {
+        ExitCode::from(EXIT_TASKS_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-/// The rewards environments gave this run's episodes.
-#[derive(Default)]
-struct Rewards {
-    count: u64,
-    sum: f64,
-}
-
-impl Rewards {
-    fn mean(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.sum / self.count as f64)
+/// Refuses an output whose extension names a format tutti does not write (a `.csv` would
+/// otherwise silently hold Parquet).
+fn check_output_format(out: &Path) -> Result<()> {
+    let ext = out
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("parquet") => Ok(()),
+        Some(other) => bail!(
+            "output {}: tutti does not write `.{other}` files; name a Parquet file (.parquet)",
+            out.display()
+        ),
+        None => bail!("output {}: name a Parquet file (.parquet)", out.display()),
     }
 }
 
-/// Commits results as they come (see [`commit_stream`]), then merges the output.
+/// Commits results as they come (see [`commit_stream`]), tallying them for the report, then
+/// merges the output.
 async fn write_results(
     rx: mpsc::Receiver<TaskResult>,
     store: ResultStore,
     mut progress: Progress,
-) -> Result<(u64, Rewards)> {
-    let mut rewards = Rewards::default();
+) -> Result<(u64, Tally)> {
+    let mut tally = Tally::default();
     let store = commit_stream(rx, store, true, |rows| {
-        for r in rows.iter().filter_map(|r| r.reward) {
-            rewards.count += 1;
-            rewards.sum += r;
-        }
+        rows.iter().for_each(|r| tally.add(r));
         progress.advance(rows.len() as u64)
     })
     .await?;
@@ -175,12 +271,13 @@ async fn write_results(
     let rows = tokio::task::spawn_blocking(move || store.finish())
         .await
         .context("the result writer panicked")??;
-    Ok((rows, rewards))
+    Ok((rows, tally))
 }
 
 /// A progress bar on a terminal, plain periodic lines otherwise.
 struct Progress {
     bar: Option<ProgressBar>,
+    show: bool,
     total: u64,
     done: u64,
     started: Instant,
@@ -188,8 +285,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: u64, done: u64) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    /// Progress of `total` tasks, `done` of them before this run; silent unless `show`.
+    fn new(total: u64, done: u64, show: bool) -> Progress {
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
@@ -202,6 +300,7 @@ impl Progress {
         });
         Progress {
             bar,
+            show,
             total,
             done,
             started: Instant::now(),
@@ -213,7 +312,7 @@ impl Progress {
         self.done += n;
         match &self.bar {
             Some(bar) => bar.inc(n),
-            None if self.last_line.elapsed() >= PLAIN_PROGRESS_EVERY => {
+            None if self.show && self.last_line.elapsed() >= PLAIN_PROGRESS_EVERY => {
                 self.last_line = Instant::now();
                 self.line();
             }
@@ -223,7 +322,7 @@ impl Progress {
 
     fn line(&self) {
         eprintln!(
-            "tutti: {}/{} tasks done ({:.1}%), {:.0} s elapsed",
+            "tutti: {}/{} tasks done ({:.0}%), {:.0} s elapsed",
             self.done,
             self.total,
             100.0 * self.done as f64 / self.total.max(1) as f64,
@@ -231,10 +330,14 @@ impl Progress {
         );
     }
 
+    /// Clears the bar (the summary that follows starts on a line of its own) and says how far
+    /// the run got.
     fn finish(&self) {
-        match &self.bar {
-            Some(bar) => bar.finish(),
-            None => self.line(),
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        if self.show {
+            self.line();
         }
     }
 }

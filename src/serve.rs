@@ -18,7 +18,8 @@ pub struct ServeArgs {
     /// Where jobs are kept (tasks, results, manifests); a restarted server resumes them.
     #[arg(long, default_value = ".tutti/server")]
     data_dir: PathBuf,
-    /// Config file; without one, the bundled simulated ToolOrchestra catalog (a simulation).
+    /// Config file; without one, the bundled configs/default.toml (the reference model,
+    /// in-process).
     #[arg(long)]
     config: Option<PathBuf>,
     /// File holding the bearer token clients must send (else the TUTTI_TOKEN variable). Required

@@ -464,6 +464,8 @@ fn the_cli_client_submits_waits_and_fetches_results() {
         "--wait",
         "--name",
         "cli",
+        "--preference",
+        "cost=1,latency=0.5",
     ]);
     let id = id.trim().to_string();
     assert!(err.contains("done") && err.contains("300/300"), "{err}");
@@ -471,10 +473,27 @@ fn the_cli_client_submits_waits_and_fetches_results() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["state"], "done");
     assert_eq!(status["name"], "cli");
+    assert!(status["cost_usd"].as_f64().unwrap() > 0.0, "{status}");
+    let (line, _) = cli(&["status", &id]);
+    assert!(
+        line.contains("300/300 rows") && line.contains('$'),
+        "{line}"
+    );
     let (list, _) = cli(&["jobs"]);
     assert!(list.contains(&id), "{list}");
     let out = dir.path().join("results.parquet");
     cli(&["results", &id, "-o", out.to_str().unwrap()]);
+    // An existing output is not replaced silently.
+    let (o, err) = run(tutti()
+        .args(["results", &id, "-o", out.to_str().unwrap()])
+        .env("TUTTI_SERVER", &server.url)
+        .env("TUTTI_TOKEN", TOKEN));
+    assert!(!o.status.success());
+    assert!(
+        err.contains("already exists; pass --force to replace it"),
+        "{err}"
+    );
+    cli(&["results", &id, "-o", out.to_str().unwrap(), "--force"]);
     let mut ids = common::result_ids(&out);
     ids.sort();
     ids.dedup();

@@ -338,6 +338,10 @@ pub struct BackendConfig {
     pub temperature: f64,
     #[serde(default = "defaults::max_tokens")]
     pub max_tokens: u32,
+    /// `openai` and `native` backends: texts that end a completion, left out of the answer
+    /// (OpenAI's `stop`), such as `["\n"]` for one-line answers from a base model.
+    #[serde(default)]
+    pub stop: Vec<String>,
     /// Used to price an alias before calling it (budget masking, cost preference).
     #[serde(default = "defaults::expected_input_tokens")]
     pub expected_input_tokens: u32,
@@ -609,6 +613,38 @@ impl Config {
                 return err("orchestrator.kv_cache_bytes", "expected at least 1".into());
             }
         }
+        for (k, v) in [
+            ("price_in_per_mtok", o.price_in_per_mtok),
+            ("price_out_per_mtok", o.price_out_per_mtok),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return err(
+                    &format!("orchestrator.{k}"),
+                    format!("expected a price of 0 or more, found {v}"),
+                );
+            }
+        }
+        if let Some(b) = o.default_budget_usd {
+            if !(b >= 0.0 && b.is_finite()) {
+                return err(
+                    "orchestrator.default_budget_usd",
+                    format!("expected a finite budget of 0 or more, found {b}"),
+                );
+            }
+        }
+        if !(o.temperature >= 0.0 && o.temperature.is_finite()) {
+            return err(
+                "orchestrator.temperature",
+                format!(
+                    "expected a finite value of 0 or more, found {}",
+                    o.temperature
+                ),
+            );
+        }
+        if let (ExecutorKind::Openai, Some(url)) = (o.executor, &o.endpoint) {
+            check_endpoint(url, crate::backend::openai::HTTP)
+                .or_else(|m| err("orchestrator.endpoint", m))?;
+        }
         if !(self.simulation.time_scale >= 0.0 && self.simulation.time_scale.is_finite()) {
             return err(
                 "simulation.time_scale",
@@ -639,6 +675,22 @@ impl Config {
             ] {
                 if !(v >= 0.0 && v.is_finite()) {
                     return err(&key(k), format!("expected a price of 0 or more, found {v}"));
+                }
+            }
+            let schemes: &[&str] = match b.kind {
+                BackendKind::Openai => crate::backend::openai::HTTP,
+                BackendKind::Openenv => &["http", "https", "ws", "wss"],
+                _ => &[],
+            };
+            if let (Some(url), false) = (&b.endpoint, schemes.is_empty()) {
+                check_endpoint(url, schemes).or_else(|m| err(&key("endpoint"), m))?;
+            }
+            if let Some(ttl) = b.cache_ttl_s {
+                if !(ttl > 0.0 && ttl.is_finite()) {
+                    return err(
+                        &key("cache_ttl_s"),
+                        format!("expected a finite number of seconds above 0, found {ttl}"),
+                    );
                 }
             }
             if b.kind == BackendKind::Sim {
@@ -795,6 +847,31 @@ impl Config {
                     .into(),
             ),
         }
+    }
+}
+
+/// Checks that `url` is an absolute URL with a host and one of `schemes`; the message says what
+/// to write instead (`127.0.0.1:8080/v1` is not a URL: it needs `http://`).
+pub fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
+    let expected = || {
+        let names: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+        format!(
+            "expected a {} URL such as {}://127.0.0.1:8080/v1, found `{url}`",
+            names.join(" or "),
+            schemes[0]
+        )
+    };
+    if !url.contains("://") {
+        return Err(format!(
+            "{}: it has no scheme (write {}://{url})",
+            expected(),
+            schemes[0]
+        ));
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if schemes.contains(&u.scheme()) && u.host().is_some() => Ok(()),
+        Ok(_) => Err(expected()),
+        Err(e) => Err(format!("{}: {e}", expected())),
     }
 }
 

@@ -70,6 +70,7 @@ fn ended_early(
         cost_usd: 0.0,
         latency_ms: 0,
         orchestrator_tokens: 0,
+        orchestrator_cost_usd: 0.0,
         calls: Vec::new(),
         trajectory: None,
         error,

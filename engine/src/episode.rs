@@ -392,6 +392,7 @@ impl<'a> Turns<'a> {
             cost_usd: self.ledger.cost_usd,
             latency_ms: self.started.elapsed().as_millis() as i64,
             orchestrator_tokens: self.ledger.orchestrator_tokens() as i64,
+            orchestrator_cost_usd: self.ledger.orchestrator_cost_usd,
             calls: self.ledger.calls,
             trajectory,
             error: self.error,
@@ -447,7 +448,9 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
             }
         };
         if Some(a.tool) == env.catalog.answer_tool {
-            answer = Some(response.text.clone());
+            // The answer as the model wrote it, less surrounding whitespace (a completion often
+            // starts with a space).
+            answer = Some(response.text.trim().to_string());
             break Status::Answered;
         }
         // A tool that runs what the model wrote: retrieval for its query, the sandbox for its code.
@@ -497,7 +500,8 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
             }
             None => Some(grade(a, r)),
         },
-        (None, Some(_)) => Some(false),
+        // A task that did not answer is not graded: its row says why it stopped, and accuracy is
+        // over graded answers.
         _ => None,
     };
     t.finish(status, answer, correct, None)

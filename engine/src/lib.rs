@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod environment;
 mod episode;
+pub mod error;
 pub mod executor;
 pub mod flight;
 pub mod hermes;
@@ -23,6 +24,8 @@ pub mod ledger;
 pub mod limits;
 pub mod model;
 pub mod policy;
+pub mod preflight;
+pub mod report;
 pub mod scheduler;
 pub mod task;
 

@@ -146,6 +146,8 @@ pub struct TaskResult {
     pub cost_usd: f64,
     pub latency_ms: i64,
     pub orchestrator_tokens: i64,
+    /// The orchestrator's own tokens' share of `cost_usd` (the rest is its calls').
+    pub orchestrator_cost_usd: f64,
     pub calls: Vec<CallRecord>,
     /// The episode's messages as JSON, when the engine records trajectories.
     pub trajectory: Option<String>,

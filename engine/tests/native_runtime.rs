@@ -39,7 +39,7 @@ async fn episodes(
                             tokens: context.clone(),
                             shared_prefix: if share { prefix.len() } else { 0 },
                             max_new: 6 + (e + turn) % 4,
-                            stop: None,
+                            stop: std::sync::Arc::from([]),
                             sampling: Sampling::GREEDY,
                             policy: None,
                         },
@@ -157,7 +157,7 @@ async fn a_context_too_large_for_the_budget_fails_its_turn_with_a_reason() {
             tokens: (0..40).map(|i| i % 200 + 5).collect(),
             shared_prefix: 0,
             max_new: 4,
-            stop: None,
+            stop: std::sync::Arc::from([]),
             sampling: Sampling::GREEDY,
             policy: None,
         })
@@ -170,7 +170,7 @@ async fn a_context_too_large_for_the_budget_fails_its_turn_with_a_reason() {
             tokens: vec![2, 10, 11],
             shared_prefix: 0,
             max_new: 3,
-            stop: None,
+            stop: std::sync::Arc::from([]),
             sampling: Sampling::GREEDY,
             policy: None,
         })

@@ -85,7 +85,7 @@ actions = {a.type for a in client.list_actions(options=auth)}
 assert {"cancel", "job-stats", "CancelFlightInfo"} <= actions, actions
 stats = json.loads(next(client.do_action(flight.Action("job-stats", job_id.encode()),
                                          options=auth)).body.to_pybytes())
-assert stats["ledger"]["rows"] == n, stats["ledger"]
+assert stats["report"]["tasks"] == n, stats["report"]
 
 print(json.dumps({"job_id": job_id, "rows": table.num_rows, "statuses": status["counts"],
                   "polls": len(seen_progress), "seconds": round(time.time() - t0, 2)}))

@@ -23,6 +23,8 @@ pub struct NativeBackend {
     seed: u64,
     /// Calls made so far: each sampled call is a new draw (at temperature 0 the seed is unused).
     draws: AtomicU64,
+    /// Texts that end a completion (`stop`).
+    stop: Arc<[String]>,
 }
 
 impl NativeBackend {
@@ -42,6 +44,7 @@ impl NativeBackend {
             prompt: Arc::new(prompt),
             seed,
             draws: AtomicU64::new(0),
+            stop: cfg.stop.clone().into(),
         })
     }
 }
@@ -56,6 +59,7 @@ impl Backend for NativeBackend {
                 let prompt = self.prompt.clone();
                 let name = self.name.clone();
                 let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+                let stop = self.stop.clone();
                 let seed = self.seed ^ draw.rotate_left(17);
                 async move {
                     let failed = |message: String| BackendError::Failed {
@@ -70,7 +74,7 @@ impl Backend for NativeBackend {
                                 tokens,
                                 shared_prefix: 0,
                                 max_new: r.max_tokens as usize,
-                                stop: None,
+                                stop,
                                 sampling: Sampling {
                                     temperature: r.temperature,
                                     seed,

@@ -102,8 +102,11 @@ impl OpenAiClient {
                 } => (message, retry_after),
             };
             if attempt >= self.retries {
-                let tries = attempt + 1;
-                return Err(self.failed(format!("{message} (after {tries} tries)")));
+                let message = match attempt {
+                    0 => message,
+                    n => format!("{message} (after {} tries)", n + 1),
+                };
+                return Err(self.failed(message));
             }
             attempt += 1;
             if let Some((ledger, index)) = &self.ledger {
@@ -122,14 +125,14 @@ impl OpenAiClient {
             message: if e.is_timeout() {
                 "timed out".into()
             } else {
-                format!("request failed: {e}")
+                crate::error::chain(&e)
             },
             retry_after: None,
         })?;
         let status = resp.status();
         if status.is_success() {
             return resp.json::<Value>().await.map_err(|e| TryError::Retryable {
-                message: format!("unreadable response body: {e}"),
+                message: format!("unreadable response body: {}", crate::error::chain(&e)),
                 retry_after: None,
             });
         }
@@ -211,6 +214,8 @@ pub struct OpenAiBackend {
     limits: Arc<RateLimits>,
     api: OpenAiApi,
     template: Option<Arc<ChatTemplate>>,
+    /// Sent as `stop` when not empty.
+    stop: Arc<[String]>,
 }
 
 impl OpenAiBackend {
@@ -219,7 +224,8 @@ impl OpenAiBackend {
         ledger: Arc<Ledger>,
         index: usize,
     ) -> Result<OpenAiBackend, String> {
-        let endpoint = resolve_endpoint(cfg.endpoint.as_deref(), cfg.endpoint_env.as_deref())?;
+        let endpoint =
+            resolve_endpoint(cfg.endpoint.as_deref(), cfg.endpoint_env.as_deref(), HTTP)?;
         let client = OpenAiClient::new(
             &cfg.name,
             &endpoint,
@@ -243,26 +249,34 @@ impl OpenAiBackend {
             limits: Arc::new(RateLimits::new(cfg.rpm, cfg.tpm)),
             api: cfg.api,
             template,
+            stop: cfg.stop.clone().into(),
         })
     }
 }
 
-/// A base URL: `endpoint`, unless the variable named by `endpoint_env` is set (and not empty).
-/// Used by `openai` backends and the `openai` executor alike.
+/// A base URL: `endpoint`, unless the variable named by `endpoint_env` is set (and not empty), in
+/// which case its value is checked as the config checks `endpoint` (`schemes`, a host). Used by
+/// `openai` backends, the `openai` executor and `openenv` backends.
 pub fn resolve_endpoint(
     endpoint: Option<&str>,
     endpoint_env: Option<&str>,
+    schemes: &[&str],
 ) -> Result<String, String> {
-    if let Some(url) = endpoint_env
-        .and_then(|v| std::env::var(v).ok())
-        .filter(|u| !u.is_empty())
+    if let Some((var, url)) = endpoint_env
+        .and_then(|v| Some(v).zip(std::env::var(v).ok()))
+        .filter(|(_, u)| !u.is_empty())
     {
+        crate::config::check_endpoint(&url, schemes)
+            .map_err(|m| format!("the environment variable `{var}` (endpoint_env): {m}"))?;
         return Ok(url);
     }
     endpoint.map(str::to_string).ok_or_else(|| {
         "an OpenAI-compatible server needs an `endpoint` (base URL, e.g. http://127.0.0.1:8080/v1)".into()
     })
 }
+
+/// The schemes an OpenAI-compatible server's base URL may have.
+pub const HTTP: &[&str] = &["http", "https"];
 
 pub(crate) fn usage(v: &Value, key: &str) -> u64 {
     v.get("usage")
@@ -277,17 +291,19 @@ impl Backend for OpenAiBackend {
             OpenAiApi::Chat => {
                 let client = self.client.clone();
                 let limits = self.limits.clone();
+                let stop = self.stop.clone();
                 requests
                     .into_iter()
                     .enumerate()
                     .map(move |(i, r)| {
                         let client = client.clone();
                         let limits = limits.clone();
+                        let stop = stop.clone();
                         async move {
                             limits
                                 .acquire(estimate_tokens(&r.prompt, r.max_tokens))
                                 .await;
-                            (i, chat(&client, &r).await)
+                            (i, chat(&client, &r, &stop).await)
                         }
                     })
                     .collect::<FuturesUnordered<_>>()
@@ -297,13 +313,14 @@ impl Backend for OpenAiBackend {
                 let client = self.client.clone();
                 let template = self.template.clone().expect("checked in new");
                 let limits = self.limits.clone();
+                let stop = self.stop.clone();
                 futures::stream::once(async move {
                     let tokens = requests
                         .iter()
                         .map(|r| estimate_tokens(&r.prompt, r.max_tokens))
                         .sum();
                     limits.acquire(tokens).await;
-                    completions(&client, &template, &requests).await
+                    completions(&client, &template, &requests, &stop).await
                 })
                 .flat_map(futures::stream::iter)
                 .boxed()
@@ -312,13 +329,20 @@ impl Backend for OpenAiBackend {
     }
 }
 
-async fn chat(client: &OpenAiClient, r: &Request) -> Result<Response, BackendError> {
-    let body = json!({
+async fn chat(
+    client: &OpenAiClient,
+    r: &Request,
+    stop: &[String],
+) -> Result<Response, BackendError> {
+    let mut body = json!({
         "model": &*r.model,
         "messages": [{"role": "user", "content": r.prompt}],
         "max_tokens": r.max_tokens,
         "temperature": r.temperature,
     });
+    if !stop.is_empty() {
+        body["stop"] = json!(stop);
+    }
     let v = client.post("chat/completions", &body).await?;
     let text = v
         .pointer("/choices/0/message/content")
@@ -342,6 +366,7 @@ async fn completions(
     client: &OpenAiClient,
     template: &ChatTemplate,
     requests: &[Request],
+    stop: &[String],
 ) -> Vec<BatchItem> {
     let fail_all = |e: BackendError| {
         (0..requests.len())
@@ -357,12 +382,15 @@ async fn completions(
         Err(e) => return fail_all(client.failed(e)),
     };
     let first = &requests[0];
-    let body = json!({
+    let mut body = json!({
         "model": &*first.model,
         "prompt": prompts,
         "max_tokens": first.max_tokens,
         "temperature": first.temperature,
     });
+    if !stop.is_empty() {
+        body["stop"] = json!(stop);
+    }
     let v = match client.post("completions", &body).await {
         Ok(v) => v,
         Err(e) => return fail_all(e),
@@ -406,4 +434,39 @@ async fn completions(
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_reported_in_the_os_words_without_a_try_count() {
+        // A loopback port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let endpoint = format!("http://127.0.0.1:{port}/v1");
+        let client =
+            OpenAiClient::new("local", &endpoint, None, None, 0, Duration::from_millis(1)).unwrap();
+        let e = client
+            .post("chat/completions", &json!({}))
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("backend `local` failed: "), "{text}");
+        assert!(text.contains("Connection refused"), "{text}");
+        assert!(!text.contains("tries"), "{text}");
+
+        let client =
+            OpenAiClient::new("local", &endpoint, None, None, 2, Duration::from_millis(1)).unwrap();
+        let text = client
+            .post("chat/completions", &json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(text.ends_with("(after 3 tries)"), "{text}");
+    }
 }

@@ -14,7 +14,7 @@ use crate::config::BackendConfig;
 
 /// The interpreter used when the config names none. An absolute path: the sandbox runs with an
 /// empty environment, as another user.
-const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+pub(crate) const DEFAULT_PYTHON: &str = "/usr/bin/python3";
 
 pub struct PythonBackend {
     name: String,
@@ -42,7 +42,8 @@ impl PythonBackend {
     }
 }
 
-/// The code in a model's reply: the last ```python (or bare ```) fenced block, else the whole text.
+/// The code in a model's reply: the last ```python (or bare ```) fenced block, else the whole text
+/// without surrounding whitespace (a one-line reply often starts with a space).
 pub fn extract_code(text: &str) -> &str {
     let mut code = None;
     let mut rest = text;
@@ -58,7 +59,10 @@ pub fn extract_code(text: &str) -> &str {
             None => break,
         }
     }
-    code.unwrap_or(text).trim_matches('\n')
+    match code {
+        Some(code) => code.trim_matches('\n'),
+        None => text.trim(),
+    }
 }
 
 impl Backend for PythonBackend {

@@ -9,7 +9,6 @@ pub mod workload;
 
 use std::time::Instant;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +17,7 @@ use crate::cache::CacheStats;
 use crate::config::{CachePolicy, Config};
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::ledger::LedgerSummary;
+use crate::report::{Report, Tally};
 use crate::task::Task;
 
 pub use workload::{generate, sample, WorkloadSpec};
@@ -42,13 +42,7 @@ pub fn profile(name: &str) -> Option<Config> {
     })
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Latency {
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    pub max: u64,
-}
+pub use crate::report::Latency;
 
 /// The figures of one run of a workload.
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +69,8 @@ pub struct RunReport {
     /// Decode steps and the mean number of sequences in a step, for batching executors.
     pub decode_steps: u64,
     pub mean_batch: f64,
+    /// The figures `tutti run` and `job-stats` report, from the result rows.
+    pub report: Report,
 }
 
 /// The naive harness's figures and how tutti compares.
@@ -148,18 +144,18 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
     let (tx, mut rx) = mpsc::channel::<crate::task::TaskResult>(4096);
     let started = Instant::now();
     let collect = tokio::spawn(async move {
-        // Task latencies from 1 ms to a day, to 3 significant figures.
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 86_400_000, 3).expect("valid bounds");
+        let mut tally = Tally::default();
         while let Some(r) = rx.recv().await {
-            hist.saturating_record(r.latency_ms.clamp(1, 86_400_000) as u64);
+            tally.add(&r);
         }
-        hist
+        tally
     });
     engine
         .run(futures::stream::iter(tasks), tx, CancellationToken::new())
         .await;
-    let hist = collect.await.expect("collector does not panic");
+    let tally = collect.await.expect("collector does not panic");
     let wall_s = started.elapsed().as_secs_f64();
+    let report = tally.report(wall_s);
     engine.flush();
     let ledger = engine.ledger();
     let (steps, seq_steps) = engine.scheduler_stats().map_or((0, 0), |s| {
@@ -171,12 +167,7 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
         wall_s,
         tasks_per_s: n as f64 / wall_s,
         turns_per_s: ledger.turns as f64 / wall_s,
-        task_latency_ms: Latency {
-            p50: hist.value_at_quantile(0.5),
-            p90: hist.value_at_quantile(0.9),
-            p99: hist.value_at_quantile(0.99),
-            max: hist.max(),
-        },
+        task_latency_ms: report.task_latency_ms,
         cost_usd: ledger.cost_usd,
         cost_per_task_usd: if n == 0 {
             0.0
@@ -202,6 +193,7 @@ pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, E
             seq_steps as f64 / steps as f64
         },
         ledger,
+        report,
     })
 }
 

@@ -48,8 +48,12 @@ pub struct OpenAiExecutor {
 impl OpenAiExecutor {
     pub fn new(cfg: &Config, catalog: Arc<Catalog>) -> Result<OpenAiExecutor, ExecError> {
         let o = &cfg.orchestrator;
-        let endpoint = resolve_endpoint(o.endpoint.as_deref(), o.endpoint_env.as_deref())
-            .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
+        let endpoint = resolve_endpoint(
+            o.endpoint.as_deref(),
+            o.endpoint_env.as_deref(),
+            crate::backend::openai::HTTP,
+        )
+        .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
         let client = OpenAiClient::new(
             "orchestrator",
             &endpoint,

@@ -39,7 +39,8 @@ use crate::io::results::{
 };
 use crate::io::schema::task_schema;
 use crate::io::tasks::{FieldError, InputError, TaskBatchDecoder};
-use crate::task::{Status, Task, TaskResult};
+use crate::report::{Report, Tally};
+use crate::task::{Status, Task};
 
 /// Server-wide limits on what clients may send.
 #[derive(Debug, Clone)]
@@ -93,75 +94,13 @@ fn io_err<'a>(what: &str, path: &'a Path) -> impl FnOnce(io::Error) -> JobError 
     move |e| JobError::Store(format!("cannot {what} {}: {e}", path.display()))
 }
 
-/// Per-backend sums over a job's calls.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BackendCounts {
-    pub calls: u64,
-    pub cached: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: f64,
-}
-
-/// Sums over a job's committed result rows: its ledger, rebuilt from the durable results after a
-/// restart.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JobCounts {
-    /// Rows committed.
-    pub rows: u64,
-    /// Rows per status.
-    pub statuses: BTreeMap<&'static str, u64>,
-    /// Rows graded against a reference, and how many of them were right.
-    pub graded: u64,
-    pub correct: u64,
-    pub turns: u64,
-    pub orchestrator_tokens: u64,
-    pub cost_usd: f64,
-    pub calls: u64,
-    pub cached_calls: u64,
-    pub backends: BTreeMap<String, BackendCounts>,
-}
-
-impl JobCounts {
-    fn new() -> JobCounts {
-        let statuses = Status::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        JobCounts {
-            statuses,
-            ..Default::default()
-        }
-    }
-
-    fn add(&mut self, rows: &[TaskResult]) {
-        for r in rows {
-            self.rows += 1;
-            *self.statuses.entry(r.status.as_str()).or_default() += 1;
-            if let Some(c) = r.correct {
-                self.graded += 1;
-                self.correct += c as u64;
-            }
-            self.turns += r.turns.max(0) as u64;
-            self.orchestrator_tokens += r.orchestrator_tokens.max(0) as u64;
-            self.cost_usd += r.cost_usd;
-            for call in &r.calls {
-                self.calls += 1;
-                self.cached_calls += call.cached as u64;
-                let b = self.backends.entry(call.backend.to_string()).or_default();
-                b.calls += 1;
-                b.cached += call.cached as u64;
-                b.input_tokens += call.input_tokens.max(0) as u64;
-                b.output_tokens += call.output_tokens.max(0) as u64;
-                b.cost_usd += call.cost_usd;
-            }
-        }
-    }
-}
-
 /// One job: its record, its counts, and the token that cancels it.
 pub struct Job {
     pub id: String,
     dir: PathBuf,
     manifest: Mutex<Manifest>,
-    counts: Mutex<JobCounts>,
+    /// Sums over the committed rows, rebuilt from them after a restart.
+    tally: Mutex<Tally>,
     cancel: CancellationToken,
     /// The last failure of this job's runner (storage trouble); the job resumes on restart.
     error: Mutex<Option<String>>,
@@ -181,6 +120,8 @@ pub struct JobStatus {
     pub rows: u64,
     /// Rows per status.
     pub counts: BTreeMap<&'static str, u64>,
+    /// Dollars spent on the rows written so far.
+    pub cost_usd: f64,
     pub created_ms: u64,
     pub cancel_requested: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -202,7 +143,7 @@ impl Job {
 
     pub fn status(&self) -> JobStatus {
         let m = self.manifest.lock().clone();
-        let c = self.counts.lock();
+        let c = self.tally.lock();
         JobStatus {
             job_id: self.id.clone(),
             name: m.spec.name.clone(),
@@ -210,19 +151,28 @@ impl Job {
             progress: if m.tasks == 0 {
                 1.0
             } else {
-                c.rows as f64 / m.tasks as f64
+                c.tasks() as f64 / m.tasks as f64
             },
             tasks: m.tasks,
-            rows: c.rows,
-            counts: c.statuses.clone(),
+            rows: c.tasks(),
+            counts: Status::ALL
+                .iter()
+                .map(|s| (s.as_str(), c.status(*s)))
+                .collect(),
+            cost_usd: c.cost_usd(),
             created_ms: m.created_ms,
             cancel_requested: m.cancel_requested,
             error: self.error.lock().clone(),
         }
     }
 
-    pub fn counts(&self) -> JobCounts {
-        self.counts.lock().clone()
+    /// The figures of the rows committed so far, over the time since the job was accepted
+    /// (until it ended).
+    pub fn report(&self) -> Report {
+        let m = self.manifest.lock().clone();
+        let end = m.finished_ms.unwrap_or_else(now_ms);
+        let wall_s = end.saturating_sub(m.created_ms) as f64 / 1000.0;
+        self.tally.lock().report(wall_s)
     }
 
     /// The committed result segments, in commit order: what a reader may stream now.
@@ -255,6 +205,7 @@ impl Job {
         } else {
             JobState::Done
         };
+        next.finished_ms = Some(now_ms());
         write_manifest(&self.dir, &next)?;
         *m = next;
         Ok(m.state)
@@ -335,26 +286,26 @@ impl Jobs {
             let job = Arc::new(Job {
                 id: manifest.id.clone(),
                 dir: path,
-                counts: Mutex::new(JobCounts::new()),
+                tally: Mutex::new(Tally::default()),
                 cancel: CancellationToken::new(),
                 error: Mutex::new(None),
                 manifest: Mutex::new(manifest),
             });
-            let mut counts = JobCounts::new();
+            let mut tally = Tally::default();
             for segment in job.result_segments()? {
                 for batch in read_result_batches(&segment)? {
                     let rows = batch_to_results(&batch?)
                         .map_err(|e| JobError::Store(format!("{}: {e}", segment.display())))?;
-                    counts.add(&rows);
+                    rows.iter().for_each(|r| tally.add(r));
                 }
             }
             let m = job.manifest.lock().clone();
             if m.state == JobState::Running {
                 this.pending
-                    .fetch_add(m.tasks.saturating_sub(counts.rows), Ordering::Relaxed);
+                    .fetch_add(m.tasks.saturating_sub(tally.tasks()), Ordering::Relaxed);
                 resume.push(job.clone());
             }
-            *job.counts.lock() = counts;
+            *job.tally.lock() = tally;
             this.jobs.write().insert(job.id.clone(), job);
         }
         for job in resume {
@@ -528,6 +479,7 @@ impl Jobs {
             spec,
             tasks,
             created_ms: now_ms(),
+            finished_ms: None,
             state: JobState::Running,
             cancel_requested: false,
         };
@@ -556,10 +508,20 @@ impl Jobs {
             id: id.clone(),
             dir,
             manifest: Mutex::new(manifest),
-            counts: Mutex::new(JobCounts::new()),
+            tally: Mutex::new(Tally::default()),
             cancel: CancellationToken::new(),
             error: Mutex::new(None),
         });
+        tracing::info!(
+            "job {id} accepted: {tasks} tasks{}",
+            job.manifest
+                .lock()
+                .spec
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
         self.jobs.write().insert(id, job.clone());
         tokio::spawn(self.clone().run(job.clone()));
         Ok(job)
@@ -598,7 +560,8 @@ impl Jobs {
             let job = job.clone();
             let pending = &self.pending;
             commit_stream(rx, store, keep, move |rows| {
-                job.counts.lock().add(rows);
+                let mut tally = job.tally.lock();
+                rows.iter().for_each(|r| tally.add(r));
                 pending.fetch_sub(rows.len() as u64, Ordering::Relaxed);
             })
         };
@@ -609,7 +572,21 @@ impl Jobs {
         let state = tokio::task::spawn_blocking(move || finished.finish())
             .await
             .expect("writing a manifest does not panic")?;
-        tracing::info!("job {} ended: {}", job.id, state.as_str());
+        let report = job.report();
+        let statuses: Vec<String> = report
+            .statuses
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        tracing::info!(
+            "job {} {}: {} rows ({}) in {:.1} s, ${:.4}",
+            job.id,
+            state.as_str(),
+            report.tasks,
+            statuses.join(", "),
+            report.wall_s,
+            report.cost_usd
+        );
         Ok(())
     }
 }

@@ -402,7 +402,7 @@ impl FlightService for JobService {
                 let job = self.jobs.get(&id)?;
                 let reply = serde_json::json!({
                     "job": job.status(),
-                    "ledger": job.counts(),
+                    "report": job.report(),
                     "server": self.jobs.engine().ledger(),
                     "server_pending_tasks": self.jobs.pending(),
                 });

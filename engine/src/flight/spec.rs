@@ -144,6 +144,10 @@ pub struct Manifest {
     pub tasks: u64,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// When the job ended (done or cancelled); absent while it runs, and in manifests written
+    /// before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
     pub state: JobState,
     /// Set when a cancel is accepted, before the rows are all written: a server restarted in
     /// between finishes the job as cancelled instead of running its tasks.

@@ -8,7 +8,7 @@
 //! de-duplicates by id, so a run killed even during the merge ends, after `--resume`, with every
 //! id exactly once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
@@ -63,6 +63,9 @@ pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
         opt_strings(|r| r.metadata.as_deref()),
         Arc::new(rows.iter().map(|r| r.reward).collect::<Float64Array>()),
         opt_strings(|r| r.reward_info.as_deref()),
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.orchestrator_cost_usd),
+        )),
     ];
     RecordBatch::try_new(result_schema(), columns).expect("columns match the result schema")
 }
@@ -133,6 +136,7 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
     let (trajectories, errors, metadata) = (text(9), text(10), text(11));
     let rewards = col(12).as_primitive::<Float64Type>();
     let reward_infos = text(13);
+    let orchestrator_costs = col(14).as_primitive::<Float64Type>();
 
     let call_values = calls.values().as_struct();
     let call_text = |i: usize| call_values.column(i).as_string::<i32>();
@@ -151,7 +155,7 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
                 row: i + 1,
                 status: statuses.value(i).to_string(),
             })?;
-            let calls = (offsets[i] as usize..offsets[i + 1] as usize)
+            let calls: Vec<CallRecord> = (offsets[i] as usize..offsets[i + 1] as usize)
                 .map(|j| CallRecord {
                     tool: tools.value(j).into(),
                     alias: aliases.value(j).into(),
@@ -163,6 +167,11 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
                     latency_ms: call_latencies.value(j),
                 })
                 .collect();
+            let orchestrator_cost_usd = if orchestrator_costs.is_valid(i) {
+                orchestrator_costs.value(i)
+            } else {
+                costs.value(i) - calls.iter().map(|c| c.cost_usd).sum::<f64>()
+            };
             Ok(TaskResult {
                 id: ids.value(i).to_string(),
                 status,
@@ -172,6 +181,7 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
                 cost_usd: costs.value(i),
                 latency_ms: latencies.value(i),
                 orchestrator_tokens: tokens.value(i),
+                orchestrator_cost_usd,
                 calls,
                 trajectory: opt_text(trajectories, i),
                 error: opt_text(errors, i),
@@ -260,6 +270,15 @@ fn parquet_error<'a>(path: &'a Path) -> impl FnOnce(ParquetError) -> StoreError 
     }
 }
 
+/// How [`ResultStore::open_with`] treats an output that already holds rows.
+#[derive(Debug, Clone, Default)]
+pub struct Reopen {
+    /// Continue it: the ids it holds are done (an existing output is an error otherwise).
+    pub resume: bool,
+    /// With `resume`: tasks whose latest row has one of these statuses run again (`--retry`).
+    pub retry: Vec<Status>,
+}
+
 /// Durable, resumable result output: rows are committed in segment files beside the output while
 /// a job runs, then merged into the output by [`finish`](ResultStore::finish). See the module docs
 /// for the protocol.
@@ -279,15 +298,61 @@ impl ResultStore {
     /// exists) or in any committed segment, so that the caller skips them; leftover temporary
     /// files of an interrupted write are deleted.
     pub fn open(out: &Path, resume: bool) -> Result<(ResultStore, HashSet<String>), StoreError> {
-        let Some(name) = out.file_name() else {
-            return Err(StoreError::NotAFile {
-                path: out.to_path_buf(),
-            });
+        let reopen = Reopen {
+            resume,
+            retry: Vec::new(),
         };
-        let parts = with_suffix(out, name, ".parts");
+        ResultStore::open_with(out, &reopen)
+    }
+
+    /// [`open`](ResultStore::open), where a task whose latest row has a status in
+    /// `reopen.retry` does not count as done: it runs again, and its new row replaces the old
+    /// one when the output is merged.
+    pub fn open_with(
+        out: &Path,
+        reopen: &Reopen,
+    ) -> Result<(ResultStore, HashSet<String>), StoreError> {
+        let done = ResultStore::done(out, reopen)?;
+        let parts = parts_of(out)?;
+        let mut store = ResultStore {
+            out: out.to_path_buf(),
+            parts,
+            next_segment: 0,
+        };
+        if !store
+            .parts
+            .try_exists()
+            .map_err(io_error("inspect", &store.parts))?
+        {
+            let dir = store.out_dir();
+            fs::create_dir_all(&dir).map_err(io_error("create directory", &dir))?;
+            fs::create_dir(&store.parts).map_err(io_error("create directory", &store.parts))?;
+            sync_dir(&dir)?;
+        }
+        if reopen.resume {
+            let merge_tmp = store.merge_tmp();
+            if merge_tmp
+                .try_exists()
+                .map_err(io_error("inspect", &merge_tmp))?
+            {
+                fs::remove_file(&merge_tmp).map_err(io_error("remove", &merge_tmp))?;
+            }
+            for (seq, _) in store.segments(true)? {
+                store.next_segment = store.next_segment.max(seq + 1);
+            }
+        }
+        Ok((store, done))
+    }
+
+    /// What [`open_with`](ResultStore::open_with) would return as done, changing nothing on
+    /// disk (`--dry-run`): the same refusal of an existing output without `resume`, and, with
+    /// it, the ids whose latest row (the output's, then each segment's in commit order) has a
+    /// status not in `reopen.retry`.
+    pub fn done(out: &Path, reopen: &Reopen) -> Result<HashSet<String>, StoreError> {
+        let parts = parts_of(out)?;
         let exists = |p: &Path| p.try_exists().map_err(io_error("inspect", p));
         let (out_exists, parts_exist) = (exists(out)?, exists(&parts)?);
-        if !resume {
+        if !reopen.resume {
             if out_exists {
                 return Err(StoreError::Exists {
                     path: out.to_path_buf(),
@@ -303,34 +368,27 @@ impl ResultStore {
             if started {
                 return Err(StoreError::Exists { path: parts });
             }
+            return Ok(HashSet::new());
         }
-
-        let mut store = ResultStore {
-            out: out.to_path_buf(),
-            parts,
-            next_segment: 0,
-        };
-        let mut done = HashSet::new();
-        if !parts_exist {
-            let dir = store.out_dir();
-            fs::create_dir_all(&dir).map_err(io_error("create directory", &dir))?;
-            fs::create_dir(&store.parts).map_err(io_error("create directory", &store.parts))?;
-            sync_dir(&dir)?;
+        let mut latest: HashMap<String, Status> = HashMap::new();
+        if out_exists {
+            read_statuses(out, &mut latest)?;
         }
-        if resume {
-            let merge_tmp = store.merge_tmp();
-            if exists(&merge_tmp)? {
-                fs::remove_file(&merge_tmp).map_err(io_error("remove", &merge_tmp))?;
-            }
-            if out_exists {
-                read_ids(out, &mut done)?;
-            }
-            for (seq, segment) in store.segments(true)? {
-                read_ids(&segment, &mut done)?;
-                store.next_segment = store.next_segment.max(seq + 1);
+        if parts_exist {
+            let store = ResultStore {
+                out: out.to_path_buf(),
+                parts,
+                next_segment: 0,
+            };
+            for (_, segment) in store.segments(false)? {
+                read_statuses(&segment, &mut latest)?;
             }
         }
-        Ok((store, done))
+        Ok(latest
+            .into_iter()
+            .filter(|(_, status)| !reopen.retry.contains(status))
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// The output file this store finishes into.
@@ -362,8 +420,9 @@ impl ResultStore {
     }
 
     /// Merges the previous output (when resuming) and every segment into the output file, keeping
-    /// the first row of each id, then removes the segment directory. Returns the number of rows in
-    /// the output. Batches are streamed; only the ids seen are held in memory.
+    /// the last row of each id (a task re-run by `--retry` replaces its earlier row), then removes
+    /// the segment directory. Returns the number of rows in the output. Batches are streamed
+    /// twice, the first time reading ids only; only the ids are held in memory.
     pub fn finish(self) -> Result<u64, StoreError> {
         let mut sources = Vec::new();
         if self
@@ -375,13 +434,22 @@ impl ResultStore {
         }
         sources.extend(self.segments(false)?.into_iter().map(|(_, path)| path));
 
-        let mut seen = HashSet::new();
+        // Where each id was seen last: (source, row within the source).
+        let mut last: HashMap<String, (usize, usize)> = HashMap::new();
+        for (s, source) in sources.iter().enumerate() {
+            let mut row = 0;
+            for_each_id(source, |id| {
+                last.insert(id.to_string(), (s, row));
+                row += 1;
+            })?;
+        }
         let mut rows = 0u64;
         let out_dir = self.out_dir();
         let tmp = self.merge_tmp();
         write_durably(&tmp, &self.out, &out_dir, |writer| {
-            for source in &sources {
-                for batch in read_batches(source, None)? {
+            for (s, source) in sources.iter().enumerate() {
+                let mut row = 0;
+                for batch in read_batches(source, &[])? {
                     let batch = batch.map_err(|e| StoreError::Arrow {
                         path: source.clone(),
                         source: e,
@@ -394,7 +462,11 @@ impl ResultStore {
                     // `conform` checked that ids have no nulls.
                     let keep: BooleanArray = ids
                         .iter()
-                        .map(|id| Some(seen.insert(id.unwrap_or_default().to_string())))
+                        .map(|id| {
+                            let here = (s, row);
+                            row += 1;
+                            Some(last.get(id.unwrap_or_default()) == Some(&here))
+                        })
                         .collect();
                     let batch = if keep.true_count() == batch.num_rows() {
                         batch
@@ -411,7 +483,7 @@ impl ResultStore {
             Ok(())
         })?;
         // Everything is in the output now; a crash before this completes leaves segments whose
-        // rows the next merge drops as duplicates.
+        // rows the next merge finds again: each id's last row is the one already chosen.
         fs::remove_dir_all(&self.parts).map_err(io_error("remove directory", &self.parts))?;
         sync_dir(&out_dir)?;
         Ok(rows)
@@ -505,12 +577,7 @@ pub async fn commit_stream(
 /// The committed segments of the output `out` (as [`ResultStore::open`] names them), in commit
 /// order; none when the segment directory does not exist.
 pub fn committed_segments(out: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let Some(name) = out.file_name() else {
-        return Err(StoreError::NotAFile {
-            path: out.to_path_buf(),
-        });
-    };
-    let parts = with_suffix(out, name, ".parts");
+    let parts = parts_of(out)?;
     if !parts.try_exists().map_err(io_error("inspect", &parts))? {
         return Ok(Vec::new());
     }
@@ -527,7 +594,7 @@ pub fn read_result_batches(
     path: &Path,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>> + use<>, StoreError> {
     let path = path.to_path_buf();
-    let reader = read_batches(&path, None)?;
+    let reader = read_batches(&path, &[])?;
     Ok(reader.map(move |batch| {
         let batch = batch.map_err(|source| StoreError::Arrow {
             path: path.clone(),
@@ -543,7 +610,7 @@ pub fn read_result_batches(
 /// Reads every result row of a Parquet file in [`result_schema`].
 pub fn read_results(path: &Path) -> Result<Vec<TaskResult>, StoreError> {
     let mut rows = Vec::new();
-    for batch in read_batches(path, None)? {
+    for batch in read_batches(path, &[])? {
         let batch = batch.map_err(|source| StoreError::Arrow {
             path: path.to_path_buf(),
             source,
@@ -558,47 +625,88 @@ pub fn read_results(path: &Path) -> Result<Vec<TaskResult>, StoreError> {
     Ok(rows)
 }
 
-/// Adds the ids of a result file to `ids`, reading only the `id` column.
-fn read_ids(path: &Path, ids: &mut HashSet<String>) -> Result<(), StoreError> {
-    let batches = read_batches(path, Some("id"))?;
-    for batch in batches {
+/// Calls `f` with each id of a result file in order, reading only the `id` column.
+fn for_each_id(path: &Path, mut f: impl FnMut(&str)) -> Result<(), StoreError> {
+    for batch in read_batches(path, &["id"])? {
         let batch = batch.map_err(|source| StoreError::Arrow {
             path: path.to_path_buf(),
             source,
         })?;
-        let Some(column) = batch.column(0).as_string_opt::<i32>() else {
-            let found = type_name(batch.column(0).data_type());
-            let source = ResultsError::ColumnType {
-                column: "id".into(),
-                expected: "utf8".into(),
-                found,
-            };
-            return Err(StoreError::NotResults {
-                path: path.to_path_buf(),
-                source,
-            });
-        };
-        ids.extend(column.iter().flatten().map(str::to_string));
+        let ids = text_column(path, &batch, "id")?;
+        ids.iter().flatten().for_each(&mut f);
     }
     Ok(())
 }
 
-/// Opens a Parquet file for reading batches, of one column only when `column` is given.
-fn read_batches(path: &Path, column: Option<&str>) -> Result<ParquetRecordBatchReader, StoreError> {
+/// Records the status of each row of a result file under its id (a later row replaces an
+/// earlier one), reading only the `id` and `status` columns.
+fn read_statuses(path: &Path, latest: &mut HashMap<String, Status>) -> Result<(), StoreError> {
+    for batch in read_batches(path, &["id", "status"])? {
+        let batch = batch.map_err(|source| StoreError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let ids = text_column(path, &batch, "id")?;
+        let statuses = text_column(path, &batch, "status")?;
+        for (i, (id, status)) in ids.iter().zip(statuses.iter()).enumerate() {
+            let (Some(id), Some(status)) = (id, status) else {
+                continue;
+            };
+            let status = Status::parse(status).ok_or_else(|| StoreError::NotResults {
+                path: path.to_path_buf(),
+                source: ResultsError::Status {
+                    row: i + 1,
+                    status: status.to_string(),
+                },
+            })?;
+            latest.insert(id.to_string(), status);
+        }
+    }
+    Ok(())
+}
+
+/// The utf8 column `name` of a batch read with a projection.
+fn text_column<'a>(
+    path: &Path,
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a StringArray, StoreError> {
+    let column = batch
+        .column_by_name(name)
+        .expect("the projection holds the column");
+    column
+        .as_string_opt::<i32>()
+        .ok_or_else(|| StoreError::NotResults {
+            path: path.to_path_buf(),
+            source: ResultsError::ColumnType {
+                column: name.into(),
+                expected: "utf8".into(),
+                found: type_name(column.data_type()),
+            },
+        })
+}
+
+/// Opens a Parquet file for reading batches, of the named columns only when `columns` is not
+/// empty.
+fn read_batches(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchReader, StoreError> {
     let file = File::open(path).map_err(io_error("open", path))?;
     let mut builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error(path))?;
-    if let Some(column) = column {
-        let Ok(root) = builder.schema().index_of(column) else {
-            let source = ResultsError::MissingColumn {
-                column: column.into(),
+    if !columns.is_empty() {
+        let mut roots = Vec::with_capacity(columns.len());
+        for column in columns {
+            let Ok(root) = builder.schema().index_of(column) else {
+                let source = ResultsError::MissingColumn {
+                    column: column.to_string(),
+                };
+                return Err(StoreError::NotResults {
+                    path: path.to_path_buf(),
+                    source,
+                });
             };
-            return Err(StoreError::NotResults {
-                path: path.to_path_buf(),
-                source,
-            });
-        };
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [root]);
+            roots.push(root);
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         builder = builder.with_projection(mask);
     }
     builder.build().map_err(parquet_error(path))
@@ -642,6 +750,16 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// `path` with `suffix` appended to its file name `name`: `out.parquet` -> `out.parquet.parts`.
+/// The segment directory of the output `out`: `OUT.parts` beside it.
+fn parts_of(out: &Path) -> Result<PathBuf, StoreError> {
+    match out.file_name() {
+        Some(name) => Ok(with_suffix(out, name, ".parts")),
+        None => Err(StoreError::NotAFile {
+            path: out.to_path_buf(),
+        }),
+    }
+}
+
 fn with_suffix(path: &Path, name: &std::ffi::OsStr, suffix: &str) -> PathBuf {
     let mut name = OsString::from(name);
     name.push(suffix);
@@ -669,6 +787,7 @@ mod tests {
             cost_usd: 0.001 * calls as f64,
             latency_ms: 100 * calls as i64,
             orchestrator_tokens: 512,
+            orchestrator_cost_usd: 0.0001,
             calls: (0..calls)
                 .map(|j| CallRecord {
                     tool: "answer".into(),
@@ -864,23 +983,24 @@ mod tests {
     }
 
     #[test]
-    fn finish_keeps_the_first_row_of_an_id_in_output_and_segment() {
+    fn finish_keeps_the_last_row_of_an_id_in_output_and_segment() {
         let (_dir, out) = out_path();
         let (mut store, _) = ResultStore::open(&out, false).unwrap();
         store.append(&results(&["a", "b"])).unwrap();
         store.finish().unwrap();
 
-        // As if a merge was killed after renaming the output but before removing the segments:
-        // the same ids are in the output and in a segment.
+        // As if a merge was killed after renaming the output but before removing the segments
+        // (the same rows in both), or a task re-ran (a later row for `b`): the last row wins.
         let (mut store, _) = ResultStore::open(&out, true).unwrap();
         let mut again = results(&["b", "c"]);
         again[0].answer = Some("a later answer".into());
         store.append(&again).unwrap();
+        store.append(&results(&["c"])).unwrap();
         assert_eq!(store.finish().unwrap(), 3);
         let rows = read_results(&out).unwrap();
         assert_eq!(sorted_ids(&rows), ["a", "b", "c"]);
         let b = rows.iter().find(|r| r.id == "b").unwrap();
-        assert_eq!(b, &results(&["a", "b"])[1]);
+        assert_eq!(b, &again[0]);
     }
 
     #[test]
@@ -892,19 +1012,75 @@ mod tests {
         store.append(&results(&ids)).unwrap();
         store.append(&results(&ids[1000..2500])).unwrap();
         assert_eq!(store.finish().unwrap(), 3000);
-        let rows = read_results(&out).unwrap();
-        assert_eq!(rows.len(), 3000);
-        assert_eq!(rows, results(&ids));
+        let mut rows = read_results(&out).unwrap();
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut expected = results(&ids);
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(rows, expected);
     }
 
     #[test]
-    fn resume_reads_ids_only() {
-        // The id-only projection must not choke on other columns.
+    fn retry_reruns_tasks_whose_latest_row_has_a_retried_status() {
         let (_dir, out) = out_path();
-        let mut ids = HashSet::new();
+        let (mut store, _) = ResultStore::open(&out, false).unwrap();
+        let mut first = results(&["a", "b", "c", "d"]);
+        first[1].status = Status::Failed;
+        first[2].status = Status::Cancelled;
+        first[3].status = Status::Failed;
+        store.append(&first).unwrap();
+        // `d` was already retried once, and answered.
+        store.append(&results(&["d"])).unwrap();
+        store.finish().unwrap();
+
+        let reopen = Reopen {
+            resume: true,
+            retry: vec![Status::Failed],
+        };
+        let done = ResultStore::done(&out, &reopen).unwrap();
+        assert_eq!(
+            done,
+            HashSet::from(["a", "c", "d"].map(String::from)),
+            "only `b`, failed in its latest row, runs again"
+        );
+        let (mut store, done_again) = ResultStore::open_with(&out, &reopen).unwrap();
+        assert_eq!(done_again, done);
+        store.append(&results(&["b"])).unwrap();
+        assert_eq!(store.finish().unwrap(), 4);
+        let rows = read_results(&out).unwrap();
+        let status = |id: &str| rows.iter().find(|r| r.id == id).unwrap().status;
+        assert_eq!(
+            ["a", "b", "c", "d"].map(status),
+            [
+                Status::Answered,
+                Status::Answered,
+                Status::Cancelled,
+                Status::Answered
+            ]
+        );
+    }
+
+    #[test]
+    fn done_changes_nothing_on_disk() {
+        let (dir, out) = out_path();
+        let reopen = Reopen::default();
+        assert!(ResultStore::done(&out, &reopen).unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn resume_reads_ids_and_statuses_only() {
+        // The projection must not choke on other columns.
+        let (_dir, out) = out_path();
         let (mut store, _) = ResultStore::open(&out, false).unwrap();
         store.append(&results(&["x", "y"])).unwrap();
-        read_ids(&store.parts_dir().join("seg-000000.parquet"), &mut ids).unwrap();
-        assert_eq!(ids, HashSet::from(["x".to_string(), "y".to_string()]));
+        let mut latest = HashMap::new();
+        read_statuses(&store.parts_dir().join("seg-000000.parquet"), &mut latest).unwrap();
+        assert_eq!(
+            latest,
+            HashMap::from([
+                ("x".to_string(), Status::Answered),
+                ("y".to_string(), Status::MaxTurns)
+            ])
+        );
     }
 }

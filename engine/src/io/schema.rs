@@ -71,6 +71,8 @@ static RESULT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("metadata", DataType::Utf8, true),
         Field::new("reward", DataType::Float64, true),
         Field::new("reward_info", DataType::Utf8, true),
+        // Null in files written before the column existed: read as the task's cost less its calls'.
+        Field::new("orchestrator_cost_usd", DataType::Float64, true),
     ]))
 });
 

@@ -163,7 +163,7 @@ impl InputError {
 }
 
 /// Reads and validates a task file: JSON Lines (`.jsonl`, `.ndjson`, `.json`) or Parquet
-/// (`.parquet`), chosen by extension.
+/// (`.parquet`), chosen by extension; the path `-` reads JSON Lines from standard input.
 ///
 /// Besides the schema, each task must have a non-empty id unique in the file, `max_turns >= 1` and
 /// a finite `budget_usd >= 0`; then `check` validates it against the caller's catalog. The first
@@ -172,9 +172,19 @@ pub fn read_tasks(
     path: &Path,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<Vec<Task>, InputError> {
+    if path == Path::new("-") {
+        let stdin = std::io::stdin();
+        return read_jsonl(stdin.lock(), "<stdin>".into(), check);
+    }
     let input = path.display().to_string();
     match TaskFormat::of(path) {
-        Some(TaskFormat::JsonLines) => read_jsonl(path, input, check),
+        Some(TaskFormat::JsonLines) => {
+            let file = File::open(path).map_err(|source| InputError::Io {
+                input: input.clone(),
+                source,
+            })?;
+            read_jsonl(BufReader::new(file), input, check)
+        }
         Some(TaskFormat::Parquet) => read_parquet(path, input, check),
         None => Err(InputError::UnsupportedFormat { input }),
     }
@@ -298,7 +308,7 @@ impl<'a> Acceptor<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TaskLine {
-    id: Option<String>,
+    id: Option<Id>,
     prompt: Option<String>,
     preference: Option<Preference>,
     budget_usd: Option<f64>,
@@ -311,6 +321,41 @@ struct TaskLine {
     user: Option<String>,
     /// A JSON array of calls, kept as its JSON text.
     replay: Option<serde_json::Value>,
+}
+
+/// A task id: a string, or an integer read as its decimal text (ids numbered by a script).
+struct Id(String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
+        struct IdVisitor;
+
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Id, E> {
+                Ok(Id(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(IdVisitor)
+    }
 }
 
 /// A preference object, read in the order written (serde_json's map would sort the keys).
@@ -341,7 +386,7 @@ impl<'de> Deserialize<'de> for Preference {
 }
 
 fn read_jsonl(
-    path: &Path,
+    mut reader: impl BufRead,
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<Vec<Task>, InputError> {
@@ -349,7 +394,6 @@ fn read_jsonl(
         input: input.clone(),
         source,
     };
-    let mut reader = BufReader::new(File::open(path).map_err(io_error)?);
     let mut acceptor = Acceptor::new(input.clone(), check);
     let mut tasks = Vec::new();
     let mut buf = Vec::new();
@@ -434,10 +478,13 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
             column: None,
         })
     };
-    let id = row.id.ok_or_else(|| InputError::MissingField {
-        at: at_line(),
-        field: "id",
-    })?;
+    let id = row
+        .id
+        .map(|id| id.0)
+        .ok_or_else(|| InputError::MissingField {
+            at: at_line(),
+            field: "id",
+        })?;
     let prompt = row.prompt.ok_or_else(|| InputError::MissingField {
         at: at_line(),
         field: "prompt",
@@ -562,6 +609,8 @@ pub fn write_tasks_jsonl(path: &Path, tasks: &[Task]) -> Result<(), InputError> 
 #[derive(Clone, Copy)]
 enum ColumnKind {
     Text,
+    /// Text, or an integer (read as its decimal text).
+    Id,
     Float,
     Int,
     Preference,
@@ -571,6 +620,7 @@ impl ColumnKind {
     fn of(column: &str) -> ColumnKind {
         match column {
             "preference" => ColumnKind::Preference,
+            "id" => ColumnKind::Id,
             "budget_usd" => ColumnKind::Float,
             "max_turns" => ColumnKind::Int,
             _ => ColumnKind::Text,
@@ -580,9 +630,12 @@ impl ColumnKind {
     fn expected(self) -> &'static str {
         match self {
             ColumnKind::Text => "utf8",
+            ColumnKind::Id => "utf8 or an integer",
             ColumnKind::Float => "float64",
             ColumnKind::Int => "int32",
-            ColumnKind::Preference => "map<utf8, float64>",
+            ColumnKind::Preference => {
+                "map<utf8, float64> or a struct of numbers (what pyarrow makes of a dict)"
+            }
         }
     }
 
@@ -604,6 +657,7 @@ impl ColumnKind {
         }
         match self {
             ColumnKind::Text => is_text(data_type),
+            ColumnKind::Id => is_text(data_type) || is_int(data_type),
             ColumnKind::Int => is_int(data_type),
             ColumnKind::Float => {
                 is_int(data_type) || matches!(data_type, Float16 | Float32 | Float64)
@@ -615,6 +669,9 @@ impl ColumnKind {
                     }
                     _ => false,
                 },
+                Struct(fields) => fields
+                    .iter()
+                    .all(|f| ColumnKind::Float.accepts(f.data_type())),
                 _ => false,
             },
         }
@@ -804,15 +861,41 @@ impl<'a> TaskBatchDecoder<'a> {
     }
 }
 
-/// A `preference` map column with its keys and weights cast to utf8 and float64.
-struct PreferenceColumn {
-    map: arrow::array::MapArray,
-    keys: StringArray,
-    weights: Float64Array,
+/// A `preference` column with its weights cast to float64: a map (keys cast to utf8), or a struct
+/// whose field names are the keys (pyarrow's reading of a list of dicts; a null field is a key
+/// that row does not have).
+enum PreferenceColumn {
+    Map {
+        map: Box<arrow::array::MapArray>,
+        keys: StringArray,
+        weights: Float64Array,
+    },
+    Struct {
+        column: arrow::array::StructArray,
+        weights: Vec<(String, Float64Array)>,
+    },
 }
 
 impl PreferenceColumn {
     fn new(column: &ArrayRef) -> Result<PreferenceColumn, ArrowError> {
+        if let Some(column) = column.as_struct_opt() {
+            let weights = column
+                .fields()
+                .iter()
+                .zip(column.columns())
+                .map(|(field, values)| {
+                    let values = cast(values, &DataType::Float64)?;
+                    Ok((
+                        field.name().clone(),
+                        values.as_primitive::<Float64Type>().clone(),
+                    ))
+                })
+                .collect::<Result<_, ArrowError>>()?;
+            return Ok(PreferenceColumn::Struct {
+                column: column.clone(),
+                weights,
+            });
+        }
         let map = column.as_map().clone();
         let keys = cast(map.keys(), &DataType::Utf8)?
             .as_string::<i32>()
@@ -820,27 +903,45 @@ impl PreferenceColumn {
         let weights = cast(map.values(), &DataType::Float64)?
             .as_primitive::<Float64Type>()
             .clone();
-        Ok(PreferenceColumn { map, keys, weights })
+        Ok(PreferenceColumn::Map {
+            map: Box::new(map),
+            keys,
+            weights,
+        })
     }
 
     fn row(&self, i: usize) -> Result<Vec<(String, f64)>, FieldError> {
-        if self.map.is_null(i) {
-            return Ok(Vec::new());
-        }
-        let offsets = self.map.value_offsets();
-        let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-        (start..end)
-            .map(|j| {
-                let key = self.keys.value(j).to_string();
-                if self.weights.is_null(j) {
-                    return Err(FieldError::new(
-                        format!("preference.{key}"),
-                        "weight is null",
-                    ));
+        match self {
+            PreferenceColumn::Struct { column, weights } => {
+                if column.is_null(i) {
+                    return Ok(Vec::new());
                 }
-                Ok((key, self.weights.value(j)))
-            })
-            .collect()
+                Ok(weights
+                    .iter()
+                    .filter(|(_, w)| w.is_valid(i))
+                    .map(|(key, w)| (key.clone(), w.value(i)))
+                    .collect())
+            }
+            PreferenceColumn::Map { map, keys, weights } => {
+                if map.is_null(i) {
+                    return Ok(Vec::new());
+                }
+                let offsets = map.value_offsets();
+                let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+                (start..end)
+                    .map(|j| {
+                        let key = keys.value(j).to_string();
+                        if weights.is_null(j) {
+                            return Err(FieldError::new(
+                                format!("preference.{key}"),
+                                "weight is null",
+                            ));
+                        }
+                        Ok((key, weights.value(j)))
+                    })
+                    .collect()
+            }
+        }
     }
 }
 
@@ -1088,8 +1189,65 @@ mod tests {
             e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid type"),
             "{e}"
         );
-        let e = jsonl_error(&[r#"{"id": 7, "prompt": "p"}"#]);
-        assert!(e.contains("tasks.jsonl:1:") && e.contains("field `id`: invalid type: integer"));
+        let e = jsonl_error(&[r#"{"id": 7.5, "prompt": "p"}"#]);
+        assert!(
+            e.contains("tasks.jsonl:1:")
+                && e.contains("field `id`: invalid type: floating point `7.5`, expected a string or an integer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn integer_ids_read_as_their_decimal_text() {
+        let (_dir, path) = file(
+            "tasks.jsonl",
+            "{\"id\": 7, \"prompt\": \"p\"}\n{\"id\": \"8\", \"prompt\": \"p\"}\n",
+        );
+        let ids: Vec<String> = read_tasks(&path, &no_check)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, ["7", "8"]);
+        let e = jsonl_error(&[
+            r#"{"id": 7, "prompt": "p"}"#,
+            r#"{"id": "7", "prompt": "p"}"#,
+        ]);
+        assert!(e.contains("duplicate id `7`"), "{e}");
+
+        let (_dir, path) = parquet_file(&[batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 20])) as ArrayRef),
+            ("prompt", strings(&[Some("p"), Some("q")])),
+        ])]);
+        let ids: Vec<String> = read_tasks(&path, &no_check)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(ids, ["1", "20"]);
+    }
+
+    #[test]
+    fn a_struct_preference_reads_its_fields_as_keys_and_skips_nulls() {
+        use arrow::array::StructArray;
+        use arrow::datatypes::Field;
+        let cost: ArrayRef = Arc::new(Float64Array::from(vec![Some(1.0), None]));
+        let latency: ArrayRef = Arc::new(Int64Array::from(vec![None, Some(2)]));
+        let preference = StructArray::from(vec![
+            (Arc::new(Field::new("cost", DataType::Float64, true)), cost),
+            (
+                Arc::new(Field::new("latency", DataType::Int64, true)),
+                latency,
+            ),
+        ]);
+        let (_dir, path) = parquet_file(&[batch(vec![
+            ("id", strings(&[Some("a"), Some("b")])),
+            ("prompt", strings(&[Some("p"), Some("q")])),
+            ("preference", Arc::new(preference) as ArrayRef),
+        ])]);
+        let tasks = read_tasks(&path, &no_check).unwrap();
+        assert_eq!(tasks[0].preference, [("cost".to_string(), 1.0)]);
+        assert_eq!(tasks[1].preference, [("latency".to_string(), 2.0)]);
     }
 
     #[test]
@@ -1357,10 +1515,13 @@ mod tests {
             "tasks.parquet: column `max_turns`: expected int32, found float64",
         );
         let e = parquet_error(&[batch(vec![
-            ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("id", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef),
             ("prompt", strings(&[Some("p")])),
         ])]);
-        assert_ends_with(&e, "tasks.parquet: column `id`: expected utf8, found int64");
+        assert_ends_with(
+            &e,
+            "tasks.parquet: column `id`: expected utf8 or an integer, found float64",
+        );
     }
 
     #[test]

@@ -405,7 +405,7 @@ impl NativeExecutor {
                     tokens,
                     shared_prefix,
                     max_new: policy.max_tokens(),
-                    stop: None,
+                    stop: Arc::from([]),
                     sampling: Sampling {
                         // The task's id and its context: two tasks alike still draw apart.
                         seed: self.sampling.seed

@@ -59,9 +59,9 @@ pub struct NativeInput {
     pub shared_prefix: usize,
     /// New tokens at most.
     pub max_new: usize,
-    /// Generation stops once the text contains this (kept in the output). Ignored under a
-    /// `policy`, whose turn ends with its call.
-    pub stop: Option<Arc<str>>,
+    /// Generation stops once the text contains one of these, which is left out of the output
+    /// (OpenAI's `stop`). Ignored under a `policy`, whose turn ends with its call.
+    pub stop: Arc<[String]>,
     pub sampling: Sampling,
     /// The tool-call grammar and its shaping (the orchestrator's turns): the turn ends with a
     /// valid call of the catalog. `max_new` must cover [`CallPolicy::max_tokens`].
@@ -307,10 +307,14 @@ impl NativeRunner {
             if head.done() {
                 self.stats.grammar_calls.fetch_add(1, Ordering::Relaxed);
             }
-        } else if let Some(stop) = &turn.input.stop {
-            if let Some(at) = text.find(&**stop) {
-                text.truncate(at + stop.len());
-            }
+        } else if let Some(at) = turn
+            .input
+            .stop
+            .iter()
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+        {
+            text.truncate(at);
         }
         Ok(Generated {
             text,
@@ -330,16 +334,13 @@ impl NativeRunner {
         if self.tokenizer.is_eog(token) {
             return true;
         }
-        match &turn.input.stop {
-            Some(stop) => {
-                // The stop text can only newly appear in the last few tokens' text.
-                let from = turn.generated.len().saturating_sub(stop.len() + 2);
-                self.tokenizer
-                    .decode(&turn.generated[from..], false)
-                    .contains(&**stop)
-            }
-            None => false,
-        }
+        let Some(longest) = turn.input.stop.iter().map(String::len).max() else {
+            return false;
+        };
+        // A stop text can only newly appear in the last few tokens' text.
+        let from = turn.generated.len().saturating_sub(longest + 2);
+        let tail = self.tokenizer.decode(&turn.generated[from..], false);
+        turn.input.stop.iter().any(|s| tail.contains(s.as_str()))
     }
 }
 
