@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{run, sim_config, tutti, tutti_run, write_tasks};
+use common::{pyarrow, run, sim_config, tutti, tutti_run, write_tasks};
 use tutti_engine::io::results::read_results;
 use tutti_engine::Status;
 
@@ -265,22 +265,6 @@ fn a_missing_task_file_is_named_once_with_the_os_reason_once() {
         "the OS's reason is said once: {err}"
     );
     assert!(err.contains("nope.jsonl"), "{err}");
-}
-
-/// Whether pyarrow is importable; in CI it must be (`.ci/run` installs it).
-fn pyarrow() -> bool {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import pyarrow.parquet"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install pyarrow (pip install pyarrow)"
-        );
-        eprintln!("skipped: pyarrow is not installed (pip install pyarrow)");
-    }
-    ok
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use common::server::{batches, result_rows, slow_sim_config, tasks, wait_for, Server};
-use common::{run, tutti};
+use common::{pyarrow, run, tutti};
 use std::sync::Arc;
 use tonic::Code;
 
@@ -20,22 +20,6 @@ fn token_file(dir: &std::path::Path) -> String {
     let path = dir.join("token");
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
     path.display().to_string()
-}
-
-/// Whether pyarrow is importable; in CI it must be (`.ci/run` installs it).
-fn pyarrow() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import pyarrow.flight"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install pyarrow (pip install pyarrow)"
-        );
-        eprintln!("skipped: pyarrow is not installed (pip install pyarrow)");
-    }
-    ok
 }
 
 #[test]

@@ -240,6 +240,21 @@ pub enum BackendKind {
     Openenv,
 }
 
+impl BackendKind {
+    /// The kind as a config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::Native => "native",
+            BackendKind::Python => "python",
+            BackendKind::Retrieval => "retrieval",
+            BackendKind::Sim => "sim",
+            BackendKind::VllmRs => "vllm-rs",
+            BackendKind::Openenv => "openenv",
+        }
+    }
+}
+
 /// How the `openai` executor builds its prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -78,7 +78,7 @@ pub async fn check(cfg: &Config) -> Preflight {
             Err(e) => {
                 report
                     .problems
-                    .push(format!("backend `{}` ({}): {e}", b.name, kind_name(b.kind)))
+                    .push(format!("backend `{}` ({}): {e}", b.name, b.kind.as_str()))
             }
         }
     }
@@ -101,21 +101,9 @@ pub async fn check(cfg: &Config) -> Preflight {
     report
 }
 
-fn kind_name(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Openai => "openai",
-        BackendKind::Native => "native",
-        BackendKind::Python => "python",
-        BackendKind::Retrieval => "retrieval",
-        BackendKind::Sim => "sim",
-        BackendKind::VllmRs => "vllm-rs",
-        BackendKind::Openenv => "openenv",
-    }
-}
-
 /// The probe of one backend, with the words that name it; `None` for kinds checked elsewhere.
 fn probe(b: &BackendConfig) -> Result<Option<(String, Probe)>, String> {
-    let what = |detail: &str| format!("backend `{}` ({}, {detail})", b.name, kind_name(b.kind));
+    let what = |detail: &str| format!("backend `{}` ({}, {detail})", b.name, b.kind.as_str());
     Ok(match b.kind {
         BackendKind::Openai => {
             let base = resolve_endpoint(b.endpoint.as_deref(), b.endpoint_env.as_deref(), HTTP)?;

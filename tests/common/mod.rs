@@ -28,6 +28,23 @@ pub fn tutti_run(tasks: &Path, out: &Path, config: &Path) -> Command {
     cmd
 }
 
+/// Whether pyarrow (with Flight) is importable; in CI it must be (`.ci/run` installs it), so a
+/// test that needs it skips only off CI.
+pub fn pyarrow() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import pyarrow.flight, pyarrow.parquet"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install pyarrow (pip install pyarrow)"
+        );
+        eprintln!("skipped: pyarrow is not installed (pip install pyarrow)");
+    }
+    ok
+}
+
 /// Runs the binary and returns its output, with stderr as text for assertions.
 pub fn run(cmd: &mut Command) -> (Output, String) {
     let out = cmd.output().expect("run tutti");

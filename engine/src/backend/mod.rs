@@ -157,21 +157,9 @@ pub fn build(
             message: format!(
                 "backends of kind `{}` are not built yet in this version of tutti; \
                  `openai`, `native`, `python`, `retrieval` and `sim` are available",
-                kind_name(other)
+                other.as_str()
             ),
         }),
-    }
-}
-
-fn kind_name(kind: BackendKind) -> &'static str {
-    match kind {
-        BackendKind::Openai => "openai",
-        BackendKind::Native => "native",
-        BackendKind::Python => "python",
-        BackendKind::Retrieval => "retrieval",
-        BackendKind::Sim => "sim",
-        BackendKind::VllmRs => "vllm-rs",
-        BackendKind::Openenv => "openenv",
     }
 }
 
