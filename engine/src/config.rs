@@ -694,7 +694,7 @@ impl Config {
             }
             let schemes: &[&str] = match b.kind {
                 BackendKind::Openai => crate::backend::openai::HTTP,
-                BackendKind::Openenv => &["http", "https", "ws", "wss"],
+                BackendKind::Openenv => crate::backend::openai::HTTP_OR_WS,
                 _ => &[],
             };
             if let (Some(url), false) = (&b.endpoint, schemes.is_empty()) {

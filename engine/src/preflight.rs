@@ -117,8 +117,11 @@ fn probe(b: &BackendConfig) -> Result<Option<(String, Probe)>, String> {
             ))
         }
         BackendKind::Openenv => {
-            let schemes = &["http", "https", "ws", "wss"];
-            let base = resolve_endpoint(b.endpoint.as_deref(), b.endpoint_env.as_deref(), schemes)?;
+            let base = resolve_endpoint(
+                b.endpoint.as_deref(),
+                b.endpoint_env.as_deref(),
+                crate::backend::openai::HTTP_OR_WS,
+            )?;
             Some((what(&base), Probe::Env { base }))
         }
         BackendKind::Python => {

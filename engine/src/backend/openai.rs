@@ -277,6 +277,8 @@ pub fn resolve_endpoint(
 
 /// The schemes an OpenAI-compatible server's base URL may have.
 pub const HTTP: &[&str] = &["http", "https"];
+/// The schemes an OpenEnv server's base URL may have (its sessions are WebSockets).
+pub const HTTP_OR_WS: &[&str] = &["http", "https", "ws", "wss"];
 
 pub(crate) fn usage(v: &Value, key: &str) -> u64 {
     v.get("usage")

@@ -374,15 +374,8 @@ impl ResultStore {
         if out_exists {
             read_statuses(out, &mut latest)?;
         }
-        if parts_exist {
-            let store = ResultStore {
-                out: out.to_path_buf(),
-                parts,
-                next_segment: 0,
-            };
-            for (_, segment) in store.segments(false)? {
-                read_statuses(&segment, &mut latest)?;
-            }
+        for segment in committed_segments(out)? {
+            read_statuses(&segment, &mut latest)?;
         }
         Ok(latest
             .into_iter()
