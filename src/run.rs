@@ -1,7 +1,7 @@
 //! `tutti run`: a bulk job from a task file to a Parquet file, committed as results finish.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tutti_engine::catalog::Catalog;
-use tutti_engine::io::results::{commit_stream, Reopen, ResultStore, COMMIT_ROWS};
-use tutti_engine::io::tasks::{read_tasks, FieldError};
+use tutti_engine::io::results::{
+    commit_stream, InputColumns, OutputFormat, OutputShape, Reopen, ResultStore, COMMIT_ROWS,
+};
+use tutti_engine::io::tasks::{near_task_column, read_task_file, FieldError};
 use tutti_engine::preflight;
 use tutti_engine::report::Tally;
 use tutti_engine::{Engine, EngineOptions, Status, TaskResult};
@@ -34,11 +36,14 @@ Exit status:
        error; what was committed is kept, and --resume continues
   130  interrupted (Ctrl-C); --resume continues")]
 pub struct RunArgs {
-    /// Tasks: JSON Lines (.jsonl, .ndjson, .json) or Parquet (.parquet) with the task schema;
-    /// `-` reads JSON Lines from standard input.
+    /// Tasks: JSON Lines (.jsonl, .ndjson, .json) or Parquet (.parquet) with the task schema,
+    /// or OpenAI batch JSON Lines (`custom_id`, `body`); `-` reads JSON Lines from standard
+    /// input. Other columns are passed through to the results.
     tasks: PathBuf,
-    /// Output Parquet file (.parquet). Rows are committed beside it in OUT.parts/ as they finish
-    /// and merged into it at the end.
+    /// Output file: Parquet (.parquet) or JSON Lines (.jsonl, .ndjson; OpenAI batch output
+    /// lines when the tasks were OpenAI batch requests). Rows are committed beside it in
+    /// OUT.parts/ as they finish and merged into it at the end, with each task's `input_index`
+    /// and the input's other columns.
     #[arg(short, long)]
     output: PathBuf,
     /// Config file; without one, the bundled configs/default.toml (the reference model,
@@ -73,7 +78,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
              model in-process: ~/.cache/tutti/models/gemma-3-270m-Q4_K_M.gguf)"
         );
     }
-    check_output_format(&args.output)?;
+    OutputFormat::of(&args.output)?;
     let retry = args
         .retry
         .iter()
@@ -101,7 +106,29 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
                 message,
             })
     };
-    let mut tasks = read_tasks(&args.tasks, &check)?;
+    let file = read_task_file(&args.tasks, &check)?;
+    let extras = file.extra_columns();
+    if !extras.is_empty() && !verbosity.quiet {
+        let named: Vec<String> = extras
+            .iter()
+            .map(|c| match near_task_column(c) {
+                Some(task_column) => format!("{c} (did you mean `{task_column}`?)"),
+                None => c.clone(),
+            })
+            .collect();
+        eprintln!(
+            "tutti: passing these input columns through to the results: {}",
+            named.join(", ")
+        );
+    }
+    let shape = OutputShape {
+        input: Some(InputColumns::new(
+            file.tasks.iter().map(|t| t.id.as_str()),
+            file.extras,
+        )),
+        openai_batch: file.openai_batch,
+    };
+    let mut tasks = file.tasks;
     if let Some(n) = args.limit {
         tasks.truncate(n);
     }
@@ -151,7 +178,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
         let progress = Progress::new(total, skipped, show_progress);
         let started = Instant::now();
-        let writer = tokio::spawn(write_results(rx, store, progress));
+        let writer = tokio::spawn(write_results(rx, store, shape, progress));
         let run = engine.run(futures::stream::iter(todo), tx, cancel.clone());
         tokio::pin!(run);
         let interrupted = tokio::select! {
@@ -237,28 +264,12 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     })
 }
 
-/// Refuses an output whose extension names a format tutti does not write (a `.csv` would
-/// otherwise silently hold Parquet).
-fn check_output_format(out: &Path) -> Result<()> {
-    let ext = out
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    match ext.as_deref() {
-        Some("parquet") => Ok(()),
-        Some(other) => bail!(
-            "output {}: tutti does not write `.{other}` files; name a Parquet file (.parquet)",
-            out.display()
-        ),
-        None => bail!("output {}: name a Parquet file (.parquet)", out.display()),
-    }
-}
-
 /// Commits results as they come (see [`commit_stream`]), tallying them for the report, then
 /// merges the output.
 async fn write_results(
     rx: mpsc::Receiver<TaskResult>,
     store: ResultStore,
+    shape: OutputShape,
     mut progress: Progress,
 ) -> Result<(u64, Tally)> {
     let mut tally = Tally::default();
@@ -268,7 +279,7 @@ async fn write_results(
     })
     .await?;
     progress.finish();
-    let rows = tokio::task::spawn_blocking(move || store.finish())
+    let rows = tokio::task::spawn_blocking(move || store.finish_with(&shape))
         .await
         .context("the result writer panicked")??;
     Ok((rows, tally))

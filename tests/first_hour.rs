@@ -1,7 +1,8 @@
 //! What a new user hits in the first hour (issue 14), each reproduced with the real `tutti`
 //! binary: an unreachable server stops the run before any task, with the OS's words; failed tasks
 //! make the exit status non-zero and `--retry failed` re-runs exactly those; `--dry-run`,
-//! `--limit` and `-` (stdin); an output format tutti does not write is refused.
+//! `--limit` and `-` (stdin); an output format tutti does not write is refused; what pyarrow
+//! makes of a list of dicts, extra columns passed through, and OpenAI batch JSON Lines in and out.
 
 mod common;
 
@@ -215,7 +216,10 @@ fn an_output_format_tutti_does_not_write_is_refused() {
     let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        err.contains("x.csv: tutti does not write `.csv` files"),
+        err.contains(
+            "x.csv: tutti writes Parquet (.parquet) and JSON Lines (.jsonl, .ndjson); `.csv` is \
+             neither"
+        ),
         "{err}"
     );
     assert!(!out.exists());
@@ -304,4 +308,120 @@ pq.write_table(table, sys.argv[1])
         .collect();
     ids.sort();
     assert_eq!(ids, (0..12).collect::<Vec<_>>());
+}
+
+/// Runs a Python script with pyarrow, with `args`; fails the test with its stderr.
+fn python(script: &str, args: &[&Path]) -> String {
+    let o = std::process::Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn extra_columns_pass_through_with_the_input_index_as_pyarrow_users_expect() {
+    if !pyarrow() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("t.parquet");
+    python(
+        r#"
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+rows = [{"id": f"q{i}", "prompt": f"What is {i} + 1?", "category": ["easy", "hard"][i % 2],
+         "difficulty": i, "budget": 1.0} for i in range(16)]
+pq.write_table(pa.Table.from_pylist(rows), sys.argv[1])
+"#,
+        &[&tasks],
+    );
+    let config = sim_config(dir.path(), 0.0, 64);
+    for name in ["out.parquet", "out.jsonl"] {
+        let out = dir.path().join(name);
+        let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains(
+                "passing these input columns through to the results: category, difficulty, \
+                 budget (did you mean `budget_usd`?)"
+            ),
+            "{err}"
+        );
+        // What a pyarrow user does next: read, put in input order, use the columns they gave.
+        let said = python(
+            r#"
+import sys, json
+import pyarrow as pa, pyarrow.parquet as pq, pyarrow.json as pj
+path = sys.argv[1]
+t = pq.read_table(path) if path.endswith(".parquet") else pj.read_json(path)
+t = t.sort_by("input_index")
+assert t.column("id").to_pylist() == [f"q{i}" for i in range(16)], t.column("id")
+assert t.column("category").to_pylist() == [["easy", "hard"][i % 2] for i in range(16)]
+assert t.column("difficulty").to_pylist() == list(range(16))
+traj = t.schema.field("trajectory").type
+assert pa.types.is_list(traj) and pa.types.is_struct(traj.value_type), traj
+first = t.column("trajectory")[0].as_py()
+assert first[0]["role"] == "user" and "What is 0 + 1?" in first[0]["content"], first
+print(t.num_rows)
+"#,
+            &[&out],
+        );
+        assert_eq!(said.trim(), "16", "{name}");
+    }
+}
+
+#[test]
+fn openai_batch_jsonl_in_gives_one_output_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("batch.jsonl");
+    let mut text = String::new();
+    for i in 0..12 {
+        text.push_str(&format!(
+            "{{\"custom_id\": \"request-{i}\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \
+             \"body\": {{\"model\": \"any\", \"messages\": [{{\"role\": \"system\", \"content\": \"Be brief.\"}}, \
+             {{\"role\": \"user\", \"content\": \"What is {i} + 1?\"}}]}}}}\n"
+        ));
+    }
+    std::fs::write(&tasks, text).unwrap();
+    let out = dir.path().join("out.jsonl");
+    let config = sim_config(dir.path(), 0.0, 64);
+    let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    ids.sort_by_key(|id| id[8..].parse::<u32>().unwrap());
+    let want: Vec<String> = (0..12).map(|i| format!("request-{i}")).collect();
+    assert_eq!(ids, want);
+    for line in &lines {
+        match line["error"].is_null() {
+            true => {
+                let body = &line["response"]["body"];
+                assert_eq!(line["response"]["status_code"], 200, "{line}");
+                assert_eq!(body["object"], "chat.completion");
+                assert!(
+                    body["choices"][0]["message"]["content"].is_string(),
+                    "{line}"
+                );
+            }
+            false => {
+                assert!(line["response"].is_null(), "{line}");
+                assert!(line["error"]["code"].is_string(), "{line}");
+            }
+        }
+    }
+    // The same file resumes: nothing is left to run, and every line is kept.
+    let (o, err) = run(tutti_run(&tasks, &out, &config).arg("--resume"));
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("(0 run now, 12 already done)"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 12);
 }

@@ -231,7 +231,7 @@ fn unknown_tools_and_bad_arguments_are_error_observations_and_the_episode_goes_o
     assert_eq!(r.status, Status::Answered, "{:?}", r.error);
     assert_eq!(r.turns, 6, "every call was played");
     assert!(r.reward.is_some(), "the episode reached `done`");
-    let trajectory = r.trajectory.as_deref().unwrap();
+    let trajectory = serde_json::to_string(r.trajectory.as_ref().unwrap()).unwrap();
     for expected in [
         "unknown tool `refund_everything`; the tools are ",
         "tool `get_order_details`: argument `order_id`: ",
@@ -426,8 +426,8 @@ timeout_ms = 60000
     let mut named: HashMap<String, usize> = HashMap::new();
     for r in &results {
         assert_ne!(r.status, Status::Failed, "{}: {:?}", r.id, r.error);
-        let trajectory = r.trajectory.as_deref().unwrap();
-        let replied = replied_calls(trajectory);
+        let trajectory = serde_json::to_string(r.trajectory.as_ref().unwrap()).unwrap();
+        let replied = replied_calls(&trajectory);
         assert_eq!(replied.len(), r.turns as usize, "{}: {trajectory}", r.id);
         for (name, args) in replied {
             let v = validators

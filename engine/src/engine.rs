@@ -38,7 +38,7 @@ pub enum EngineError {
 /// Choices that are not part of the config.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// Keep each episode's messages as JSON in its result (bulk runs do; benchmarks need not).
+    /// Keep each episode's messages in its result (bulk runs do; benchmarks need not).
     pub record_trajectories: bool,
     /// Count distinct requests (the ledger's `unique_calls`), so a benchmark can check that the
     /// cache bills each once. It keeps a key per distinct call, so long-lived servers leave it off.

@@ -365,7 +365,7 @@ impl<'a> Turns<'a> {
 
     /// The result row; folds the episode's accounts into the job's ledger.
     fn finish(
-        self,
+        mut self,
         status: Status,
         answer: Option<String>,
         correct: Option<bool>,
@@ -378,7 +378,7 @@ impl<'a> Turns<'a> {
         let trajectory = self
             .env
             .record_trajectory
-            .then(|| serde_json::to_string(&self.ctx.messages).expect("messages serialise"));
+            .then(|| std::mem::take(&mut self.ctx.messages));
         let (reward, reward_info) = match reward {
             Some((r, info)) => (r, Some(info)),
             None => (None, None),

@@ -77,9 +77,26 @@ pub enum Role {
     Tool,
 }
 
+impl Role {
+    pub const ALL: [Role; 3] = [Role::User, Role::Assistant, Role::Tool];
+
+    /// The name in a trajectory: `user`, `assistant`, `tool`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 /// One entry of an episode's context. `tokens` is the size the orchestrator pays for it: counted by
 /// the executor's tokenizer where it has one, reported by the backend for observations.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
@@ -149,8 +166,8 @@ pub struct TaskResult {
     /// The orchestrator's own tokens' share of `cost_usd` (the rest is its calls').
     pub orchestrator_cost_usd: f64,
     pub calls: Vec<CallRecord>,
-    /// The episode's messages as JSON, when the engine records trajectories.
-    pub trajectory: Option<String>,
+    /// The episode's messages, when the engine records trajectories.
+    pub trajectory: Option<Vec<Message>>,
     pub error: Option<String>,
     pub metadata: Option<String>,
     /// The environment's reward for the episode, when it gave one (its last step was `done`).

@@ -66,13 +66,15 @@ table = client.do_get(info.endpoints[0].ticket, options=auth).read_all()
 expected = {
     "id": pa.string(), "status": pa.string(), "answer": pa.string(), "correct": pa.bool_(),
     "turns": pa.int32(), "cost_usd": pa.float64(), "latency_ms": pa.int64(),
-    "orchestrator_tokens": pa.int64(), "trajectory": pa.string(), "error": pa.string(),
-    "metadata": pa.string(),
+    "orchestrator_tokens": pa.int64(), "error": pa.string(), "metadata": pa.string(),
 }
 for name, kind in expected.items():
     assert table.schema.field(name).type == kind, (name, table.schema.field(name).type)
 calls = table.schema.field("calls").type
 assert pa.types.is_list(calls) and pa.types.is_struct(calls.value_type), calls
+trajectory = table.schema.field("trajectory").type
+assert pa.types.is_list(trajectory), trajectory
+assert [f.name for f in trajectory.value_type] == ["role", "content", "tokens"], trajectory
 assert table.num_rows == n, table.num_rows
 got = table.column("id").to_pylist()
 assert len(set(got)) == n and set(got) == set(ids), "ids differ"

@@ -20,9 +20,11 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int32Array, Int64Array, ListArray,
     RecordBatch, StringArray, StructArray,
 };
-use arrow::buffer::OffsetBuffer;
-use arrow::compute::filter_record_batch;
-use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::compute::{filter_record_batch, take};
+use arrow::datatypes::{
+    DataType, Field, FieldRef, Float64Type, Int32Type, Int64Type, Schema, SchemaRef,
+};
 use arrow::error::ArrowError;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -31,8 +33,12 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
-use super::schema::{call_fields, call_item_field, result_schema, type_name};
-use crate::task::{CallRecord, Status, TaskResult};
+use super::openai_batch::{BatchEndpoint, OutputLine};
+use super::schema::{
+    call_fields, call_item_field, message_fields, message_item_field, result_schema, type_name,
+    INPUT_INDEX,
+};
+use crate::task::{CallRecord, Message, Role, Status, TaskResult};
 
 /// Builds a batch in [`result_schema`] from result rows, a column at a time.
 pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
@@ -58,7 +64,7 @@ pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
             rows.iter().map(|r| r.orchestrator_tokens),
         )),
         Arc::new(calls_column(rows)),
-        opt_strings(|r| r.trajectory.as_deref()),
+        Arc::new(trajectory_column(rows)),
         opt_strings(|r| r.error.as_deref()),
         opt_strings(|r| r.metadata.as_deref()),
         Arc::new(rows.iter().map(|r| r.reward).collect::<Float64Array>()),
@@ -96,6 +102,35 @@ fn calls_column(rows: &[TaskResult]) -> ListArray {
     ListArray::new(Arc::new(call_item_field()), offsets, Arc::new(values), None)
 }
 
+/// The `trajectory` column: every recorded message in one struct array, cut by offsets; null for
+/// a row without a trajectory.
+fn trajectory_column(rows: &[TaskResult]) -> ListArray {
+    let messages = || rows.iter().flat_map(|r| r.trajectory.iter().flatten());
+    let fields: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            messages().map(|m| m.role.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            messages().map(|m| m.content.as_str()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            messages().map(|m| i64::from(m.tokens)),
+        )),
+    ];
+    let values = StructArray::new(message_fields(), fields, None);
+    let offsets = OffsetBuffer::from_lengths(
+        rows.iter()
+            .map(|r| r.trajectory.as_ref().map_or(0, Vec::len)),
+    );
+    let valid = NullBuffer::from_iter(rows.iter().map(|r| r.trajectory.is_some()));
+    ListArray::new(
+        Arc::new(message_item_field()),
+        offsets,
+        Arc::new(values),
+        Some(valid),
+    )
+}
+
 /// Why a batch could not be read as result rows.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
@@ -114,6 +149,8 @@ pub enum ResultsError {
         status_names()
     )]
     Status { row: usize, status: String },
+    #[error("row {row}: trajectory: unknown role `{role}`; expected user, assistant or tool")]
+    Role { row: usize, role: String },
 }
 
 fn status_names() -> String {
@@ -133,10 +170,19 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
     let latencies = col(6).as_primitive::<Int64Type>();
     let tokens = col(7).as_primitive::<Int64Type>();
     let calls = col(8).as_list::<i32>();
-    let (trajectories, errors, metadata) = (text(9), text(10), text(11));
+    let trajectories = col(9).as_list::<i32>();
+    let (errors, metadata) = (text(10), text(11));
     let rewards = col(12).as_primitive::<Float64Type>();
     let reward_infos = text(13);
     let orchestrator_costs = col(14).as_primitive::<Float64Type>();
+
+    let message_values = trajectories.values().as_struct();
+    let (roles, contents) = (
+        message_values.column(0).as_string::<i32>(),
+        message_values.column(1).as_string::<i32>(),
+    );
+    let message_tokens = message_values.column(2).as_primitive::<Int64Type>();
+    let trajectory_offsets = trajectories.value_offsets();
 
     let call_values = calls.values().as_struct();
     let call_text = |i: usize| call_values.column(i).as_string::<i32>();
@@ -167,6 +213,25 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
                     latency_ms: call_latencies.value(j),
                 })
                 .collect();
+            let trajectory = trajectories
+                .is_valid(i)
+                .then(|| {
+                    let range = trajectory_offsets[i] as usize..trajectory_offsets[i + 1] as usize;
+                    range
+                        .map(|j| {
+                            let role = roles.value(j);
+                            Ok(Message {
+                                role: Role::parse(role).ok_or_else(|| ResultsError::Role {
+                                    row: i + 1,
+                                    role: role.to_string(),
+                                })?,
+                                content: contents.value(j).to_string(),
+                                tokens: u32::try_from(message_tokens.value(j)).unwrap_or(u32::MAX),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ResultsError>>()
+                })
+                .transpose()?;
             let orchestrator_cost_usd = if orchestrator_costs.is_valid(i) {
                 orchestrator_costs.value(i)
             } else {
@@ -183,7 +248,7 @@ pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsE
                 orchestrator_tokens: tokens.value(i),
                 orchestrator_cost_usd,
                 calls,
-                trajectory: opt_text(trajectories, i),
+                trajectory,
                 error: opt_text(errors, i),
                 metadata: opt_text(metadata, i),
                 reward: rewards.is_valid(i).then(|| rewards.value(i)),
@@ -241,6 +306,18 @@ pub enum StoreError {
     Exists { path: PathBuf },
     #[error("output path {} does not name a file", path.display())]
     NotAFile { path: PathBuf },
+    #[error(
+        "output {}: tutti writes Parquet (.parquet) and JSON Lines (.jsonl, .ndjson){}",
+        path.display(),
+        match ext { Some(e) => format!("; `.{e}` is neither"), None => "; name the file with one of these extensions".into() }
+    )]
+    Format { path: PathBuf, ext: Option<String> },
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -279,12 +356,107 @@ pub struct Reopen {
     pub retry: Vec<Status>,
 }
 
+/// The format of a result output, by its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `.parquet`: the result schema (plus [`InputColumns`] where given).
+    Parquet,
+    /// `.jsonl`, `.ndjson`: one JSON object per row, in the names and nesting of the result
+    /// schema (nulls written); or OpenAI batch output lines (see [`OutputShape::openai_batch`]).
+    JsonLines,
+}
+
+impl OutputFormat {
+    /// The format `out` names, or why it names none (a `.csv` must not silently hold Parquet).
+    pub fn of(out: &Path) -> Result<OutputFormat, StoreError> {
+        let ext = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("parquet") => Ok(OutputFormat::Parquet),
+            Some("jsonl" | "ndjson") => Ok(OutputFormat::JsonLines),
+            _ => Err(StoreError::Format {
+                path: out.to_path_buf(),
+                ext,
+            }),
+        }
+    }
+}
+
+/// What the merged output holds besides the result rows.
+#[derive(Debug, Default)]
+pub struct OutputShape {
+    /// Each row's `input_index` and the input's extra columns, joined by id.
+    pub input: Option<InputColumns>,
+    /// A JSON Lines output is written as OpenAI batch output, for this endpoint (the tasks came
+    /// as OpenAI batch requests).
+    pub openai_batch: Option<BatchEndpoint>,
+}
+
+/// The input's side of the output: where each id sits in the input, and the columns the input
+/// had beyond the task schema (one row per input row).
+#[derive(Debug)]
+pub struct InputColumns {
+    index: HashMap<String, i64>,
+    extras: Option<RecordBatch>,
+    schema: SchemaRef,
+}
+
+impl InputColumns {
+    /// `ids` in input order; `extras` with one row per id.
+    pub fn new<'a>(
+        ids: impl Iterator<Item = &'a str>,
+        extras: Option<RecordBatch>,
+    ) -> InputColumns {
+        let index = ids
+            .enumerate()
+            .map(|(i, id)| (id.to_string(), i as i64))
+            .collect();
+        let mut fields: Vec<FieldRef> = result_schema().fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(INPUT_INDEX, DataType::Int64, true)));
+        if let Some(extras) = &extras {
+            // Nullable: a row whose id the input does not have gets nulls.
+            fields.extend(
+                extras
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+            );
+        }
+        InputColumns {
+            index,
+            extras,
+            schema: Arc::new(Schema::new(fields)),
+        }
+    }
+
+    /// A batch in [`result_schema`] with `input_index` and the extra columns appended.
+    fn join(&self, batch: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+        let ids = batch.column(0).as_string::<i32>();
+        let rows: Int64Array = ids
+            .iter()
+            .map(|id| id.and_then(|id| self.index.get(id).copied()))
+            .collect();
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(rows.clone()));
+        if let Some(extras) = &self.extras {
+            for column in extras.columns() {
+                columns.push(take(column, &rows, None)?);
+            }
+        }
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
 /// Durable, resumable result output: rows are committed in segment files beside the output while
 /// a job runs, then merged into the output by [`finish`](ResultStore::finish). See the module docs
 /// for the protocol.
 #[derive(Debug)]
 pub struct ResultStore {
     out: PathBuf,
+    format: OutputFormat,
     parts: PathBuf,
     next_segment: u64,
 }
@@ -316,6 +488,7 @@ impl ResultStore {
         let parts = parts_of(out)?;
         let mut store = ResultStore {
             out: out.to_path_buf(),
+            format: OutputFormat::of(out)?,
             parts,
             next_segment: 0,
         };
@@ -349,6 +522,7 @@ impl ResultStore {
     /// it, the ids whose latest row (the output's, then each segment's in commit order) has a
     /// status not in `reopen.retry`.
     pub fn done(out: &Path, reopen: &Reopen) -> Result<HashSet<String>, StoreError> {
+        let format = OutputFormat::of(out)?;
         let parts = parts_of(out)?;
         let exists = |p: &Path| p.try_exists().map_err(io_error("inspect", p));
         let (out_exists, parts_exist) = (exists(out)?, exists(&parts)?);
@@ -372,7 +546,21 @@ impl ResultStore {
         }
         let mut latest: HashMap<String, Status> = HashMap::new();
         if out_exists {
-            read_statuses(out, &mut latest)?;
+            match format {
+                OutputFormat::Parquet => read_statuses(out, &mut latest)?,
+                OutputFormat::JsonLines => for_each_output_line(out, |line, id, status| {
+                    let status = Status::parse(&status).ok_or_else(|| StoreError::Line {
+                        path: out.to_path_buf(),
+                        line,
+                        message: format!(
+                            "unknown status `{status}`; expected one of {}",
+                            status_names()
+                        ),
+                    })?;
+                    latest.insert(id, status);
+                    Ok(())
+                })?,
+            }
         }
         for segment in committed_segments(out)? {
             read_statuses(&segment, &mut latest)?;
@@ -407,8 +595,10 @@ impl ResultStore {
         self.next_segment += 1;
         let segment = self.parts.join(&name);
         let tmp = self.parts.join(format!("{name}.tmp"));
-        write_durably(&tmp, &segment, &self.parts, |writer| {
-            writer.write(&batch).map_err(parquet_error(&tmp))
+        write_durably(&tmp, &segment, &self.parts, |file| {
+            write_parquet(file, &tmp, result_schema(), |writer| {
+                writer.write(&batch).map_err(parquet_error(&tmp))
+            })
         })
     }
 
@@ -417,63 +607,78 @@ impl ResultStore {
     /// the segment directory. Returns the number of rows in the output. Batches are streamed
     /// twice, the first time reading ids only; only the ids are held in memory.
     pub fn finish(self) -> Result<u64, StoreError> {
-        let mut sources = Vec::new();
-        if self
+        self.finish_with(&OutputShape::default())
+    }
+
+    /// [`finish`](ResultStore::finish), writing the output in `shape`: with the input's columns
+    /// joined on, and for JSON Lines, OpenAI batch lines where asked. Rows of a previous JSON
+    /// Lines output are kept as they were written.
+    pub fn finish_with(self, shape: &OutputShape) -> Result<u64, StoreError> {
+        let previous = self
             .out
             .try_exists()
-            .map_err(io_error("inspect", &self.out))?
-        {
-            sources.push(self.out.clone());
-        }
-        sources.extend(self.segments(false)?.into_iter().map(|(_, path)| path));
+            .map_err(io_error("inspect", &self.out))?;
+        let segments: Vec<PathBuf> = self.segments(false)?.into_iter().map(|(_, p)| p).collect();
 
-        // Where each id was seen last: (source, row within the source).
+        // Where each id was seen last: (source, row within the source); source 0 is the previous
+        // output, 1.. the segments in commit order.
         let mut last: HashMap<String, (usize, usize)> = HashMap::new();
-        for (s, source) in sources.iter().enumerate() {
+        if previous {
             let mut row = 0;
-            for_each_id(source, |id| {
-                last.insert(id.to_string(), (s, row));
+            match self.format {
+                OutputFormat::Parquet => for_each_id(&self.out, |id| {
+                    last.insert(id.to_string(), (0, row));
+                    row += 1;
+                })?,
+                OutputFormat::JsonLines => for_each_output_line(&self.out, |_, id, _| {
+                    last.insert(id, (0, row));
+                    row += 1;
+                    Ok(())
+                })?,
+            }
+        }
+        for (s, segment) in segments.iter().enumerate() {
+            let mut row = 0;
+            for_each_id(segment, |id| {
+                last.insert(id.to_string(), (s + 1, row));
                 row += 1;
             })?;
         }
         let mut rows = 0u64;
         let out_dir = self.out_dir();
         let tmp = self.merge_tmp();
-        write_durably(&tmp, &self.out, &out_dir, |writer| {
-            for (s, source) in sources.iter().enumerate() {
-                let mut row = 0;
-                for batch in read_batches(source, &[])? {
-                    let batch = batch.map_err(|e| StoreError::Arrow {
-                        path: source.clone(),
-                        source: e,
-                    })?;
-                    let batch = conform(&batch).map_err(|e| StoreError::NotResults {
-                        path: source.clone(),
-                        source: e,
-                    })?;
-                    let ids = batch.column(0).as_string::<i32>();
-                    // `conform` checked that ids have no nulls.
-                    let keep: BooleanArray = ids
-                        .iter()
-                        .map(|id| {
-                            let here = (s, row);
-                            row += 1;
-                            Some(last.get(id.unwrap_or_default()) == Some(&here))
-                        })
-                        .collect();
-                    let batch = if keep.true_count() == batch.num_rows() {
-                        batch
-                    } else {
-                        filter_record_batch(&batch, &keep).map_err(|e| StoreError::Arrow {
-                            path: source.clone(),
-                            source: e,
-                        })?
-                    };
-                    rows += batch.num_rows() as u64;
-                    writer.write(&batch).map_err(parquet_error(&tmp))?;
-                }
+        write_durably(&tmp, &self.out, &out_dir, |file| match self.format {
+            OutputFormat::Parquet => {
+                let schema = shape
+                    .input
+                    .as_ref()
+                    .map_or_else(result_schema, |i| i.schema.clone());
+                write_parquet(file, &tmp, schema, |writer| {
+                    let sources = previous.then_some(&self.out).into_iter().chain(&segments);
+                    let first = if previous { 0 } else { 1 };
+                    for (s, source) in sources.enumerate() {
+                        kept_rows(&last, s + first, source, |batch| {
+                            rows += batch.num_rows() as u64;
+                            let batch = shape.join(source, batch)?;
+                            writer.write(&batch).map_err(parquet_error(&tmp))
+                        })?;
+                    }
+                    Ok(())
+                })
             }
-            Ok(())
+            OutputFormat::JsonLines => {
+                let mut w = io::BufWriter::new(file);
+                if previous {
+                    rows += previous_lines(&last, &self.out, &tmp, &mut w)?;
+                }
+                for (s, segment) in segments.iter().enumerate() {
+                    kept_rows(&last, s + 1, segment, |batch| {
+                        rows += batch.num_rows() as u64;
+                        shape.write_lines(segment, batch, &tmp, &mut w)
+                    })?;
+                }
+                io::Write::flush(&mut w).map_err(io_error("write", &tmp))
+            }
         })?;
         // Everything is in the output now; a crash before this completes leaves segments whose
         // rows the next merge finds again: each id's last row is the one already chosen.
@@ -520,6 +725,156 @@ impl ResultStore {
         segments.sort();
         Ok(segments)
     }
+}
+
+/// The rows of the Parquet result file `path` (source number `s` of a merge) that are their id's
+/// `last`, batch by batch, conformed to the result schema.
+fn kept_rows(
+    last: &HashMap<String, (usize, usize)>,
+    s: usize,
+    path: &Path,
+    mut f: impl FnMut(RecordBatch) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut row = 0;
+    for batch in read_batches(path, &[])? {
+        let arrow_error = |source| StoreError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        };
+        let batch =
+            conform(&batch.map_err(arrow_error)?).map_err(|source| StoreError::NotResults {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let ids = batch.column(0).as_string::<i32>();
+        // `conform` checked that ids have no nulls.
+        let keep: BooleanArray = ids
+            .iter()
+            .map(|id| {
+                let here = (s, row);
+                row += 1;
+                Some(last.get(id.unwrap_or_default()) == Some(&here))
+            })
+            .collect();
+        if keep.true_count() == batch.num_rows() {
+            f(batch)?;
+        } else {
+            f(filter_record_batch(&batch, &keep).map_err(arrow_error)?)?;
+        }
+    }
+    Ok(())
+}
+
+impl OutputShape {
+    /// `batch` (result rows read from `path`) with the input's columns joined on.
+    fn join(&self, path: &Path, batch: RecordBatch) -> Result<RecordBatch, StoreError> {
+        match &self.input {
+            Some(input) => input.join(&batch).map_err(|source| StoreError::Arrow {
+                path: path.to_path_buf(),
+                source,
+            }),
+            None => Ok(batch),
+        }
+    }
+
+    /// Writes result rows (read from `path`) as JSON Lines in this shape into `w` (the file
+    /// `tmp`).
+    fn write_lines(
+        &self,
+        path: &Path,
+        batch: RecordBatch,
+        tmp: &Path,
+        w: &mut impl io::Write,
+    ) -> Result<(), StoreError> {
+        let Some(endpoint) = self.openai_batch else {
+            let batch = self.join(path, batch)?;
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::LineDelimited>(w);
+            return writer
+                .write(&batch)
+                .and_then(|_| writer.finish())
+                .map_err(|source| StoreError::Arrow {
+                    path: tmp.to_path_buf(),
+                    source,
+                });
+        };
+        let results = batch_to_results(&batch).map_err(|source| StoreError::NotResults {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let created_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for r in &results {
+            let line = super::openai_batch::output_line(r, endpoint, created_s);
+            serde_json::to_writer(&mut *w, &line)
+                .map_err(io::Error::from)
+                .and_then(|_| w.write_all(b"\n"))
+                .map_err(io_error("write", tmp))?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the lines of a previous JSON Lines output that are their id's `last` (as source 0)
+/// into `w`, as they were written; returns how many.
+fn previous_lines(
+    last: &HashMap<String, (usize, usize)>,
+    path: &Path,
+    tmp: &Path,
+    w: &mut impl io::Write,
+) -> Result<u64, StoreError> {
+    let mut row = 0;
+    let mut kept = 0;
+    let file = File::open(path).map_err(io_error("open", path))?;
+    for (i, line) in io::BufRead::lines(io::BufReader::new(file)).enumerate() {
+        let line = line.map_err(io_error("read", path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, _) = output_line_id(path, i + 1, &line)?;
+        if last.get(&id) == Some(&(0, row)) {
+            w.write_all(line.as_bytes())
+                .and_then(|_| w.write_all(b"\n"))
+                .map_err(io_error("write", tmp))?;
+            kept += 1;
+        }
+        row += 1;
+    }
+    Ok(kept)
+}
+
+/// The id and status of one line of a JSON Lines output; `line` is its number, for the error.
+fn output_line_id(path: &Path, line: usize, text: &str) -> Result<(String, String), StoreError> {
+    let problem = |message: String| StoreError::Line {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let parsed: OutputLine =
+        serde_json::from_str(text).map_err(|e| problem(format!("not a result line: {e}")))?;
+    parsed
+        .id_and_status()
+        .map_err(|what| problem(format!("not a result line: {what}")))
+}
+
+/// Calls `f` with the line number, id and status of each line of a JSON Lines output (blank
+/// lines are skipped).
+fn for_each_output_line(
+    path: &Path,
+    mut f: impl FnMut(usize, String, String) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let file = File::open(path).map_err(io_error("open", path))?;
+    for (i, line) in io::BufRead::lines(io::BufReader::new(file)).enumerate() {
+        let line = line.map_err(io_error("read", path))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (id, status) = output_line_id(path, i + 1, &line)?;
+        f(i + 1, id, status)?;
+    }
+    Ok(())
 }
 
 /// Results are committed when this many are waiting…
@@ -576,6 +931,7 @@ pub fn committed_segments(out: &Path) -> Result<Vec<PathBuf>, StoreError> {
     }
     let store = ResultStore {
         out: out.to_path_buf(),
+        format: OutputFormat::Parquet,
         parts,
         next_segment: 0,
     };
@@ -705,24 +1061,18 @@ fn read_batches(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchReade
     builder.build().map_err(parquet_error(path))
 }
 
-/// Writes a Snappy-compressed Parquet file in [`result_schema`] at `tmp`, fsyncs it, renames it to
-/// `dest` and fsyncs `dir`, the directory of both: afterwards `dest` is complete and durable, and
-/// before that moment it was untouched. On failure the temporary file is removed.
+/// Writes a file at `tmp` with `fill`, fsyncs it, renames it to `dest` and fsyncs `dir`, the
+/// directory of both: afterwards `dest` is complete and durable, and before that moment it was
+/// untouched. On failure the temporary file is removed.
 fn write_durably(
     tmp: &Path,
     dest: &Path,
     dir: &Path,
-    fill: impl FnOnce(&mut ArrowWriter<&mut File>) -> Result<(), StoreError>,
+    fill: impl FnOnce(&mut File) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let result = (|| {
         let mut file = File::create(tmp).map_err(io_error("create", tmp))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let mut writer = ArrowWriter::try_new(&mut file, result_schema(), Some(props))
-            .map_err(parquet_error(tmp))?;
-        fill(&mut writer)?;
-        writer.close().map_err(parquet_error(tmp))?;
+        fill(&mut file)?;
         file.sync_all().map_err(io_error("sync", tmp))
     })();
     if let Err(e) = result {
@@ -731,6 +1081,23 @@ fn write_durably(
     }
     fs::rename(tmp, dest).map_err(io_error("rename into place", dest))?;
     sync_dir(dir)
+}
+
+/// Writes a Snappy-compressed Parquet file of `schema` into `file` (at `path`, for errors).
+fn write_parquet(
+    file: &mut File,
+    path: &Path,
+    schema: SchemaRef,
+    fill: impl FnOnce(&mut ArrowWriter<&mut File>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet_error(path))?;
+    fill(&mut writer)?;
+    writer.close().map_err(parquet_error(path))?;
+    Ok(())
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.
@@ -793,7 +1160,11 @@ mod tests {
                     latency_ms: 900,
                 })
                 .collect(),
-            trajectory: Some("[]".into()),
+            trajectory: Some(vec![Message {
+                role: Role::Assistant,
+                content: "<tool_call>".into(),
+                tokens: 3,
+            }]),
             error: (calls == 3).then(|| "backend timed out".into()),
             metadata: None,
             reward: calls.is_multiple_of(2).then_some(calls as f64 / 4.0),
@@ -1049,6 +1420,185 @@ mod tests {
                 Status::Cancelled,
                 Status::Answered
             ]
+        );
+    }
+
+    /// Input columns for ids `a`..: `input_index` from the id's place, and a `category` column.
+    fn input_columns(ids: &[&str]) -> InputColumns {
+        let category: StringArray = ids.iter().map(|id| Some(format!("cat-{id}"))).collect();
+        let extras =
+            RecordBatch::try_from_iter([("category", Arc::new(category) as ArrayRef)]).unwrap();
+        InputColumns::new(ids.iter().copied(), Some(extras))
+    }
+
+    #[test]
+    fn the_output_joins_the_input_index_and_extra_columns_by_id() {
+        let (_dir, out) = out_path();
+        let (mut store, _) = ResultStore::open(&out, false).unwrap();
+        // Completion order differs from input order; `zz` is not in the input.
+        store.append(&results(&["c", "a"])).unwrap();
+        store.append(&results(&["zz", "b"])).unwrap();
+        let shape = OutputShape {
+            input: Some(input_columns(&["a", "b", "c"])),
+            openai_batch: None,
+        };
+        assert_eq!(store.finish_with(&shape).unwrap(), 4);
+        let batches: Vec<RecordBatch> = read_batches(&out, &[])
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let table = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let schema = table.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names[names.len() - 2..], [INPUT_INDEX, "category"]);
+        let got: Vec<(String, Option<i64>, Option<String>)> = (0..table.num_rows())
+            .map(|i| {
+                let index = table
+                    .column_by_name(INPUT_INDEX)
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                let category = table.column_by_name("category").unwrap().as_string::<i32>();
+                (
+                    table.column(0).as_string::<i32>().value(i).to_string(),
+                    index.is_valid(i).then(|| index.value(i)),
+                    category.is_valid(i).then(|| category.value(i).to_string()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("c".into(), Some(2), Some("cat-c".into())),
+                ("a".into(), Some(0), Some("cat-a".into())),
+                ("zz".into(), None, None),
+                ("b".into(), Some(1), Some("cat-b".into())),
+            ]
+        );
+        // The file still reads as results, and a resumed merge rejoins rather than doubles.
+        assert_eq!(read_results(&out).unwrap().len(), 4);
+        let (store, _) = ResultStore::open(&out, true).unwrap();
+        assert_eq!(store.finish_with(&shape).unwrap(), 4);
+        use arrow::record_batch::RecordBatchReader;
+        let schema = read_batches(&out, &[]).unwrap().schema();
+        assert_eq!(schema.fields().len(), result_schema().fields().len() + 2);
+    }
+
+    /// The non-blank lines of a JSON Lines file, parsed.
+    fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_jsonl_output_holds_nested_rows_and_resumes_with_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("results.jsonl");
+        let shape = OutputShape {
+            input: Some(input_columns(&["a", "b", "c"])),
+            openai_batch: None,
+        };
+        let (mut store, _) = ResultStore::open(&out, false).unwrap();
+        let mut first = results(&["a", "b", "c"]);
+        first[1].status = Status::Failed;
+        store.append(&first).unwrap();
+        assert_eq!(store.finish_with(&shape).unwrap(), 3);
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 3);
+        let a = &lines[0];
+        assert_eq!(
+            (a["id"].as_str(), a["input_index"].as_i64()),
+            (Some("a"), Some(0))
+        );
+        assert_eq!(a["category"], "cat-a");
+        assert_eq!(a["trajectory"][0]["role"], "assistant");
+        assert_eq!(a["trajectory"][0]["tokens"], 3);
+        assert!(a["calls"].is_array());
+        assert!(
+            a.as_object().unwrap().contains_key("error"),
+            "nulls are written: {a}"
+        );
+
+        let reopen = Reopen {
+            resume: true,
+            retry: vec![Status::Failed],
+        };
+        let (mut store, done) = ResultStore::open_with(&out, &reopen).unwrap();
+        assert_eq!(done, HashSet::from(["a", "c"].map(String::from)));
+        store.append(&results(&["b"])).unwrap();
+        assert_eq!(store.finish_with(&shape).unwrap(), 3);
+        let lines = json_lines(&out);
+        let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            ["a", "c", "b"],
+            "kept lines first, as written, then the re-run"
+        );
+        assert_eq!(lines[0], a.clone());
+        assert_eq!(lines[2]["status"], "answered");
+        assert_eq!(lines[2]["input_index"], 1);
+    }
+
+    #[test]
+    fn an_openai_batch_output_has_one_line_per_task_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        let shape = OutputShape {
+            input: None,
+            openai_batch: Some(BatchEndpoint::Chat),
+        };
+        let (mut store, _) = ResultStore::open(&out, false).unwrap();
+        // `a` answered, `b` reached max_turns.
+        store.append(&results(&["a", "b"])).unwrap();
+        store.finish_with(&shape).unwrap();
+        let lines = json_lines(&out);
+        assert_eq!(lines[0]["custom_id"], "a");
+        assert_eq!(
+            lines[0]["response"]["body"]["choices"][0]["message"]["content"],
+            "answer of a"
+        );
+        assert_eq!(lines[0]["error"], serde_json::Value::Null);
+        assert_eq!(lines[1]["response"], serde_json::Value::Null);
+        assert_eq!(lines[1]["error"]["code"], "max_turns");
+        let reopen = Reopen {
+            resume: true,
+            retry: vec![Status::MaxTurns],
+        };
+        let done = ResultStore::done(&out, &reopen).unwrap();
+        assert_eq!(done, HashSet::from(["a".to_string()]));
+    }
+
+    #[test]
+    fn an_output_format_tutti_does_not_write_is_named() {
+        for (name, want) in [
+            ("x.csv", "output x.csv: tutti writes Parquet (.parquet) and JSON Lines (.jsonl, .ndjson); `.csv` is neither"),
+            ("x", "output x: tutti writes Parquet (.parquet) and JSON Lines (.jsonl, .ndjson); name the file with one of these extensions"),
+        ] {
+            let e = ResultStore::open(Path::new(name), false).unwrap_err();
+            assert_eq!(e.to_string(), want);
+        }
+        assert_eq!(
+            OutputFormat::of(Path::new("r.NDJSON")).unwrap(),
+            OutputFormat::JsonLines
+        );
+    }
+
+    #[test]
+    fn a_broken_jsonl_output_line_is_named_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        std::fs::write(
+            &out,
+            "{\"id\": \"a\", \"status\": \"answered\"}\n\n{\"id\": \"b\"}\n",
+        )
+        .unwrap();
+        let e = ResultStore::open(&out, true).unwrap_err().to_string();
+        assert!(
+            e.ends_with("out.jsonl:3: not a result line: no `status`"),
+            "{e}"
         );
     }
 

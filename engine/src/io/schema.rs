@@ -19,6 +19,10 @@ pub const TASK_COLUMNS: [&str; 10] = [
     "replay",
 ];
 
+/// The column of `tutti run`'s output that gives each row's task its 0-based row in the input
+/// (null for a row whose id the input no longer has).
+pub const INPUT_INDEX: &str = "input_index";
+
 static TASK_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
@@ -55,6 +59,15 @@ static CALL_FIELDS: LazyLock<Fields> = LazyLock::new(|| {
     ])
 });
 
+/// The fields of one entry of the results' `trajectory` column: a message of the episode's context.
+static MESSAGE_FIELDS: LazyLock<Fields> = LazyLock::new(|| {
+    Fields::from(vec![
+        Field::new("role", DataType::Utf8, false),
+        Field::new("content", DataType::Utf8, false),
+        Field::new("tokens", DataType::Int64, false),
+    ])
+});
+
 static RESULT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
@@ -66,7 +79,7 @@ static RESULT_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("latency_ms", DataType::Int64, false),
         Field::new("orchestrator_tokens", DataType::Int64, false),
         Field::new_list("calls", call_item_field(), false),
-        Field::new("trajectory", DataType::Utf8, true),
+        Field::new_list("trajectory", message_item_field(), true),
         Field::new("error", DataType::Utf8, true),
         Field::new("metadata", DataType::Utf8, true),
         Field::new("reward", DataType::Float64, true),
@@ -96,6 +109,17 @@ pub fn call_fields() -> Fields {
 /// The item field of the results' `calls` list: a non-null struct per backend call.
 pub fn call_item_field() -> Field {
     Field::new_list_field(DataType::Struct(CALL_FIELDS.clone()), false)
+}
+
+/// The struct fields of one `trajectory` entry of a result row: `role` (`user`, `assistant`,
+/// `tool`), `content`, and `tokens`, what the message costs the orchestrator's context.
+pub fn message_fields() -> Fields {
+    MESSAGE_FIELDS.clone()
+}
+
+/// The item field of the results' `trajectory` list: a non-null struct per message.
+pub fn message_item_field() -> Field {
+    Field::new_list_field(DataType::Struct(MESSAGE_FIELDS.clone()), false)
 }
 
 /// A short lower-case name of an Arrow type for error messages, in the words DESIGN.md uses

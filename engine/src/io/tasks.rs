@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use serde_json::value::RawValue;
 
-use super::schema::{task_schema, type_name, TASK_COLUMNS};
+use super::openai_batch::{BatchEndpoint, BatchLine};
+use super::schema::{result_schema, task_schema, type_name, INPUT_INDEX, TASK_COLUMNS};
 use crate::task::Task;
 
 /// A problem with one field of one task, found by a caller's check (for example a preference key
@@ -133,6 +134,18 @@ pub enum InputError {
     },
     #[error("{input}: unknown column `{column}`; accepted columns: {}", TASK_COLUMNS.join(", "))]
     UnknownColumn { input: String, column: String },
+    #[error(
+        "{at}: field `{field}` has the name of a result column; fields beyond the task's are \
+         passed through to the results, so rename it"
+    )]
+    ReservedField { at: Location, field: String },
+    #[error(
+        "{input}: column `{column}` has the name of a result column; columns beyond the task's \
+         are passed through to the results, so rename it"
+    )]
+    ReservedColumn { input: String, column: String },
+    #[error("{input}: the fields beyond the task's cannot be read as one column each: {source}")]
+    ExtraFields { input: String, source: ArrowError },
     #[error("{input}: column `{column}` appears more than once")]
     DuplicateColumn { input: String, column: String },
     #[error("{input}: missing required column `{column}`")]
@@ -155,6 +168,7 @@ impl InputError {
             | InputError::UnknownField { at, .. }
             | InputError::MissingField { at, .. }
             | InputError::NullField { at, .. }
+            | InputError::ReservedField { at, .. }
             | InputError::Field { at, .. }
             | InputError::DuplicateId { at, .. } => Some(at),
             _ => None,
@@ -162,16 +176,47 @@ impl InputError {
     }
 }
 
+/// A task file as read: its tasks in input order, the columns beyond the task schema, and, for
+/// OpenAI batch JSON Lines, the endpoint its requests named.
+#[derive(Debug, Default)]
+pub struct TaskFile {
+    pub tasks: Vec<Task>,
+    /// The input's other columns (JSON Lines: its other keys), one row per task, in the same
+    /// order: passed through to the results.
+    pub extras: Option<RecordBatch>,
+    /// Set when the input was OpenAI batch JSON Lines (`custom_id`, `body`).
+    pub openai_batch: Option<BatchEndpoint>,
+}
+
+impl TaskFile {
+    /// The names of the columns passed through, in input order.
+    pub fn extra_columns(&self) -> Vec<String> {
+        self.extras
+            .iter()
+            .flat_map(|b| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
 /// Reads and validates a task file: JSON Lines (`.jsonl`, `.ndjson`, `.json`) or Parquet
 /// (`.parquet`), chosen by extension; the path `-` reads JSON Lines from standard input.
+/// Columns (JSON Lines: keys) beyond the task schema's are kept, to be passed through to the
+/// results; a JSON Lines file whose first line has a `custom_id` is read as OpenAI batch input
+/// (see [`super::openai_batch`]).
 ///
 /// Besides the schema, each task must have a non-empty id unique in the file, `max_turns >= 1` and
 /// a finite `budget_usd >= 0`; then `check` validates it against the caller's catalog. The first
 /// problem stops reading.
-pub fn read_tasks(
+pub fn read_task_file(
     path: &Path,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
-) -> Result<Vec<Task>, InputError> {
+) -> Result<TaskFile, InputError> {
     if path == Path::new("-") {
         let stdin = std::io::stdin();
         return read_jsonl(stdin.lock(), "<stdin>".into(), check);
@@ -188,6 +233,39 @@ pub fn read_tasks(
         Some(TaskFormat::Parquet) => read_parquet(path, input, check),
         None => Err(InputError::UnsupportedFormat { input }),
     }
+}
+
+/// The tasks of a task file (see [`read_task_file`]), without the columns it passes through.
+pub fn read_tasks(
+    path: &Path,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<Vec<Task>, InputError> {
+    read_task_file(path, check).map(|f| f.tasks)
+}
+
+/// Whether a column beyond the task schema may not be passed through: it has the name of a
+/// result column (the output would hold two).
+fn is_reserved(name: &str) -> bool {
+    name == INPUT_INDEX || result_schema().fields().iter().any(|f| f.name() == name)
+}
+
+/// The task column a passed-through name is most likely a typo of (`budget` for `budget_usd`),
+/// for a warning: a misspelt column is passed through, not used.
+pub fn near_task_column(name: &str) -> Option<&'static str> {
+    let within = if name.len() < 5 { 1 } else { 2 };
+    TASK_COLUMNS
+        .iter()
+        .copied()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= within)
+        .min()
+        .map(|(_, c)| c)
+        .or_else(|| {
+            // A shortened name: `budget` for `budget_usd`, `max` for `max_turns`.
+            (name.len() >= 3)
+                .then(|| TASK_COLUMNS.iter().copied().find(|c| c.starts_with(name)))
+                .flatten()
+        })
 }
 
 enum TaskFormat {
@@ -304,9 +382,9 @@ impl<'a> Acceptor<'a> {
 // JSON Lines
 
 /// One line of a JSON Lines task file. Every field is optional here so that a missing `id` or
-/// `prompt` gets its own message; nulls read as absent.
+/// `prompt` gets its own message; nulls read as absent. Other keys are passed through to the
+/// results (see [`LineKeys`]).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TaskLine {
     id: Option<Id>,
     prompt: Option<String>,
@@ -324,7 +402,7 @@ struct TaskLine {
 }
 
 /// A task id: a string, or an integer read as its decimal text (ids numbered by a script).
-struct Id(String);
+pub(super) struct Id(pub(super) String);
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
@@ -385,17 +463,56 @@ impl<'de> Deserialize<'de> for Preference {
     }
 }
 
+/// The keys of one JSON Lines object in the order written, each with its value's JSON text.
+struct LineKeys<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for LineKeys<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<LineKeys<'a>, D::Error> {
+        struct KeysVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for KeysVisitor<'a> {
+            type Value = LineKeys<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a task object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LineKeys<'a>, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(entry) = map.next_entry::<String, &'de RawValue>()? {
+                    keys.push(entry);
+                }
+                Ok(LineKeys(keys))
+            }
+        }
+
+        deserializer.deserialize_map(KeysVisitor(std::marker::PhantomData))
+    }
+}
+
+/// What the lines read so far made of the file: task lines, or OpenAI batch request lines (the
+/// first line decides), and the endpoint the requests named.
+#[derive(Default)]
+struct LineMode {
+    batch: Option<bool>,
+    endpoint: Option<BatchEndpoint>,
+}
+
 fn read_jsonl(
     mut reader: impl BufRead,
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
-) -> Result<Vec<Task>, InputError> {
+) -> Result<TaskFile, InputError> {
     let io_error = |source| InputError::Io {
         input: input.clone(),
         source,
     };
     let mut acceptor = Acceptor::new(input.clone(), check);
+    let mut mode = LineMode::default();
     let mut tasks = Vec::new();
+    // The keys of each line beyond the task's, as a JSON object per task.
+    let mut extras: Vec<serde_json::Value> = Vec::new();
+    let mut any_extra = false;
     let mut buf = Vec::new();
     let mut line_no = 0;
     loop {
@@ -419,7 +536,7 @@ fn read_jsonl(
         if line.trim().is_empty() {
             continue;
         }
-        let task = parse_line(line, line_no, &acceptor)?;
+        let (task, extra) = parse_line(line, line_no, &acceptor, &mut mode)?;
         acceptor.accept(
             &task,
             Position::Line {
@@ -428,15 +545,92 @@ fn read_jsonl(
             },
         )?;
         tasks.push(task);
+        any_extra |= !extra.is_empty();
+        extras.push(serde_json::Value::Object(extra));
     }
-    Ok(tasks)
+    let extras = if any_extra {
+        Some(extras_batch(&input, &extras)?)
+    } else {
+        None
+    };
+    Ok(TaskFile {
+        tasks,
+        extras,
+        openai_batch: mode.endpoint,
+    })
 }
 
-fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, InputError> {
+/// The extra keys of every line as columns, one row per task: types inferred by arrow-json as
+/// pyarrow's `read_json` would (numbers, booleans, text, lists, structs; mixed scalars as text),
+/// columns in the order their keys first appear.
+fn extras_batch(input: &str, rows: &[serde_json::Value]) -> Result<RecordBatch, InputError> {
+    let extra_error = |source| InputError::ExtraFields {
+        input: input.to_string(),
+        source,
+    };
+    let inferred = arrow::json::reader::infer_json_schema_from_iterator(rows.iter().map(Ok))
+        .map_err(extra_error)?;
+    let mut order: Vec<&str> = Vec::new();
+    for row in rows {
+        for key in row.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !order.contains(&key.as_str()) {
+                order.push(key);
+            }
+        }
+    }
+    let fields: Vec<_> = order
+        .iter()
+        .filter_map(|name| inferred.field_with_name(name).ok().cloned())
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
+        .build_decoder()
+        .map_err(extra_error)?;
+    decoder.serialize(rows).map_err(extra_error)?;
+    Ok(decoder
+        .flush()
+        .map_err(extra_error)?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema)))
+}
+
+/// Reads one line as `T` with serde, reporting the field and column of the first problem.
+fn typed<T: de::DeserializeOwned>(
+    line: &str,
+    at_column: impl Fn(usize) -> Location,
+) -> Result<T, InputError> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let row = match parsed {
+        Ok(row) => row,
+        Err(e) => {
+            let field = e.path().to_string();
+            return Err(json_error(field, e.into_inner(), at_column));
+        }
+    };
+    // Trailing characters, such as a second object on the same line.
+    de.end()
+        .map_err(|e| json_error(String::new(), e, at_column))?;
+    Ok(row)
+}
+
+/// One line as a task, with the keys beyond the task's.
+fn parse_line(
+    line: &str,
+    line_no: usize,
+    acceptor: &Acceptor,
+    mode: &mut LineMode,
+) -> Result<(Task, serde_json::Map<String, serde_json::Value>), InputError> {
     let at_column = |column| {
         acceptor.at(Position::Line {
             line: line_no,
             column: Some(column),
+        })
+    };
+    let at_line = || {
+        acceptor.at(Position::Line {
+            line: line_no,
+            column: None,
         })
     };
     let start = line.len() - line.trim_start().len();
@@ -458,26 +652,48 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
             });
         }
     }
+    let keys: LineKeys = typed_keys(line, at_column)?;
 
-    let mut de = serde_json::Deserializer::from_str(line);
-    let parsed: Result<TaskLine, _> = serde_path_to_error::deserialize(&mut de);
-    let row = match parsed {
-        Ok(row) => row,
-        Err(e) => {
-            let field = e.path().to_string();
-            return Err(json_error(field, e.into_inner(), at_column));
+    let batch = *mode
+        .batch
+        .get_or_insert_with(|| keys.0.iter().any(|(k, _)| k == "custom_id"));
+    if batch {
+        let row: BatchLine = typed(line, at_column).map_err(|e| match e {
+            InputError::UnknownField { at, field } => InputError::Field {
+                at,
+                message: "not a key of an OpenAI batch request (custom_id, method, url, body); \
+                          the first line's `custom_id` made this file OpenAI batch input"
+                    .into(),
+                field,
+            },
+            other => other,
+        })?;
+        let (task, endpoint) =
+            row.into_task(mode.endpoint)
+                .map_err(|problem| InputError::Field {
+                    at: at_line(),
+                    field: problem.field,
+                    message: problem.message,
+                })?;
+        mode.endpoint = Some(endpoint);
+        return Ok((task, serde_json::Map::new()));
+    }
+
+    let row: TaskLine = typed(line, at_column)?;
+    let mut extra = serde_json::Map::new();
+    for (key, raw) in keys.0 {
+        if TASK_COLUMNS.contains(&key.as_str()) {
+            continue;
         }
-    };
-    // Trailing characters, such as a second object on the same line.
-    de.end()
-        .map_err(|e| json_error(String::new(), e, at_column))?;
-
-    let at_line = || {
-        acceptor.at(Position::Line {
-            line: line_no,
-            column: None,
-        })
-    };
+        if is_reserved(&key) {
+            return Err(InputError::ReservedField {
+                at: at_line(),
+                field: key,
+            });
+        }
+        let value = serde_json::from_str(raw.get()).expect("the line parsed as JSON");
+        extra.insert(key, value);
+    }
     let id = row
         .id
         .map(|id| id.0)
@@ -489,7 +705,7 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
         at: at_line(),
         field: "prompt",
     })?;
-    Ok(Task {
+    let task = Task {
         id,
         prompt,
         preference: row.preference.map(|p| p.0).unwrap_or_default(),
@@ -503,7 +719,21 @@ fn parse_line(line: &str, line_no: usize, acceptor: &Acceptor) -> Result<Task, I
         env: row.env.map(|v| v.to_string()),
         user: row.user,
         replay: row.replay.map(|v| v.to_string()),
-    })
+    };
+    Ok((task, extra))
+}
+
+/// The keys of a line (borrowing their values' text), reporting malformed JSON at its column.
+fn typed_keys<'a>(
+    line: &'a str,
+    at_column: impl Fn(usize) -> Location,
+) -> Result<LineKeys<'a>, InputError> {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let keys =
+        LineKeys::deserialize(&mut de).map_err(|e| json_error(String::new(), e, &at_column))?;
+    de.end()
+        .map_err(|e| json_error(String::new(), e, &at_column))?;
+    Ok(keys)
 }
 
 fn json_error(
@@ -681,24 +911,40 @@ impl ColumnKind {
 /// Index of each task column (in [`TASK_COLUMNS`] order) in a batch's schema.
 type ColumnIndex = [Option<usize>; TASK_COLUMNS.len()];
 
-/// Checks a schema against the task schema: no unknown or repeated columns, `id` and `prompt`
-/// present, every type castable to the task schema's.
-fn resolve_columns(input: &str, schema: &Schema) -> Result<ColumnIndex, InputError> {
+/// Checks a schema against the task schema: no repeated columns, `id` and `prompt` present,
+/// every type castable to the task schema's. Other columns are an error unless `extras`, when
+/// their indexes come back (their names must not be a result column's).
+fn resolve_columns(
+    input: &str,
+    schema: &Schema,
+    extras: bool,
+) -> Result<(ColumnIndex, Vec<usize>), InputError> {
     let mut index: ColumnIndex = [None; TASK_COLUMNS.len()];
+    let mut others = Vec::new();
     for (i, field) in schema.fields().iter().enumerate() {
         let name = field.name().as_str();
-        let Some(slot) = TASK_COLUMNS.iter().position(|c| *c == name) else {
-            return Err(InputError::UnknownColumn {
-                input: input.into(),
-                column: name.into(),
-            });
-        };
-        if index[slot].is_some() {
+        if schema.fields()[..i].iter().any(|f| f.name() == name) {
             return Err(InputError::DuplicateColumn {
                 input: input.into(),
                 column: name.into(),
             });
         }
+        let Some(slot) = TASK_COLUMNS.iter().position(|c| *c == name) else {
+            if !extras {
+                return Err(InputError::UnknownColumn {
+                    input: input.into(),
+                    column: name.into(),
+                });
+            }
+            if is_reserved(name) {
+                return Err(InputError::ReservedColumn {
+                    input: input.into(),
+                    column: name.into(),
+                });
+            }
+            others.push(i);
+            continue;
+        };
         let kind = ColumnKind::of(name);
         if !kind.accepts(field.data_type()) {
             return Err(InputError::ColumnType {
@@ -718,7 +964,7 @@ fn resolve_columns(input: &str, schema: &Schema) -> Result<ColumnIndex, InputErr
             });
         }
     }
-    Ok(index)
+    Ok((index, others))
 }
 
 fn column_slot(name: &str) -> usize {
@@ -733,6 +979,9 @@ fn column_slot(name: &str) -> usize {
 pub struct TaskBatchDecoder<'a> {
     acceptor: Acceptor<'a>,
     rows: usize,
+    /// With [`with_extras`](TaskBatchDecoder::with_extras): the columns beyond the task schema
+    /// of each batch decoded.
+    extras: Option<Vec<RecordBatch>>,
 }
 
 impl<'a> TaskBatchDecoder<'a> {
@@ -744,17 +993,53 @@ impl<'a> TaskBatchDecoder<'a> {
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
         let input = input.into();
-        resolve_columns(&input, schema)?;
+        resolve_columns(&input, schema, false)?;
         Ok(TaskBatchDecoder {
             acceptor: Acceptor::new(input, check),
             rows: 0,
+            extras: None,
         })
+    }
+
+    /// A decoder that keeps the columns beyond the task schema (for [`into_extras`]) where
+    /// [`new`](TaskBatchDecoder::new) refuses them.
+    ///
+    /// [`into_extras`]: TaskBatchDecoder::into_extras
+    pub fn with_extras(
+        input: impl Into<String>,
+        schema: &Schema,
+        check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
+    ) -> Result<TaskBatchDecoder<'a>, InputError> {
+        let input = input.into();
+        resolve_columns(&input, schema, true)?;
+        Ok(TaskBatchDecoder {
+            acceptor: Acceptor::new(input, check),
+            rows: 0,
+            extras: Some(Vec::new()),
+        })
+    }
+
+    /// The columns beyond the task schema of every batch decoded, one row per task; `None` when
+    /// there were none (or the decoder refuses them).
+    pub fn into_extras(self) -> Result<Option<RecordBatch>, InputError> {
+        let Some(batches) = self
+            .extras
+            .filter(|b| b.first().is_some_and(|b| b.num_columns() > 0))
+        else {
+            return Ok(None);
+        };
+        arrow::compute::concat_batches(&batches[0].schema(), &batches)
+            .map(Some)
+            .map_err(|source| InputError::Arrow {
+                input: self.acceptor.input,
+                source,
+            })
     }
 
     /// Validates and converts one batch. Its schema is checked again, as a stream may change it.
     pub fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
         let input = &self.acceptor.input;
-        let index = resolve_columns(input, &batch.schema())?;
+        let (index, others) = resolve_columns(input, &batch.schema(), self.extras.is_some())?;
         let column = |name: &'static str| index[column_slot(name)].map(|i| batch.column(i));
         let arrow_error = |source| InputError::Arrow {
             input: input.clone(),
@@ -857,6 +1142,13 @@ impl<'a> TaskBatchDecoder<'a> {
             tasks.push(task);
         }
         self.rows += batch.num_rows();
+        if let Some(extras) = &mut self.extras {
+            let projected = batch.project(&others).map_err(|source| InputError::Arrow {
+                input: self.acceptor.input.clone(),
+                source,
+            })?;
+            extras.push(projected);
+        }
         Ok(tasks)
     }
 }
@@ -949,7 +1241,7 @@ fn read_parquet(
     path: &Path,
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
-) -> Result<Vec<Task>, InputError> {
+) -> Result<TaskFile, InputError> {
     let file = File::open(path).map_err(|source| InputError::Io {
         input: input.clone(),
         source,
@@ -960,7 +1252,7 @@ fn read_parquet(
     };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_error)?;
     let rows = builder.metadata().file_metadata().num_rows();
-    let mut decoder = TaskBatchDecoder::new(input.clone(), builder.schema(), check)?;
+    let mut decoder = TaskBatchDecoder::with_extras(input.clone(), builder.schema(), check)?;
     let reader = builder.build().map_err(parquet_error)?;
     let mut tasks = Vec::with_capacity(usize::try_from(rows).unwrap_or(0));
     for batch in reader {
@@ -970,7 +1262,11 @@ fn read_parquet(
         })?;
         tasks.extend(decoder.decode(&batch)?);
     }
-    Ok(tasks)
+    Ok(TaskFile {
+        tasks,
+        extras: decoder.into_extras()?,
+        openai_batch: None,
+    })
 }
 
 /// Builds a batch of tasks in [`task_schema`]; an empty preference is written as null.
@@ -1271,14 +1567,117 @@ mod tests {
     }
 
     #[test]
-    fn jsonl_unknown_field_lists_accepted_fields() {
-        let e = jsonl_error(&["", r#"{"id": "a", "prompt": "p", "temperature": 0.2}"#]);
-        assert!(e.contains("tasks.jsonl:2:"), "{e}");
+    fn jsonl_extra_fields_pass_through_as_typed_columns() {
+        let (_dir, path) = file(
+            "tasks.jsonl",
+            &[
+                r#"{"id": "a", "prompt": "p", "category": "math", "score": 1}"#,
+                "",
+                r#"{"id": "b", "prompt": "p", "score": 2.5, "tags": ["x", "y"]}"#,
+                r#"{"id": "c", "prompt": "p"}"#,
+            ]
+            .join("\n"),
+        );
+        let read = read_task_file(&path, &no_check).unwrap();
+        assert_eq!(read.tasks.len(), 3);
+        assert_eq!(read.extra_columns(), ["category", "score", "tags"]);
+        let extras = read.extras.unwrap();
+        assert_eq!(extras.num_rows(), 3);
+        let category = extras.column(0).as_string::<i32>();
+        assert_eq!(
+            category.iter().collect::<Vec<_>>(),
+            [Some("math"), None, None]
+        );
+        let score = extras.column(1).as_primitive::<Float64Type>();
+        assert_eq!(
+            score.iter().collect::<Vec<_>>(),
+            [Some(1.0), Some(2.5), None]
+        );
+        assert!(matches!(extras.column(2).data_type(), DataType::List(_)));
+        assert_eq!(read.openai_batch, None);
+        // Without extra keys there is no extras batch.
+        let (_dir, path) = file("t.jsonl", r#"{"id": "a", "prompt": "p"}"#);
+        assert!(read_task_file(&path, &no_check).unwrap().extras.is_none());
+    }
+
+    #[test]
+    fn an_extra_field_named_like_a_result_column_is_refused() {
+        let e = jsonl_error(&["", r#"{"id": "a", "prompt": "p", "status": "new"}"#]);
         assert_ends_with(
             &e,
-            "unknown field `temperature`; accepted fields: id, prompt, preference, budget_usd, \
-             max_turns, reference, metadata, env, user, replay",
+            "tasks.jsonl:2: field `status` has the name of a result column; fields beyond the \
+             task's are passed through to the results, so rename it",
         );
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "input_index": 3}"#]);
+        assert!(
+            e.contains("field `input_index` has the name of a result column"),
+            "{e}"
+        );
+        let e = parquet_error(&[batch(vec![
+            ("id", strings(&[Some("a")])),
+            ("prompt", strings(&[Some("p")])),
+            ("answer", strings(&[Some("4")])),
+        ])]);
+        assert_ends_with(
+            &e,
+            "tasks.parquet: column `answer` has the name of a result column; columns beyond the \
+             task's are passed through to the results, so rename it",
+        );
+    }
+
+    #[test]
+    fn a_misspelt_task_column_is_named_for_the_warning() {
+        for (name, want) in [
+            ("budget", Some("budget_usd")),
+            ("max_turn", Some("max_turns")),
+            ("prompts", Some("prompt")),
+            ("refrence", Some("reference")),
+            ("category", None),
+            ("user_id", None),
+            ("difficulty", None),
+        ] {
+            assert_eq!(near_task_column(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn openai_batch_lines_are_read_as_tasks() {
+        let (_dir, path) = file(
+            "batch.jsonl",
+            &[
+                r#"{"custom_id": "r-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}]}}"#,
+                r#"{"custom_id": 2, "method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "Name a prime."}]}}"#,
+            ]
+            .join("\n"),
+        );
+        let read = read_task_file(&path, &no_check).unwrap();
+        assert_eq!(read.openai_batch, Some(BatchEndpoint::Chat));
+        let got: Vec<(&str, &str)> = read
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.prompt.as_str()))
+            .collect();
+        assert_eq!(got, [("r-1", "What is 2+2?"), ("2", "Name a prime.")]);
+        assert!(read.extras.is_none());
+
+        let first = r#"{"custom_id": "r-1", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "q"}]}}"#;
+        let e = jsonl_error(&[
+            first,
+            r#"{"custom_id": "r-2", "url": "/v1/embeddings", "body": {"input": "q"}}"#,
+        ]);
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:2: field `url`: `/v1/embeddings`: tutti runs /v1/chat/completions and \
+             /v1/completions requests only",
+        );
+        let e = jsonl_error(&[first, r#"{"id": "t", "prompt": "p"}"#]);
+        assert!(
+            e.contains("tasks.jsonl:2:")
+                && e.contains("field `id`: not a key of an OpenAI batch request"),
+            "{e}"
+        );
+        let e = jsonl_error(&[first, first]);
+        assert!(e.contains("duplicate id `r-1`"), "{e}");
     }
 
     #[test]
@@ -1481,16 +1880,43 @@ mod tests {
     }
 
     #[test]
-    fn parquet_unknown_column_lists_accepted_columns() {
-        let e = parquet_error(&[batch(vec![
+    fn parquet_extra_columns_pass_through_across_batches() {
+        let part = |ids: &[Option<&str>], n: i64| {
+            batch(vec![
+                ("id", strings(ids)),
+                ("category", strings(&[Some("math"); 2][..ids.len()])),
+                ("prompt", strings(&[Some("p"); 2][..ids.len()])),
+                (
+                    "n",
+                    Arc::new(Int64Array::from(vec![n; ids.len()])) as ArrayRef,
+                ),
+            ])
+        };
+        let (_dir, path) = parquet_file(&[part(&[Some("a"), Some("b")], 1), part(&[Some("c")], 2)]);
+        let read = read_task_file(&path, &no_check).unwrap();
+        assert_eq!(read.tasks.len(), 3);
+        assert_eq!(read.extra_columns(), ["category", "n"]);
+        let extras = read.extras.unwrap();
+        let n = extras.column(1).as_primitive::<Int64Type>();
+        assert_eq!(n.values().to_vec(), [1, 1, 2]);
+    }
+
+    #[test]
+    fn a_flight_upload_still_refuses_unknown_columns() {
+        let schema = batch(vec![
             ("id", strings(&[Some("a")])),
             ("prompt", strings(&[Some("p")])),
             ("temperature", Arc::new(Float32Array::from(vec![0.1]))),
-        ])]);
-        assert_ends_with(
-            &e,
-            "tasks.parquet: unknown column `temperature`; accepted columns: id, prompt, preference, \
-             budget_usd, max_turns, reference, metadata, env, user, replay",
+        ])
+        .schema();
+        let e = TaskBatchDecoder::new("job 7", &schema, &no_check)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            e,
+            "job 7: unknown column `temperature`; accepted columns: id, prompt, preference, \
+             budget_usd, max_turns, reference, metadata, env, user, replay"
         );
     }
 
