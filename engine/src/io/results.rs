@@ -548,7 +548,7 @@ impl ResultStore {
         if out_exists {
             match format {
                 OutputFormat::Parquet => read_statuses(out, &mut latest)?,
-                OutputFormat::JsonLines => for_each_output_line(out, |line, id, status| {
+                OutputFormat::JsonLines => for_each_output_line(out, |line, _, id, status| {
                     let status = Status::parse(&status).ok_or_else(|| StoreError::Line {
                         path: out.to_path_buf(),
                         line,
@@ -630,7 +630,7 @@ impl ResultStore {
                     last.insert(id.to_string(), (0, row));
                     row += 1;
                 })?,
-                OutputFormat::JsonLines => for_each_output_line(&self.out, |_, id, _| {
+                OutputFormat::JsonLines => for_each_output_line(&self.out, |_, _, id, _| {
                     last.insert(id, (0, row));
                     row += 1;
                     Ok(())
@@ -825,23 +825,17 @@ fn previous_lines(
     tmp: &Path,
     w: &mut impl io::Write,
 ) -> Result<u64, StoreError> {
-    let mut row = 0;
-    let mut kept = 0;
-    let file = File::open(path).map_err(io_error("open", path))?;
-    for (i, line) in io::BufRead::lines(io::BufReader::new(file)).enumerate() {
-        let line = line.map_err(io_error("read", path))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (id, _) = output_line_id(path, i + 1, &line)?;
+    let (mut row, mut kept) = (0, 0);
+    for_each_output_line(path, |_, text, id, _| {
         if last.get(&id) == Some(&(0, row)) {
-            w.write_all(line.as_bytes())
+            w.write_all(text.as_bytes())
                 .and_then(|_| w.write_all(b"\n"))
                 .map_err(io_error("write", tmp))?;
             kept += 1;
         }
         row += 1;
-    }
+        Ok(())
+    })?;
     Ok(kept)
 }
 
@@ -859,11 +853,11 @@ fn output_line_id(path: &Path, line: usize, text: &str) -> Result<(String, Strin
         .map_err(|what| problem(format!("not a result line: {what}")))
 }
 
-/// Calls `f` with the line number, id and status of each line of a JSON Lines output (blank
-/// lines are skipped).
+/// Calls `f` with the line number, text, id and status of each line of a JSON Lines output
+/// (blank lines are skipped).
 fn for_each_output_line(
     path: &Path,
-    mut f: impl FnMut(usize, String, String) -> Result<(), StoreError>,
+    mut f: impl FnMut(usize, &str, String, String) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let file = File::open(path).map_err(io_error("open", path))?;
     for (i, line) in io::BufRead::lines(io::BufReader::new(file)).enumerate() {
@@ -872,7 +866,7 @@ fn for_each_output_line(
             continue;
         }
         let (id, status) = output_line_id(path, i + 1, &line)?;
-        f(i + 1, id, status)?;
+        f(i + 1, &line, id, status)?;
     }
     Ok(())
 }

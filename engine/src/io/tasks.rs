@@ -992,13 +992,7 @@ impl<'a> TaskBatchDecoder<'a> {
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
-        let input = input.into();
-        resolve_columns(&input, schema, false)?;
-        Ok(TaskBatchDecoder {
-            acceptor: Acceptor::new(input, check),
-            rows: 0,
-            extras: None,
-        })
+        TaskBatchDecoder::build(input.into(), schema, check, false)
     }
 
     /// A decoder that keeps the columns beyond the task schema (for [`into_extras`]) where
@@ -1010,12 +1004,20 @@ impl<'a> TaskBatchDecoder<'a> {
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
-        let input = input.into();
-        resolve_columns(&input, schema, true)?;
+        TaskBatchDecoder::build(input.into(), schema, check, true)
+    }
+
+    fn build(
+        input: String,
+        schema: &Schema,
+        check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
+        extras: bool,
+    ) -> Result<TaskBatchDecoder<'a>, InputError> {
+        resolve_columns(&input, schema, extras)?;
         Ok(TaskBatchDecoder {
             acceptor: Acceptor::new(input, check),
             rows: 0,
-            extras: Some(Vec::new()),
+            extras: extras.then(Vec::new),
         })
     }
 
