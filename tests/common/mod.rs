@@ -31,16 +31,23 @@ pub fn tutti_run(tasks: &Path, out: &Path, config: &Path) -> Command {
 /// Whether pyarrow (with Flight) is importable; in CI it must be (`.ci/run` installs it), so a
 /// test that needs it skips only off CI.
 pub fn pyarrow() -> bool {
+    python_imports("import pyarrow.flight, pyarrow.parquet", "pyarrow")
+}
+
+/// Whether `python3 -c IMPORTS` succeeds. Off CI a test that needs the modules skips (saying
+/// `pip install PACKAGES`); in CI they must be there, since `.ci/run` installs them.
+pub fn python_imports(imports: &str, packages: &str) -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import pyarrow.flight, pyarrow.parquet"])
+        .args(["-c", imports])
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must install pyarrow (pip install pyarrow)"
+            "CI must install {packages} (pip install {packages})"
         );
-        eprintln!("skipped: pyarrow is not installed (pip install pyarrow)");
+        eprintln!("skipped: {packages} not installed (pip install {packages})");
     }
     ok
 }

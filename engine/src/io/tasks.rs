@@ -191,16 +191,13 @@ pub struct TaskFile {
 impl TaskFile {
     /// The names of the columns passed through, in input order.
     pub fn extra_columns(&self) -> Vec<String> {
-        self.extras
-            .iter()
-            .flat_map(|b| {
-                b.schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        self.extras.as_ref().map_or_else(Vec::new, |b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
     }
 }
 
