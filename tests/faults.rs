@@ -30,8 +30,8 @@ async fn a_thousand_calls_through_twenty_percent_failures() {
     let mut cfg = support::backend_config("chat", proxy.port);
     cfg.retries = 4;
     cfg.retry_base_ms = 10;
-    cfg.max_tokens = 1;
-    let backend = OpenAiBackend::new(&cfg, ledger.clone(), 0).unwrap();
+    cfg.generation.max_tokens = 1;
+    let backend = OpenAiBackend::new("local", &cfg, ledger.clone(), 0).unwrap();
 
     let mut ok = 0;
     let mut failed = Vec::new();

@@ -77,6 +77,7 @@ async fn batched_completions_are_one_http_request_and_chat_calls_are_one_each() 
     let ledger = Arc::new(Ledger::new(&["local".into()]));
 
     let batch = OpenAiBackend::new(
+        "local",
         &llama::backend_config("completions", proxy),
         ledger.clone(),
         0,
@@ -97,7 +98,8 @@ async fn batched_completions_are_one_http_request_and_chat_calls_are_one_each() 
         "one /v1/completions request for the batch"
     );
 
-    let chat = OpenAiBackend::new(&llama::backend_config("chat", proxy), ledger, 0).unwrap();
+    let chat =
+        OpenAiBackend::new("local", &llama::backend_config("chat", proxy), ledger, 0).unwrap();
     let answers: Vec<_> = chat.call_batch(requests(3)).collect().await;
     assert!(answers
         .iter()

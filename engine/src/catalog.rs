@@ -293,7 +293,7 @@ fn pricing(b: &BackendConfig) -> Pricing {
 
 /// Expected (dollars, latency ms) of one call of `tool` on backend `b`.
 fn expectations(b: &BackendConfig, tool: &str) -> (f64, f64) {
-    let sim = b.sim.as_ref();
+    let sim = b.sim();
     let latency = b.expected_latency_ms.unwrap_or_else(|| {
         sim.map_or(1000.0, |s| {
             s.tool_latency_ms.get(tool).unwrap_or(&s.latency_ms).p50

@@ -128,8 +128,9 @@ impl Engine {
                 cache.clone(),
                 ledger.clone(),
             ));
-            let model: Arc<str> = b.model.as_deref().unwrap_or(&b.name).into();
-            request_params.push((model, b.max_tokens, b.temperature));
+            let model: Arc<str> = b.request_model().into();
+            let generation = b.generation();
+            request_params.push((model, generation.max_tokens, generation.temperature));
         }
         let executor = executor::build(cfg, catalog.clone(), &mut models)?;
         let environment = match &cfg.environment {
@@ -142,7 +143,11 @@ impl Engine {
                         .expect("validated: the backend exists")
                 };
                 let backend = index(&e.backend);
-                let client = EnvClient::new(&cfg.backends[backend]).map_err(|message| {
+                let crate::config::BackendSettings::Openenv(settings) = &cfg.backends[backend].settings
+                else {
+                    unreachable!("validated: the environment's backend is an `openenv` one")
+                };
+                let client = EnvClient::new(&e.backend, settings).map_err(|message| {
                     backend::BuildError {
                         name: e.backend.clone(),
                         message,

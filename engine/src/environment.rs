@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::config::BackendConfig;
+use crate::config::OpenEnvBackendConfig;
 
 /// How long one step may take unless the backend's `timeout_ms` says otherwise.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -183,7 +183,7 @@ pub struct EnvClient {
 impl EnvClient {
     /// The client of an `openenv` backend: `endpoint` (or the variable `endpoint_env` names) is
     /// the server's base URL, `http://` or `ws://`.
-    pub fn new(cfg: &BackendConfig) -> Result<EnvClient, String> {
+    pub fn new(name: &str, cfg: &OpenEnvBackendConfig) -> Result<EnvClient, String> {
         let base = crate::backend::openai::resolve_endpoint(
             cfg.endpoint.as_deref(),
             cfg.endpoint_env.as_deref(),
@@ -202,7 +202,7 @@ impl EnvClient {
             ));
         };
         Ok(EnvClient {
-            name: cfg.name.as_str().into(),
+            name: name.into(),
             url,
             timeout: cfg
                 .timeout_ms

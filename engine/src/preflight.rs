@@ -16,7 +16,7 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use crate::backend::openai::{resolve_endpoint, HTTP};
-use crate::config::{BackendConfig, BackendKind, Config, ExecutorKind};
+use crate::config::{BackendConfig, BackendSettings, Config, ExecutorKind};
 
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +78,7 @@ pub async fn check(cfg: &Config) -> Preflight {
             Err(e) => {
                 report
                     .problems
-                    .push(format!("backend `{}` ({}): {e}", b.name, b.kind.as_str()))
+                    .push(format!("backend `{}` ({}): {e}", b.name, b.kind().as_str()))
             }
         }
     }
@@ -103,29 +103,29 @@ pub async fn check(cfg: &Config) -> Preflight {
 
 /// The probe of one backend, with the words that name it; `None` for kinds checked elsewhere.
 fn probe(b: &BackendConfig) -> Result<Option<(String, Probe)>, String> {
-    let what = |detail: &str| format!("backend `{}` ({}, {detail})", b.name, b.kind.as_str());
-    Ok(match b.kind {
-        BackendKind::Openai => {
-            let base = resolve_endpoint(b.endpoint.as_deref(), b.endpoint_env.as_deref(), HTTP)?;
+    let what = |detail: &str| format!("backend `{}` ({}, {detail})", b.name, b.kind().as_str());
+    Ok(match &b.settings {
+        BackendSettings::Openai(o) => {
+            let base = resolve_endpoint(o.endpoint.as_deref(), o.endpoint_env.as_deref(), HTTP)?;
             Some((
                 what(&base),
                 Probe::OpenAi {
                     base,
-                    api_key_env: b.api_key_env.clone(),
-                    model: b.model.clone(),
+                    api_key_env: o.api_key_env.clone(),
+                    model: o.model.clone(),
                 },
             ))
         }
-        BackendKind::Openenv => {
+        BackendSettings::Openenv(e) => {
             let base = resolve_endpoint(
-                b.endpoint.as_deref(),
-                b.endpoint_env.as_deref(),
+                e.endpoint.as_deref(),
+                e.endpoint_env.as_deref(),
                 crate::backend::openai::HTTP_OR_WS,
             )?;
             Some((what(&base), Probe::Env { base }))
         }
-        BackendKind::Python => {
-            let path = b
+        BackendSettings::Python(p) => {
+            let path = p
                 .python
                 .clone()
                 .unwrap_or_else(|| crate::backend::python::DEFAULT_PYTHON.to_string());

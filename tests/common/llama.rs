@@ -100,10 +100,14 @@ pub fn start_server() -> Option<Server> {
     }
 }
 
-pub fn backend_config(api: &str, port: u16) -> tutti_engine::config::BackendConfig {
+/// The `openai` backend of `configs/local-openai.toml`, on the server at `port`.
+pub fn backend_config(api: &str, port: u16) -> tutti_engine::config::OpenAiBackendConfig {
     let text = std::fs::read_to_string(repo("configs/local-openai.toml")).unwrap();
     let mut cfg = Config::parse(&text, "local-openai.toml").unwrap();
-    let mut b = cfg.backends.remove(0);
+    let tutti_engine::config::BackendSettings::Openai(mut b) = cfg.backends.remove(0).settings
+    else {
+        panic!("the first backend of local-openai.toml is an `openai` one");
+    };
     b.endpoint = Some(format!("http://127.0.0.1:{port}/v1"));
     b.endpoint_env = None;
     b.api = if api == "chat" {
@@ -111,6 +115,6 @@ pub fn backend_config(api: &str, port: u16) -> tutti_engine::config::BackendConf
     } else {
         tutti_engine::config::OpenAiApi::Completions
     };
-    b.max_tokens = 8;
+    b.generation.max_tokens = 8;
     b
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::config::{BackendConfig, BackendKind, SimulationConfig};
+use crate::config::{BackendConfig, BackendSettings, SimulationConfig};
 use crate::executor::native::{NativeModels, RuntimeLimits};
 use crate::ledger::Ledger;
 
@@ -127,14 +127,14 @@ pub fn build(
         name: cfg.name.clone(),
         message,
     };
-    match cfg.kind {
-        BackendKind::Sim => Ok(Arc::new(sim::SimBackend::new(cfg, sim))),
-        BackendKind::Openai => Ok(Arc::new(
-            openai::OpenAiBackend::new(cfg, ledger, index).map_err(err)?,
+    match &cfg.settings {
+        BackendSettings::Sim(s) => Ok(Arc::new(sim::SimBackend::new(&cfg.name, s, sim))),
+        BackendSettings::Openai(o) => Ok(Arc::new(
+            openai::OpenAiBackend::new(&cfg.name, o, ledger, index).map_err(err)?,
         )),
-        BackendKind::Python => Ok(Arc::new(python::PythonBackend::new(cfg))),
-        BackendKind::Native => {
-            let path = cfg.model.as_deref().ok_or_else(|| {
+        BackendSettings::Python(p) => Ok(Arc::new(python::PythonBackend::new(&cfg.name, p))),
+        BackendSettings::Native(m) => {
+            let path = m.model.as_deref().ok_or_else(|| {
                 err("a `native` backend needs `model`, the path of a GGUF file".into())
             })?;
             let runtime = native
@@ -142,22 +142,22 @@ pub fn build(
                 .get(std::path::Path::new(path), native.limits)
                 .map_err(err)?;
             Ok(Arc::new(
-                self::native::NativeBackend::new(cfg, runtime, sim.seed).map_err(err)?,
+                self::native::NativeBackend::new(&cfg.name, m, runtime, sim.seed).map_err(err)?,
             ))
         }
-        BackendKind::Retrieval => Ok(Arc::new(
-            retrieval::RetrievalBackend::new(cfg).map_err(err)?,
+        BackendSettings::Retrieval(r) => Ok(Arc::new(
+            retrieval::RetrievalBackend::new(r).map_err(err)?,
         )),
         // An environment is called through its sessions (`crate::environment`), never through a
         // coalescer: no alias may name it (validated), so this backend only keeps the indices of
         // the backends aligned.
-        BackendKind::Openenv => Ok(Arc::new(SessionsOnly)),
-        other => Err(BuildError {
+        BackendSettings::Openenv(_) => Ok(Arc::new(SessionsOnly)),
+        BackendSettings::VllmRs(_) => Err(BuildError {
             name: cfg.name.clone(),
             message: format!(
                 "backends of kind `{}` are not built yet in this version of tutti; \
                  `openai`, `native`, `python`, `retrieval` and `sim` are available",
-                other.as_str()
+                cfg.kind().as_str()
             ),
         }),
     }

@@ -12,7 +12,7 @@ use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use serde_json::json;
 
 use super::{Backend, BackendError, BatchItem, Request, Response};
-use crate::config::BackendConfig;
+use crate::config::ModelBackendConfig;
 use crate::executor::native::runner::{NativeInput, Sampling};
 use crate::executor::native::{NativeRuntime, PromptRenderer};
 
@@ -29,22 +29,23 @@ pub struct NativeBackend {
 
 impl NativeBackend {
     pub fn new(
-        cfg: &BackendConfig,
+        name: &str,
+        cfg: &ModelBackendConfig,
         runtime: Arc<NativeRuntime>,
         seed: u64,
     ) -> Result<Self, String> {
         let prompt = PromptRenderer::new(
             cfg.chat_template.as_deref(),
             runtime.tokenizer(),
-            &format!("backend `{}`", cfg.name),
+            &format!("backend `{name}`"),
         )?;
         Ok(NativeBackend {
-            name: cfg.name.as_str().into(),
+            name: name.into(),
             runtime,
             prompt: Arc::new(prompt),
             seed,
             draws: AtomicU64::new(0),
-            stop: cfg.stop.clone().into(),
+            stop: cfg.generation.stop.clone().into(),
         })
     }
 }

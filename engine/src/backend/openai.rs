@@ -15,7 +15,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::{Backend, BackendError, BatchItem, Request, Response};
-use crate::config::{BackendConfig, OpenAiApi};
+use crate::config::{OpenAiApi, OpenAiBackendConfig};
 use crate::ledger::Ledger;
 use crate::limits::{estimate_tokens, RateLimits};
 
@@ -220,14 +220,15 @@ pub struct OpenAiBackend {
 
 impl OpenAiBackend {
     pub fn new(
-        cfg: &BackendConfig,
+        name: &str,
+        cfg: &OpenAiBackendConfig,
         ledger: Arc<Ledger>,
         index: usize,
     ) -> Result<OpenAiBackend, String> {
         let endpoint =
             resolve_endpoint(cfg.endpoint.as_deref(), cfg.endpoint_env.as_deref(), HTTP)?;
         let client = OpenAiClient::new(
-            &cfg.name,
+            name,
             &endpoint,
             cfg.api_key_env.as_deref(),
             cfg.timeout_ms.map(Duration::from_millis),
@@ -249,7 +250,7 @@ impl OpenAiBackend {
             limits: Arc::new(RateLimits::new(cfg.rpm, cfg.tpm)),
             api: cfg.api,
             template,
-            stop: cfg.stop.clone().into(),
+            stop: cfg.generation.stop.clone().into(),
         })
     }
 }

@@ -10,7 +10,7 @@ use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 
 use super::sandbox::{Sandbox, SandboxLimits};
 use super::{Backend, BackendError, BatchItem, Request, Response};
-use crate::config::BackendConfig;
+use crate::config::PythonBackendConfig;
 
 /// The interpreter used when the config names none. An absolute path: the sandbox runs with an
 /// empty environment, as another user.
@@ -22,7 +22,7 @@ pub struct PythonBackend {
 }
 
 impl PythonBackend {
-    pub fn new(cfg: &BackendConfig) -> PythonBackend {
+    pub fn new(name: &str, cfg: &PythonBackendConfig) -> PythonBackend {
         let timeout = Duration::from_millis(cfg.timeout_ms.unwrap_or(60_000));
         let limits = SandboxLimits {
             timeout,
@@ -36,7 +36,7 @@ impl PythonBackend {
             .clone()
             .unwrap_or_else(|| DEFAULT_PYTHON.to_string());
         PythonBackend {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             sandbox: Arc::new(Sandbox::new(python, limits)),
         }
     }

@@ -445,7 +445,7 @@ pub struct RetrievalBackend {
 const MAX_QUERY_CHARS: usize = 512;
 
 impl RetrievalBackend {
-    pub fn new(cfg: &crate::config::BackendConfig) -> Result<RetrievalBackend, String> {
+    pub fn new(cfg: &crate::config::RetrievalBackendConfig) -> Result<RetrievalBackend, String> {
         let dir = cfg
             .index
             .as_ref()

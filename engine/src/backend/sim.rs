@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
 
 use super::{Backend, BatchItem, Request, Response};
-use crate::config::{BackendConfig, Dist, SimulationConfig};
+use crate::config::{Dist, SimBackendSettings, SimulationConfig};
 
 /// A lognormal given by its median and 99th percentile; a constant when they are equal.
 #[derive(Debug, Clone, Copy)]
@@ -61,13 +61,10 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
-    pub fn new(cfg: &BackendConfig, sim: &SimulationConfig) -> SimBackend {
-        let s = cfg
-            .sim
-            .as_ref()
-            .expect("validated: sim backends have [backends.sim]");
+    pub fn new(name: &str, cfg: &SimBackendSettings, sim: &SimulationConfig) -> SimBackend {
+        let s = &cfg.sim;
         SimBackend {
-            name: cfg.name.clone(),
+            name: name.to_string(),
             seed: sim.seed,
             time_scale: sim.time_scale,
             latency: LogNormalDist::new(s.latency_ms),

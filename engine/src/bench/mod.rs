@@ -263,7 +263,7 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
             || cfg
                 .backends
                 .iter()
-                .any(|b| b.kind == crate::config::BackendKind::Sim),
+                .any(|b| b.kind() == crate::config::BackendKind::Sim),
         workload_tasks,
         repeat_share: spec.workload.repeat_share,
         tasks_per_s: run.tasks_per_s,

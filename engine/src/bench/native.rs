@@ -23,7 +23,7 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::catalog::Catalog;
-use crate::config::{BackendKind, Config};
+use crate::config::{BackendSettings, Config};
 use crate::engine::{Engine, EngineOptions};
 use crate::executor::native::runner::Sampling;
 use crate::model::{argmax_rows, KvCache, Model, Rows, SeqStep, Tokenizer};
@@ -261,13 +261,11 @@ async fn shared_prefix_job(model: &Path, tasks: usize) -> anyhow::Result<SharedP
     cfg.orchestrator.model = Some(path.clone());
     cfg.orchestrator.max_turns = 1;
     cfg.orchestrator.max_tokens = 8;
-    for b in cfg
-        .backends
-        .iter_mut()
-        .filter(|b| b.kind == BackendKind::Native)
-    {
-        b.model = Some(path.clone());
-        b.max_tokens = 8;
+    for b in &mut cfg.backends {
+        if let BackendSettings::Native(m) = &mut b.settings {
+            m.model = Some(path.clone());
+            m.generation.max_tokens = 8;
+        }
     }
     let engine = Engine::new(&cfg, EngineOptions::default())?;
     let work: Vec<Task> = (0..tasks)

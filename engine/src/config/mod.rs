@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod backend;
+pub use backend::*;
+
 /// A configuration error: where (file, key, line and column when known) and what was expected.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}{location}: {message}")]
@@ -16,6 +19,15 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error at byte `offset` of `text`: its line and column, then the key.
+    fn at(origin: &str, text: &str, offset: usize, key: &str, message: String) -> Self {
+        ConfigError {
+            origin: origin.to_string(),
+            location: format!("{}: key `{key}`", line_col(text, offset)),
+            message,
+        }
+    }
+
     fn at_key(origin: &str, key: &str, message: impl Into<String>) -> Self {
         ConfigError {
             origin: origin.to_string(),
@@ -284,87 +296,6 @@ pub enum CachePolicy {
     Always,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub name: String,
-    pub kind: BackendKind,
-    pub endpoint: Option<String>,
-    pub model: Option<String>,
-    /// Name of the environment variable holding the API key (never the key itself).
-    pub api_key_env: Option<String>,
-    /// Name of an environment variable that, when set, overrides `endpoint`.
-    pub endpoint_env: Option<String>,
-    /// `openai` backends: `chat` (one /v1/chat/completions request per call, sent concurrently) or
-    /// `completions` (one /v1/completions request per batch, with a list of prompts rendered
-    /// client-side with `chat_template`).
-    #[serde(default)]
-    pub api: OpenAiApi,
-    /// Jinja chat template (minijinja) for the `completions` api: gets `messages` and
-    /// `add_generation_prompt`.
-    pub chat_template: Option<String>,
-    /// Delay before the first retry; doubled each time, with jitter, or what Retry-After says.
-    #[serde(default = "defaults::retry_base_ms")]
-    pub retry_base_ms: u64,
-    /// Consecutive failed calls that open the circuit breaker.
-    #[serde(default = "defaults::breaker_failures")]
-    pub breaker_failures: u32,
-    /// How long an open breaker stays open before letting one probe call through.
-    #[serde(default = "defaults::breaker_cooldown_ms")]
-    pub breaker_cooldown_ms: u64,
-    /// `retrieval` backends: the index directory (relative to the config file), passages per
-    /// search and characters per passage.
-    pub index: Option<PathBuf>,
-    #[serde(default = "defaults::top_k")]
-    pub top_k: usize,
-    #[serde(default = "defaults::passage_chars")]
-    pub passage_chars: usize,
-    /// `python` backends: the interpreter, and the sandbox's limits.
-    pub python: Option<String>,
-    #[serde(default = "defaults::sandbox_memory_mb")]
-    pub memory_mb: u64,
-    #[serde(default = "defaults::sandbox_output_bytes")]
-    pub max_output_bytes: usize,
-    #[serde(default)]
-    pub price_in_per_mtok: f64,
-    #[serde(default)]
-    pub price_out_per_mtok: f64,
-    #[serde(default)]
-    pub price_per_call: f64,
-    #[serde(default)]
-    pub price_per_second: f64,
-    #[serde(default = "defaults::max_concurrency")]
-    pub max_concurrency: usize,
-    #[serde(default = "defaults::max_batch")]
-    pub max_batch: usize,
-    #[serde(default)]
-    pub max_wait_ms: u64,
-    pub rpm: Option<u32>,
-    pub tpm: Option<u64>,
-    pub timeout_ms: Option<u64>,
-    #[serde(default)]
-    pub retries: u32,
-    /// Alias used while this backend is unavailable.
-    pub fallback: Option<String>,
-    #[serde(default)]
-    pub cache: CachePolicy,
-    pub cache_ttl_s: Option<f64>,
-    #[serde(default = "defaults::temperature_zero")]
-    pub temperature: f64,
-    #[serde(default = "defaults::max_tokens")]
-    pub max_tokens: u32,
-    /// `openai` and `native` backends: texts that end a completion, left out of the answer
-    /// (OpenAI's `stop`), such as `["\n"]` for one-line answers from a base model.
-    #[serde(default)]
-    pub stop: Vec<String>,
-    /// Used to price an alias before calling it (budget masking, cost preference).
-    #[serde(default = "defaults::expected_input_tokens")]
-    pub expected_input_tokens: u32,
-    pub expected_output_tokens: Option<u32>,
-    pub expected_latency_ms: Option<f64>,
-    pub sim: Option<SimBackendConfig>,
-}
-
 /// A simulated backend: a workload model for benchmarks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -505,9 +436,11 @@ impl Config {
             }
         }
         for b in &mut cfg.backends {
-            if let Some(p) = &b.index {
-                if p.is_relative() {
-                    b.index = Some(base.join(p));
+            if let BackendSettings::Retrieval(r) = &mut b.settings {
+                if let Some(p) = &r.index {
+                    if p.is_relative() {
+                        r.index = Some(base.join(p));
+                    }
                 }
             }
         }
@@ -522,12 +455,10 @@ impl Config {
         if cfg.orchestrator.executor == ExecutorKind::Native {
             relative(&mut cfg.orchestrator.model);
         }
-        for b in cfg
-            .backends
-            .iter_mut()
-            .filter(|b| b.kind == BackendKind::Native)
-        {
-            relative(&mut b.model);
+        for b in &mut cfg.backends {
+            if let BackendSettings::Native(m) = &mut b.settings {
+                relative(&mut m.model);
+            }
         }
         Ok(cfg)
     }
@@ -545,17 +476,16 @@ impl Config {
         if self.orchestrator.executor == ExecutorKind::Native {
             expand(&mut self.orchestrator.model);
         }
-        for b in self
-            .backends
-            .iter_mut()
-            .filter(|b| b.kind == BackendKind::Native)
-        {
-            expand(&mut b.model);
+        for b in &mut self.backends {
+            if let BackendSettings::Native(m) = &mut b.settings {
+                expand(&mut m.model);
+            }
         }
     }
 
     /// Parses and validates config text; `origin` names it in errors (a path, or `<profile x>`).
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        check_kind_keys(origin, text)?;
         let de = toml::Deserializer::parse(text).map_err(|e| toml_error(origin, text, "", &e))?;
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
@@ -692,12 +622,11 @@ impl Config {
                     return err(&key(k), format!("expected a price of 0 or more, found {v}"));
                 }
             }
-            let schemes: &[&str] = match b.kind {
+            let schemes: &[&str] = match b.kind() {
                 BackendKind::Openai => crate::backend::openai::HTTP,
-                BackendKind::Openenv => crate::backend::openai::HTTP_OR_WS,
-                _ => &[],
+                _ => crate::backend::openai::HTTP_OR_WS,
             };
-            if let (Some(url), false) = (&b.endpoint, schemes.is_empty()) {
+            if let Some((Some(url), _)) = b.endpoint() {
                 check_endpoint(url, schemes).or_else(|m| err(&key("endpoint"), m))?;
             }
             if let Some(ttl) = b.cache_ttl_s {
@@ -708,13 +637,7 @@ impl Config {
                     );
                 }
             }
-            if b.kind == BackendKind::Sim {
-                let Some(sim) = &b.sim else {
-                    return err(
-                        &key("sim"),
-                        "a backend of kind `sim` needs a [backends.sim] table".into(),
-                    );
-                };
+            if let Some(sim) = b.sim() {
                 check_dist(origin, &key("sim.latency_ms"), sim.latency_ms)?;
                 check_dist(origin, &key("sim.output_tokens"), sim.output_tokens)?;
                 for (tool, d) in &sim.tool_latency_ms {
@@ -738,7 +661,7 @@ impl Config {
             if self
                 .backends
                 .iter()
-                .any(|b| &b.name == backend && b.kind == BackendKind::Openenv)
+                .any(|b| &b.name == backend && b.kind() == BackendKind::Openenv)
             {
                 return err(
                     &format!("aliases.{alias}"),
@@ -828,7 +751,7 @@ impl Config {
                     format!("no backend named `{}` in [[backends]]", e.backend),
                 )
             }
-            Some(b) if b.kind != BackendKind::Openenv => {
+            Some(b) if b.kind() != BackendKind::Openenv => {
                 return err(
                     "environment.backend",
                     format!("backend `{}` is not of kind `openenv`", e.backend),
@@ -904,13 +827,18 @@ fn check_dist(origin: &str, key: &str, d: Dist) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `:line:col` of byte `offset` of `text`, both counted from 1.
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!(":{line}:{col}")
+}
+
 fn toml_error(origin: &str, text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
     let mut location = String::new();
     if let Some(span) = e.span() {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        location.push_str(&format!(":{line}:{col}"));
+        location.push_str(&line_col(text, span.start));
     }
     if !path.is_empty() && path != "." {
         location.push_str(&format!(": key `{path}`"));
@@ -953,6 +881,57 @@ output_tokens = { p50 = 5, p99 = 9 }
         assert_eq!(cfg.orchestrator.max_turns, 8);
         assert_eq!(cfg.backends[0].cache, CachePolicy::Deterministic);
         assert_eq!(cfg.simulation.time_scale, 1.0);
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_refused_at_its_line_and_column() {
+        let text = r#"
+[orchestrator]
+executor = "sim"
+[orchestrator.sim]
+output_tokens = { p50 = 10, p99 = 10 }
+
+[[tools]]
+name = "answer"
+aliases = ["a-1"]
+
+[aliases]
+a-1 = "m"
+
+[[backends]]
+name = "m"
+kind = "openai"
+endpoint = "http://127.0.0.1:8000/v1"
+  top_k = 5
+"#;
+        let e = Config::parse(text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:18:3: key `backends[0].top_k`: `top_k` is not a key of `openai` backends \
+             (it is one of `retrieval`)"
+        );
+        // The same key on its own kind is accepted.
+        let ok = text
+            .replace("kind = \"openai\"", "kind = \"retrieval\"")
+            .replace("endpoint = \"http://127.0.0.1:8000/v1\"", "index = \"idx\"");
+        let cfg = Config::parse(&ok, "t.toml").unwrap();
+        let BackendSettings::Retrieval(r) = &cfg.backends[0].settings else {
+            panic!("a retrieval backend");
+        };
+        assert_eq!(r.top_k, 5);
+    }
+
+    #[test]
+    fn a_sim_backend_without_its_table_is_refused_at_the_table() {
+        let text = MINIMAL.replace("[backends.sim]", "[backends.unused]");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:"), "{e}");
+        let cut = MINIMAL.find("[backends.sim]").unwrap();
+        let e2 = Config::parse(&MINIMAL[..cut], "t.toml").unwrap_err().to_string();
+        assert!(
+            e2.contains("key `backends[0]`") && e2.contains("needs a [backends.sim] table"),
+            "{e2}"
+        );
     }
 
     #[test]
