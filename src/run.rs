@@ -8,16 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tutti_engine::catalog::Catalog;
-use tutti_engine::io::results::{
-    commit_stream, InputColumns, OutputFormat, OutputShape, Reopen, ResultStore, COMMIT_ROWS,
-};
+use tutti_engine::io::results::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
 use tutti_engine::io::tasks::{near_task_column, read_task_file, FieldError};
+use tutti_engine::jobs::run_job;
 use tutti_engine::preflight;
 use tutti_engine::report::Tally;
-use tutti_engine::{Engine, EngineOptions, Status, TaskResult};
+use tutti_engine::{Engine, EngineOptions, Status};
 
 /// Plain progress lines when stderr is not a terminal.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -135,11 +133,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     // Refuses an existing output without --resume before anything is reached or written.
     let done = ResultStore::done(&args.output, &reopen)?;
     let total = tasks.len() as u64;
-    let todo: Vec<_> = tasks
-        .into_iter()
-        .filter(|t| !done.contains(&t.id))
-        .collect();
-    let skipped = total - todo.len() as u64;
+    let skipped = tasks.iter().filter(|t| done.contains(&t.id)).count() as u64;
 
     let rt = crate::runtime()?;
     let preflight = rt.block_on(preflight::check(&cfg));
@@ -163,40 +157,45 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
             "tutti: dry run: the config and {} tasks are valid; {} would run now ({} already \
              done); {} servers and programs reached; nothing was run or written",
             total,
-            todo.len(),
+            total - skipped,
             skipped,
             preflight.checked
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (store, _) = ResultStore::open_with(&args.output, &reopen)?;
+    let (store, done) = ResultStore::open_with(&args.output, &reopen)?;
 
     let show_progress = !verbosity.quiet;
     let summary = rt.block_on(async move {
         let engine = Engine::new(&cfg, EngineOptions::default())?;
         let cancel = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
-        let progress = Progress::new(total, skipped, show_progress);
+        let mut progress = Progress::new(total, skipped, show_progress);
+        let mut tally = Tally::default();
         let started = Instant::now();
-        let writer = tokio::spawn(write_results(rx, store, shape, progress));
-        let run = engine.run(futures::stream::iter(todo), tx, cancel.clone());
-        tokio::pin!(run);
-        let interrupted = tokio::select! {
-            _ = &mut run => false,
-            _ = tokio::signal::ctrl_c() => {
-                cancel.cancel();
-                true
+        let committed = |rows: &[tutti_engine::TaskResult]| {
+            rows.iter().for_each(|r| tally.add(r));
+            progress.advance(rows.len() as u64)
+        };
+        let store = {
+            let run = run_job(&engine, tasks, done, store, true, cancel.clone(), committed);
+            tokio::pin!(run);
+            tokio::select! {
+                store = &mut run => store?,
+                _ = tokio::signal::ctrl_c() => {
+                    cancel.cancel();
+                    eprintln!(
+                        "tutti: interrupted; results committed so far are kept: \
+                         run the same command with --resume to finish"
+                    );
+                    std::process::exit(130);
+                }
             }
         };
-        if interrupted {
-            eprintln!(
-                "tutti: interrupted; results committed so far are kept: \
-                 run the same command with --resume to finish"
-            );
-            std::process::exit(130);
-        }
         engine.flush();
-        let (rows, tally) = writer.await.context("the result writer panicked")??;
+        progress.finish();
+        let rows = tokio::task::spawn_blocking(move || store.finish_with(&shape))
+            .await
+            .context("the result writer panicked")??;
         let wall_s = started.elapsed().as_secs_f64();
         let sessions = engine.env_sessions().map(|c| {
             (
@@ -262,27 +261,6 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Commits results as they come (see [`commit_stream`]), tallying them for the report, then
-/// merges the output.
-async fn write_results(
-    rx: mpsc::Receiver<TaskResult>,
-    store: ResultStore,
-    shape: OutputShape,
-    mut progress: Progress,
-) -> Result<(u64, Tally)> {
-    let mut tally = Tally::default();
-    let store = commit_stream(rx, store, true, |rows| {
-        rows.iter().for_each(|r| tally.add(r));
-        progress.advance(rows.len() as u64)
-    })
-    .await?;
-    progress.finish();
-    let rows = tokio::task::spawn_blocking(move || store.finish_with(&shape))
-        .await
-        .context("the result writer panicked")??;
-    Ok((rows, tally))
 }
 
 /// A progress bar on a terminal, plain periodic lines otherwise.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tutti_engine::flight::{serve, Auth, Jobs, ServerLimits};
+use tutti_engine::flight::{serve, Auth};
+use tutti_engine::jobs::{Jobs, ServerLimits};
 use tutti_engine::{Engine, EngineOptions};
 
 #[derive(Args)]
@@ -91,7 +92,7 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
         let resumed = jobs
             .list()
             .iter()
-            .filter(|j| j.state() == tutti_engine::flight::JobState::Running)
+            .filter(|j| j.state() == tutti_engine::jobs::JobState::Running)
             .count();
         eprintln!(
             "tutti: serving Arrow Flight on grpc://{addr} (data dir {}, {} jobs, {resumed} resumed{})",

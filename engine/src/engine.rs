@@ -143,7 +143,8 @@ impl Engine {
                         .expect("validated: the backend exists")
                 };
                 let backend = index(&e.backend);
-                let crate::config::BackendSettings::Openenv(settings) = &cfg.backends[backend].settings
+                let crate::config::BackendSettings::Openenv(settings) =
+                    &cfg.backends[backend].settings
                 else {
                     unreachable!("validated: the environment's backend is an `openenv` one")
                 };

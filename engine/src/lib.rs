@@ -20,6 +20,7 @@ pub mod executor;
 pub mod flight;
 pub mod hermes;
 pub mod io;
+pub mod jobs;
 pub mod ledger;
 pub mod limits;
 pub mod model;

@@ -145,9 +145,9 @@ pub fn build(
                 self::native::NativeBackend::new(&cfg.name, m, runtime, sim.seed).map_err(err)?,
             ))
         }
-        BackendSettings::Retrieval(r) => Ok(Arc::new(
-            retrieval::RetrievalBackend::new(r).map_err(err)?,
-        )),
+        BackendSettings::Retrieval(r) => {
+            Ok(Arc::new(retrieval::RetrievalBackend::new(r).map_err(err)?))
+        }
         // An environment is called through its sessions (`crate::environment`), never through a
         // coalescer: no alias may name it (validated), so this backend only keeps the indices of
         // the backends aligned.

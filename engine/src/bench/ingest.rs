@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
-use crate::flight::{serve, Auth, JobClient, Jobs, ServerLimits};
+use crate::flight::{serve, Auth, JobClient};
 use crate::io::tasks::tasks_to_batch;
+use crate::jobs::{Jobs, ServerLimits};
 use crate::task::Task;
 
 /// Rows per record batch the client sends.

@@ -492,6 +492,9 @@ mod tests {
             .iter()
             .filter(|k| !fields.iter().any(|f| f.name == **k))
             .collect();
-        assert!(stale.is_empty(), "kinds list keys the table lacks: {stale:?}");
+        assert!(
+            stale.is_empty(),
+            "kinds list keys the table lacks: {stale:?}"
+        );
     }
 }

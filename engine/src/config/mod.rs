@@ -927,7 +927,9 @@ endpoint = "http://127.0.0.1:8000/v1"
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert!(e.starts_with("t.toml:"), "{e}");
         let cut = MINIMAL.find("[backends.sim]").unwrap();
-        let e2 = Config::parse(&MINIMAL[..cut], "t.toml").unwrap_err().to_string();
+        let e2 = Config::parse(&MINIMAL[..cut], "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(
             e2.contains("key `backends[0]`") && e2.contains("needs a [backends.sim] table"),
             "{e2}"

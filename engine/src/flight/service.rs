@@ -23,10 +23,10 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::jobs::{Ingest, Job, JobError, Jobs};
-use super::spec::JobState;
 use crate::io::results::read_result_batches;
 use crate::io::schema::result_schema;
+use crate::jobs::JobState;
+use crate::jobs::{Ingest, Job, JobError, Jobs};
 
 /// The actions of DoAction, as ListActions describes them.
 pub const ACTIONS: [(&str, &str); 3] = [
@@ -52,7 +52,7 @@ impl From<JobError> for Status {
             JobError::Invalid(_) => Status::invalid_argument(msg),
             JobError::Exhausted(_) => Status::resource_exhausted(msg),
             JobError::NotFound(_) => Status::not_found(msg),
-            JobError::Store(_) => Status::internal(msg),
+            _ => Status::internal(msg),
         }
     }
 }

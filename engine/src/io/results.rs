@@ -33,6 +33,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
+use super::durable::{fs_error, sync_dir, write_durably, FsError};
 use super::openai_batch::{BatchEndpoint, OutputLine};
 use super::schema::{
     call_fields, call_item_field, message_fields, message_item_field, result_schema, type_name,
@@ -333,10 +334,16 @@ pub enum StoreError {
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
+    move |source| fs_error(action, path)(source).into()
+}
+
+impl From<FsError> for StoreError {
+    fn from(e: FsError) -> Self {
+        StoreError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -1055,28 +1062,6 @@ fn read_batches(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchReade
     builder.build().map_err(parquet_error(path))
 }
 
-/// Writes a file at `tmp` with `fill`, fsyncs it, renames it to `dest` and fsyncs `dir`, the
-/// directory of both: afterwards `dest` is complete and durable, and before that moment it was
-/// untouched. On failure the temporary file is removed.
-fn write_durably(
-    tmp: &Path,
-    dest: &Path,
-    dir: &Path,
-    fill: impl FnOnce(&mut File) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let result = (|| {
-        let mut file = File::create(tmp).map_err(io_error("create", tmp))?;
-        fill(&mut file)?;
-        file.sync_all().map_err(io_error("sync", tmp))
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(tmp);
-        return Err(e);
-    }
-    fs::rename(tmp, dest).map_err(io_error("rename into place", dest))?;
-    sync_dir(dir)
-}
-
 /// Writes a Snappy-compressed Parquet file of `schema` into `file` (at `path`, for errors).
 fn write_parquet(
     file: &mut File,
@@ -1091,15 +1076,6 @@ fn write_parquet(
         ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet_error(path))?;
     fill(&mut writer)?;
     writer.close().map_err(parquet_error(path))?;
-    Ok(())
-}
-
-/// Makes a directory's entries (a rename, a new file) durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error("sync directory", dir))?;
     Ok(())
 }
 

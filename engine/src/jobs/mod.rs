@@ -1,0 +1,20 @@
+//! Jobs: the one path of a batch of tasks from accepted input to committed results, for a local
+//! `tutti run` and for the jobs `tutti serve` accepts alike. Nothing here knows Flight; the
+//! Flight service is a thin adapter over [`Jobs`].
+//!
+//! - [`runner`]: [`run_job`], the one runner: reads the tasks, skips the ids already committed,
+//!   drives the engine and commits results in groups.
+//! - [`store`]: [`Jobs`], the data directory of a server: manifests, counts rebuilt from committed
+//!   results at start-up, resume of unfinished jobs, cancel.
+//! - [`ingest`]: [`Upload`], validation and durable acceptance of uploaded batches.
+//! - [`spec`]: a job's spec (name, defaults, overrides) and its manifest.
+
+pub mod ingest;
+pub mod runner;
+pub mod spec;
+pub mod store;
+
+pub use ingest::{Ingest, Upload};
+pub use runner::{run_job, TaskSource};
+pub use spec::{JobSpec, JobState, Manifest};
+pub use store::{Job, JobError, JobStatus, Jobs, ServerLimits};

@@ -1,0 +1,109 @@
+//! The one path of a job's tasks, for `tutti run` and `tutti serve` alike: tasks are read on a
+//! blocking thread, the ids already committed are skipped here and nowhere else, the rest run on
+//! the engine, and their results are committed in groups by [`commit_stream`] (the one function
+//! that commits results).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::ipc::reader::FileReader;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::spec::JobSpec;
+use super::store::{arrow_error, JobError};
+use crate::engine::Engine;
+use crate::io::durable::fs_error;
+use crate::io::results::{commit_stream, ResultStore, COMMIT_ROWS};
+use crate::io::tasks::{FieldError, TaskBatchDecoder};
+use crate::task::{Task, TaskResult};
+
+/// Where a job's tasks come from. Reading is blocking (files); [`run_job`] runs it on a blocking
+/// thread.
+pub trait TaskSource: Send + 'static {
+    /// Hands every task, in input order, to `each`, and stops early when `each` says `false`.
+    fn each(self, each: &mut dyn FnMut(Task) -> bool) -> Result<(), JobError>;
+}
+
+/// Tasks already read and validated (`tutti run`'s input file).
+impl TaskSource for Vec<Task> {
+    fn each(self, each: &mut dyn FnMut(Task) -> bool) -> Result<(), JobError> {
+        for task in self {
+            if !each(task) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A served job's accepted tasks: its Arrow IPC task file, with the job spec's defaults applied.
+pub(super) struct JobTasks {
+    pub path: PathBuf,
+    /// Names the job in errors.
+    pub label: String,
+    pub engine: Arc<Engine>,
+    pub spec: JobSpec,
+}
+
+impl TaskSource for JobTasks {
+    fn each(self, each: &mut dyn FnMut(Task) -> bool) -> Result<(), JobError> {
+        let path = &self.path;
+        let file = File::open(path).map_err(fs_error("open", path))?;
+        let reader = FileReader::try_new(BufReader::new(file), None).map_err(arrow_error(path))?;
+        let catalog = self.engine.catalog();
+        let check = |t: &Task| {
+            catalog
+                .check_preference(&t.preference)
+                .map_err(|message| FieldError::new("preference", message))
+        };
+        let stored = |source| JobError::Tasks {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let mut decoder =
+            TaskBatchDecoder::new(&self.label, &reader.schema(), &check).map_err(stored)?;
+        for batch in reader {
+            let batch = batch.map_err(arrow_error(path))?;
+            for mut task in decoder.decode(&batch).map_err(stored)? {
+                self.spec.apply(&mut task);
+                if !each(task) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the tasks of `source` whose ids are not in `done` on `engine`, and commits their results
+/// to `store` as they finish (every [`COMMIT_ROWS`] rows or 250 ms), calling `committed` with
+/// each group once it is durable. Without `keep_trajectories` each row's trajectory is dropped
+/// before it is written. `cancel` ends live episodes `cancelled` and writes the tasks not yet
+/// started as `cancelled`. Returns the store once every result is committed.
+pub async fn run_job(
+    engine: &Engine,
+    source: impl TaskSource,
+    done: HashSet<String>,
+    store: ResultStore,
+    keep_trajectories: bool,
+    cancel: CancellationToken,
+    committed: impl FnMut(&[TaskResult]) + Send,
+) -> Result<ResultStore, JobError> {
+    let (task_tx, mut task_rx) = mpsc::channel::<Task>(COMMIT_ROWS);
+    let reader = tokio::task::spawn_blocking(move || {
+        source.each(&mut |task| done.contains(&task.id) || task_tx.blocking_send(task).is_ok())
+    });
+    let tasks = futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx));
+    let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
+    let writer = commit_stream(rx, store, keep_trajectories, committed);
+    let (_, written) = tokio::join!(engine.run(tasks, tx, cancel), writer);
+    let store = written?;
+    reader
+        .await
+        .map_err(|_| JobError::Thread("task reader"))??;
+    Ok(store)
+}

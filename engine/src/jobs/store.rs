@@ -1,0 +1,442 @@
+//! The job store: every job of a data directory, its durable record (manifest), its counts, and
+//! what clients read back (state, progress, counts, result segments).
+//!
+//! Layout of the data directory:
+//! ```text
+//! DIR/incoming/<id>/            an upload in progress; removed at start-up (never acknowledged)
+//! DIR/jobs/<id>/manifest.json   the job's record (spec, task count, state), replaced atomically
+//! DIR/jobs/<id>/tasks.arrow     the accepted tasks as uploaded (Arrow IPC file)
+//! DIR/jobs/<id>/results.parquet.parts/seg-N.parquet   committed results (see io::results)
+//! ```
+//! An upload is written under `incoming/`, fsynced, and renamed into `jobs/` before the client
+//! gets its job id (see [`super::ingest`]): an acknowledged job survives `kill -9`. Results are
+//! committed in segments by the one runner ([`super::runner`]); a restarted server reads the ids
+//! already committed and runs only the other tasks, so every accepted task ends with exactly one
+//! row.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::error::ArrowError;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::runner::{run_job, JobTasks};
+use super::spec::{JobState, Manifest};
+use crate::engine::Engine;
+use crate::io::durable::{fs_error, write_durably, FsError};
+use crate::io::results::{
+    batch_to_results, committed_segments, read_result_batches, ResultStore, StoreError,
+};
+use crate::io::tasks::InputError;
+use crate::report::{Report, Tally};
+use crate::task::Status;
+
+/// Server-wide limits on what clients may send.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest gRPC message (one Flight data message: one record batch) accepted.
+    pub max_message_bytes: usize,
+    /// Most tasks in one job.
+    pub max_tasks_per_job: u64,
+    /// Most accepted tasks without a result yet, over all jobs; a job beyond it is refused until
+    /// others finish.
+    pub max_pending_tasks: u64,
+    /// Largest prompt of one task, in bytes.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_message_bytes: 64 << 20,
+            max_tasks_per_job: 10_000_000,
+            max_pending_tasks: 20_000_000,
+            max_prompt_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Why a job operation failed; the service maps each to a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The client's input is wrong (INVALID_ARGUMENT).
+    #[error("{0}")]
+    Invalid(String),
+    /// A limit would be exceeded (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("no job `{0}`")]
+    NotFound(String),
+    /// The server's own storage failed (INTERNAL), and so do the rest below.
+    #[error("job store: {0}")]
+    Store(#[from] StoreError),
+    #[error("job store: {0}")]
+    Fs(#[from] FsError),
+    #[error("job store: {}: {source}", path.display())]
+    Arrow {
+        path: PathBuf,
+        #[source]
+        source: ArrowError,
+    },
+    #[error("job store: {}: {source}", path.display())]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored task file no longer decodes.
+    #[error("job store: {}: {source}", path.display())]
+    Tasks {
+        path: PathBuf,
+        #[source]
+        source: Box<InputError>,
+    },
+    #[error("job store: the {0} thread failed")]
+    Thread(&'static str),
+}
+
+impl JobError {
+    /// Whether the server (not the client) is at fault.
+    pub fn is_internal(&self) -> bool {
+        !matches!(
+            self,
+            JobError::Invalid(_) | JobError::Exhausted(_) | JobError::NotFound(_)
+        )
+    }
+}
+
+pub(super) fn arrow_error(path: &Path) -> impl FnOnce(ArrowError) -> JobError + '_ {
+    move |source| JobError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One job: its record, its counts, and the token that cancels it.
+pub struct Job {
+    pub id: String,
+    pub(super) dir: PathBuf,
+    pub(super) manifest: Mutex<Manifest>,
+    /// Sums over the committed rows, rebuilt from them after a restart.
+    pub(super) tally: Mutex<Tally>,
+    pub(super) cancel: CancellationToken,
+    /// The last failure of this job's runner (storage trouble); the job resumes on restart.
+    error: Mutex<Option<String>>,
+}
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub state: JobState,
+    /// Results written over tasks accepted, from 0 to 1.
+    pub progress: f64,
+    pub tasks: u64,
+    /// Results written so far.
+    pub rows: u64,
+    /// Rows per status.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Dollars spent on the rows written so far.
+    pub cost_usd: f64,
+    pub created_ms: u64,
+    pub cancel_requested: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Job {
+    pub(super) fn new(id: String, dir: PathBuf, manifest: Manifest) -> Job {
+        Job {
+            id,
+            dir,
+            manifest: Mutex::new(manifest),
+            tally: Mutex::new(Tally::default()),
+            cancel: CancellationToken::new(),
+            error: Mutex::new(None),
+        }
+    }
+
+    fn results_path(&self) -> PathBuf {
+        self.dir.join("results.parquet")
+    }
+
+    pub(super) fn tasks_path(&self) -> PathBuf {
+        self.dir.join("tasks.arrow")
+    }
+
+    pub fn state(&self) -> JobState {
+        self.manifest.lock().state
+    }
+
+    pub fn status(&self) -> JobStatus {
+        let m = self.manifest.lock().clone();
+        let c = self.tally.lock();
+        JobStatus {
+            job_id: self.id.clone(),
+            name: m.spec.name.clone(),
+            state: m.state,
+            progress: if m.tasks == 0 {
+                1.0
+            } else {
+                c.tasks() as f64 / m.tasks as f64
+            },
+            tasks: m.tasks,
+            rows: c.tasks(),
+            counts: Status::ALL
+                .iter()
+                .map(|s| (s.as_str(), c.status(*s)))
+                .collect(),
+            cost_usd: c.cost_usd(),
+            created_ms: m.created_ms,
+            cancel_requested: m.cancel_requested,
+            error: self.error.lock().clone(),
+        }
+    }
+
+    /// The figures of the rows committed so far, over the time since the job was accepted
+    /// (until it ended).
+    pub fn report(&self) -> Report {
+        let m = self.manifest.lock().clone();
+        let end = m.finished_ms.unwrap_or_else(now_ms);
+        let wall_s = end.saturating_sub(m.created_ms) as f64 / 1000.0;
+        self.tally.lock().report(wall_s)
+    }
+
+    /// The committed result segments, in commit order: what a reader may stream now.
+    pub fn result_segments(&self) -> Result<Vec<PathBuf>, JobError> {
+        Ok(committed_segments(&self.results_path())?)
+    }
+
+    /// Asks the job to stop: live episodes end `cancelled`, tasks not started are written
+    /// `cancelled` without running. The request is made durable first. Returns the state, which
+    /// stays `running` until every row is written. Blocking (it fsyncs).
+    pub fn cancel(&self) -> Result<JobState, JobError> {
+        let mut m = self.manifest.lock();
+        if m.state == JobState::Running && !m.cancel_requested {
+            let mut next = m.clone();
+            next.cancel_requested = true;
+            write_manifest(&self.dir, &next)?;
+            *m = next;
+        }
+        if m.state == JobState::Running {
+            self.cancel.cancel();
+        }
+        Ok(m.state)
+    }
+
+    fn finish(&self) -> Result<JobState, JobError> {
+        let mut m = self.manifest.lock();
+        let mut next = m.clone();
+        next.state = if m.cancel_requested {
+            JobState::Cancelled
+        } else {
+            JobState::Done
+        };
+        next.finished_ms = Some(now_ms());
+        write_manifest(&self.dir, &next)?;
+        *m = next;
+        Ok(m.state)
+    }
+}
+
+/// Writes `manifest.json` in `dir` atomically and durably.
+pub(super) fn write_manifest(dir: &Path, m: &Manifest) -> Result<(), JobError> {
+    let tmp = dir.join("manifest.json.tmp");
+    let path = dir.join("manifest.json");
+    let body = serde_json::to_vec_pretty(m).expect("manifests serialise");
+    write_durably::<FsError>(&tmp, &path, dir, |f| {
+        std::io::Write::write_all(f, &body).map_err(fs_error("write", &tmp))
+    })?;
+    Ok(())
+}
+
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Every job of a data directory, and the engine that runs them.
+pub struct Jobs {
+    pub(super) dir: PathBuf,
+    pub(super) engine: Arc<Engine>,
+    pub(super) jobs: RwLock<BTreeMap<String, Arc<Job>>>,
+    /// Accepted tasks without a committed result, over all jobs.
+    pub(super) pending: AtomicU64,
+    pub limits: ServerLimits,
+}
+
+impl Jobs {
+    /// Opens (or creates) the data directory `dir`, drops uploads that were never acknowledged,
+    /// loads every job and resumes the unfinished ones. Must be called inside a tokio runtime.
+    pub fn open(
+        dir: &Path,
+        engine: Arc<Engine>,
+        limits: ServerLimits,
+    ) -> Result<Arc<Jobs>, JobError> {
+        let jobs_dir = dir.join("jobs");
+        let incoming = dir.join("incoming");
+        fs::create_dir_all(&jobs_dir).map_err(fs_error("create directory", &jobs_dir))?;
+        if incoming.exists() {
+            fs::remove_dir_all(&incoming).map_err(fs_error("remove", &incoming))?;
+        }
+        fs::create_dir_all(&incoming).map_err(fs_error("create directory", &incoming))?;
+        let this = Arc::new(Jobs {
+            dir: dir.to_path_buf(),
+            engine,
+            jobs: RwLock::new(BTreeMap::new()),
+            pending: AtomicU64::new(0),
+            limits,
+        });
+        let entries = fs::read_dir(&jobs_dir).map_err(fs_error("list", &jobs_dir))?;
+        let mut resume = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(fs_error("list", &jobs_dir))?.path();
+            let manifest_path = path.join("manifest.json");
+            let text = match fs::read(&manifest_path) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("skipping {}: {e}", path.display());
+                    continue;
+                }
+            };
+            let manifest: Manifest =
+                serde_json::from_slice(&text).map_err(|source| JobError::Manifest {
+                    path: manifest_path.clone(),
+                    source,
+                })?;
+            let job = Arc::new(Job::new(manifest.id.clone(), path, manifest));
+            let mut tally = Tally::default();
+            for segment in job.result_segments()? {
+                for batch in read_result_batches(&segment)? {
+                    let rows =
+                        batch_to_results(&batch?).map_err(|source| StoreError::NotResults {
+                            path: segment.clone(),
+                            source,
+                        })?;
+                    rows.iter().for_each(|r| tally.add(r));
+                }
+            }
+            let m = job.manifest.lock().clone();
+            if m.state == JobState::Running {
+                this.pending
+                    .fetch_add(m.tasks.saturating_sub(tally.tasks()), Ordering::Relaxed);
+                resume.push(job.clone());
+            }
+            *job.tally.lock() = tally;
+            this.jobs.write().insert(job.id.clone(), job);
+        }
+        for job in resume {
+            tokio::spawn(this.clone().run(job));
+        }
+        Ok(this)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Job>, JobError> {
+        self.jobs
+            .read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| JobError::NotFound(id.to_string()))
+    }
+
+    /// Every job, oldest first (ids are time-ordered).
+    pub fn list(&self) -> Vec<Arc<Job>> {
+        self.jobs.read().values().cloned().collect()
+    }
+
+    /// Tasks accepted and not finished, over all jobs.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Refuses when `more` tasks on top of those pending would pass `max_pending_tasks`.
+    pub(super) fn check_room(&self, more: u64) -> Result<(), JobError> {
+        let pending = self.pending();
+        let max = self.limits.max_pending_tasks;
+        if pending + more > max || (more == 0 && pending >= max) {
+            return Err(JobError::Exhausted(format!(
+                "the server has {pending} unfinished tasks and takes at most {max} \
+                 (--max-pending-tasks); submit again when some jobs have finished"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drives a job to its end; a storage failure is recorded on the job (which then resumes
+    /// on the next start).
+    pub(super) async fn run(self: Arc<Self>, job: Arc<Job>) {
+        if let Err(e) = self.drive(&job).await {
+            tracing::error!("job {}: {e}", job.id);
+            *job.error.lock() = Some(e.to_string());
+        }
+    }
+
+    /// The job's tasks through [`run_job`], its counts updated with each commit, then its
+    /// manifest marked finished.
+    async fn drive(&self, job: &Arc<Job>) -> Result<(), JobError> {
+        let out = job.results_path();
+        let (store, done) = tokio::task::spawn_blocking(move || ResultStore::open(&out, true))
+            .await
+            .expect("opening the store does not panic")?;
+        let spec = job.manifest.lock().spec.clone();
+        let keep = spec.keep_trajectories();
+        let tasks = JobTasks {
+            path: job.tasks_path(),
+            label: format!("job {}", job.id),
+            engine: self.engine.clone(),
+            spec,
+        };
+        let committed = {
+            let job = job.clone();
+            let pending = &self.pending;
+            move |rows: &[crate::task::TaskResult]| {
+                let mut tally = job.tally.lock();
+                rows.iter().for_each(|r| tally.add(r));
+                pending.fetch_sub(rows.len() as u64, Ordering::Relaxed);
+            }
+        };
+        run_job(
+            &self.engine,
+            tasks,
+            done,
+            store,
+            keep,
+            job.cancel.clone(),
+            committed,
+        )
+        .await?;
+        let finished = job.clone();
+        let state = tokio::task::spawn_blocking(move || finished.finish())
+            .await
+            .expect("writing a manifest does not panic")?;
+        let report = job.report();
+        let statuses: Vec<String> = report
+            .statuses
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        tracing::info!(
+            "job {} {}: {} rows ({}) in {:.1} s, ${:.4}",
+            job.id,
+            state.as_str(),
+            report.tasks,
+            statuses.join(", "),
+            report.wall_s,
+            report.cost_usd
+        );
+        Ok(())
+    }
+}
