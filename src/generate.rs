@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tutti_engine::model::{argmax_rows, Model, SeqStep};
+use tutti_model::{argmax_rows, Model, SeqStep};
 
 #[derive(Args)]
 pub struct GenerateArgs {

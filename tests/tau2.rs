@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tutti_engine::io::results::read_results;
-use tutti_engine::model::testing::{tiny_gguf, TinyConfig};
 use tutti_engine::{Status, TaskResult};
+use tutti_model::testing::{tiny_gguf, TinyConfig};
 
 /// Whether τ² and openenv-core are importable; in CI they must be.
 fn tau2_installed() -> bool {

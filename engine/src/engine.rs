@@ -19,10 +19,10 @@ use crate::config::Config;
 use crate::environment::{EnvClient, SessionCounts};
 use crate::episode::{run_episode, Cancel, EnvSetup, EpisodeEnv, DEFAULT_USER_PROMPT};
 use crate::executor;
-use crate::executor::native::{NativeModels, RuntimeLimits};
 use crate::ledger::{Ledger, LedgerSummary, Pricing, TaskLedger};
-use crate::scheduler::SchedulerStats;
 use crate::task::{Status, Task, TaskResult};
+use tutti_model::runtime::NativeModels;
+use tutti_model::scheduler::SchedulerStats;
 
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +112,7 @@ impl Engine {
         let mut coalescers = Vec::with_capacity(cfg.backends.len());
         let mut request_params = Vec::with_capacity(cfg.backends.len());
         let mut models = NativeModels::default();
-        let limits = RuntimeLimits::from_config(cfg);
+        let limits = crate::executor::native::runtime_limits(cfg);
         for (i, b) in cfg.backends.iter().enumerate() {
             let native = backend::NativeSource {
                 models: &mut models,
@@ -268,7 +268,7 @@ impl Engine {
     }
 
     /// The in-process model's counters, when the orchestrator is native.
-    pub fn native_stats(&self) -> Option<&crate::executor::native::runner::NativeStats> {
+    pub fn native_stats(&self) -> Option<&tutti_model::runtime::runner::NativeStats> {
         self.env.executor.native_stats()
     }
 

@@ -19,9 +19,9 @@ use crate::catalog::Catalog;
 use crate::coalesce::Coalescer;
 use crate::environment::{observation_text, EnvClient, EnvError, Step};
 use crate::executor::{Executor, TurnView};
-use crate::hermes;
 use crate::ledger::{Ledger, Pricing, TaskLedger};
 use crate::task::{grade, Action, CallRecord, Message, Role, Status, Task, TaskResult};
+use tutti_model::hermes;
 
 /// Everything an episode needs, shared by all episodes of an engine.
 pub(crate) struct EpisodeEnv {

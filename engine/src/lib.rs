@@ -18,16 +18,13 @@ mod episode;
 pub mod error;
 pub mod executor;
 pub mod flight;
-pub mod hermes;
 pub mod io;
 pub mod jobs;
 pub mod ledger;
 pub mod limits;
-pub mod model;
 pub mod policy;
 pub mod preflight;
 pub mod report;
-pub mod scheduler;
 pub mod task;
 
 pub use config::Config;

@@ -6,9 +6,6 @@
 //! samples with the CPU kernels. The native model's grammar-constrained head (a later issue)
 //! produces its base scores from the model; the sim executor from its config.
 
-pub mod functions;
-pub mod grammar;
-
 use tutti_kernels::{sample_index, softmax_inplace};
 
 use crate::catalog::{Catalog, Preference};

@@ -111,17 +111,17 @@ pub struct Action {
     pub alias: String,
 }
 
-pub use crate::hermes::ParseError;
+pub use tutti_model::hermes::ParseError;
 
 impl Action {
     /// Parses the first Hermes call in a reply as a ToolOrchestra action, whose one argument
     /// `model` is an alias: `<tool_call>{"name": "answer", "arguments": {"model": "answer-math-2"}}</tool_call>`.
     pub fn parse_hermes(text: &str) -> Result<Action, ParseError> {
-        Action::from_call(crate::hermes::parse(text)?)
+        Action::from_call(tutti_model::hermes::parse(text)?)
     }
 
     /// The ToolOrchestra action a parsed call names.
-    pub fn from_call(call: crate::hermes::ToolCall) -> Result<Action, ParseError> {
+    pub fn from_call(call: tutti_model::hermes::ToolCall) -> Result<Action, ParseError> {
         match call.arguments.get("model") {
             Some(serde_json::Value::String(alias)) if !alias.is_empty() => Ok(Action {
                 tool: call.name,
@@ -133,7 +133,7 @@ impl Action {
 
     /// Renders the action as the Hermes text an orchestrator emits.
     pub fn to_hermes(&self) -> String {
-        crate::hermes::model_call_text(&self.tool, &self.alias)
+        tutti_model::hermes::model_call_text(&self.tool, &self.alias)
     }
 }
 

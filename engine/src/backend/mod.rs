@@ -18,8 +18,8 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crate::config::{BackendConfig, BackendSettings, SimulationConfig};
-use crate::executor::native::{NativeModels, RuntimeLimits};
 use crate::ledger::Ledger;
+use tutti_model::runtime::{NativeModels, RuntimeLimits};
 
 /// One call to a backend: the chosen model is asked to do `tool` on `prompt`.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::{Backend, BackendError, BatchItem, Request, Response};
 use crate::config::ModelBackendConfig;
-use crate::executor::native::runner::{NativeInput, Sampling};
-use crate::executor::native::{NativeRuntime, PromptRenderer};
+use tutti_model::runtime::runner::{NativeInput, Sampling};
+use tutti_model::runtime::{NativeRuntime, PromptRenderer};
 
 pub struct NativeBackend {
     name: Arc<str>,

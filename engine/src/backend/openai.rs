@@ -18,6 +18,7 @@ use super::{Backend, BackendError, BatchItem, Request, Response};
 use crate::config::{OpenAiApi, OpenAiBackendConfig};
 use crate::ledger::Ledger;
 use crate::limits::{estimate_tokens, RateLimits};
+use tutti_model::chat_template::ChatTemplate;
 
 /// Backoff never waits longer than this between two tries, whatever Retry-After says.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -171,41 +172,6 @@ impl OpenAiClient {
             backend: self.name.clone(),
             message,
         }
-    }
-}
-
-/// A chat template for the `completions` api, rendered client-side.
-pub struct ChatTemplate {
-    env: minijinja::Environment<'static>,
-}
-
-impl ChatTemplate {
-    pub fn new(source: &str) -> Result<ChatTemplate, String> {
-        let mut env = minijinja::Environment::new();
-        env.add_template_owned("chat", source.to_string())
-            .map_err(|e| format!("chat_template does not parse: {e}"))?;
-        Ok(ChatTemplate { env })
-    }
-
-    fn render(&self, prompt: &str) -> Result<String, String> {
-        self.render_messages(&[json!({"role": "user", "content": prompt})])
-    }
-
-    /// Renders a conversation (`role`/`content` objects) with the generation prompt added.
-    pub fn render_messages(&self, messages: &[Value]) -> Result<String, String> {
-        self.render_conversation(messages, true)
-    }
-
-    /// Renders a conversation, with or without the generation prompt.
-    pub fn render_conversation(
-        &self,
-        messages: &[Value],
-        add_generation_prompt: bool,
-    ) -> Result<String, String> {
-        self.env
-            .get_template("chat")
-            .and_then(|t| t.render(minijinja::context! { messages, add_generation_prompt }))
-            .map_err(|e| format!("chat_template failed to render: {e}"))
     }
 }
 

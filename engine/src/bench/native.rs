@@ -25,10 +25,10 @@ use rand::SeedableRng;
 use crate::catalog::Catalog;
 use crate::config::{BackendSettings, Config};
 use crate::engine::{Engine, EngineOptions};
-use crate::executor::native::runner::Sampling;
-use crate::model::{argmax_rows, KvCache, Model, Rows, SeqStep, Tokenizer};
-use crate::policy::grammar::{CallGrammar, CallHead, CallPolicy};
 use crate::task::Task;
+use tutti_model::head::{CallHead, CallPolicy};
+use tutti_model::runtime::runner::Sampling;
+use tutti_model::{argmax_rows, KvCache, Model, Rows, SeqStep, Tokenizer};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -184,10 +184,10 @@ fn prefill(model: &Model, tok: &Tokenizer, len: usize) -> anyhow::Result<f64> {
 fn tool_decision(model: &Model, tok: &Tokenizer) -> anyhow::Result<ToolDecisionReport> {
     let cfg: Config = super::profile("default").expect("bundled");
     let catalog = Catalog::new(&cfg);
-    let grammar = Arc::new(CallGrammar::new(&catalog, tok));
+    let grammar = Arc::new(crate::executor::native::catalog_grammar(&catalog, tok));
     let policy = Arc::new(CallPolicy::new(
         grammar,
-        &catalog.preference(&[]),
+        &catalog.preference(&[]).bias,
         f64::INFINITY,
         0,
     ));
@@ -219,7 +219,7 @@ fn tool_decision(model: &Model, tok: &Tokenizer) -> anyhow::Result<ToolDecisionR
     let (mut tokens, mut grammar_ms) = (Vec::new(), Vec::new());
     let (mut rows_per_call, mut max_rows) = (0u64, 0u64);
     while head.chosen().is_none() && tokens.len() < 256 {
-        let crate::policy::grammar::Next::Only(ids) = head.rows() else {
+        let tutti_model::head::Next::Only(ids) = head.rows() else {
             anyhow::bail!("the catalog's call opens at once, under the grammar");
         };
         let ids = ids.to_vec();

@@ -15,8 +15,8 @@ use futures::future::BoxFuture;
 
 use crate::catalog::{Catalog, Preference};
 use crate::config::{Config, ExecutorKind};
-use crate::scheduler::SchedulerStats;
 use crate::task::{Message, Role, Task};
+use tutti_model::scheduler::SchedulerStats;
 
 /// What an executor sees of an episode when asked for the next turn.
 pub struct TurnView<'a> {
@@ -63,7 +63,7 @@ pub trait Executor: Send + Sync {
         None
     }
     /// The in-process model's counters, for the native executor.
-    fn native_stats(&self) -> Option<&native::runner::NativeStats> {
+    fn native_stats(&self) -> Option<&tutti_model::runtime::runner::NativeStats> {
         None
     }
 }
@@ -105,7 +105,7 @@ pub(crate) fn preference_text(preference: &[(String, f64)]) -> String {
 pub fn build(
     cfg: &Config,
     catalog: Arc<Catalog>,
-    models: &mut native::NativeModels,
+    models: &mut tutti_model::runtime::NativeModels,
 ) -> Result<Arc<dyn Executor>, ExecError> {
     match cfg.orchestrator.executor {
         ExecutorKind::Sim => Ok(Arc::new(sim::SimExecutor::start(cfg, catalog))),

@@ -20,10 +20,11 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::{Decision, ExecError, Executor, TurnView};
-use crate::backend::openai::{resolve_endpoint, usage, ChatTemplate, OpenAiClient};
+use crate::backend::openai::{resolve_endpoint, usage, OpenAiClient};
 use crate::catalog::Catalog;
 use crate::config::{Config, OpenAiApi, PromptStrategy};
 use crate::task::{Action, Role};
+use tutti_model::chat_template::ChatTemplate;
 
 pub struct OpenAiExecutor {
     strategy: PromptStrategy,
@@ -106,7 +107,7 @@ impl OpenAiExecutor {
         let mut system = if view.functions.is_empty() {
             self.system.clone()
         } else {
-            crate::hermes::tools_prompt(&self.functions(view))
+            tutti_model::hermes::tools_prompt(&self.functions(view))
         };
         if !view.task.preference.is_empty() {
             system.push_str(&format!(
@@ -161,7 +162,7 @@ impl OpenAiExecutor {
         if !view.functions.is_empty() && self.use_grammar {
             let functions = self.functions(&view);
             let names = functions.iter().filter_map(|f| f["name"].as_str());
-            body["grammar"] = json!(crate::hermes::gbnf_functions(names));
+            body["grammar"] = json!(tutti_model::hermes::gbnf_functions(names));
         } else if let Some(g) = &self.grammar {
             body["grammar"] = json!(g);
         }
@@ -260,11 +261,15 @@ fn toolorchestra_prompt(view: &TurnView<'_>, part_chars: usize) -> String {
 fn tool_call_text(function: &Value) -> String {
     match function
         .as_object()
-        .map(|f| crate::hermes::from_object(f.clone()))
+        .map(|f| tutti_model::hermes::from_object(f.clone()))
     {
         Some(Ok(call)) => call.text(),
         // Left for the episode to report: its parser says what is wrong.
-        _ => format!("{}{function}{}", crate::hermes::OPEN, crate::hermes::CLOSE),
+        _ => format!(
+            "{}{function}{}",
+            tutti_model::hermes::OPEN,
+            tutti_model::hermes::CLOSE
+        ),
     }
 }
 
@@ -307,17 +312,17 @@ pub(crate) fn system_prompt(catalog: &Catalog) -> String {
         .collect();
     format!(
         "You are good at using tools.\n\n{}",
-        crate::hermes::tools_prompt(&functions)
+        tutti_model::hermes::tools_prompt(&functions)
     )
 }
 
 /// A GBNF grammar admitting exactly the Hermes calls of the catalog, in their one spelling.
 pub fn tool_call_grammar(catalog: &Catalog) -> String {
-    crate::hermes::gbnf(
+    tutti_model::hermes::gbnf(
         catalog
             .actions
             .iter()
-            .map(|a| crate::hermes::model_call_text(&a.tool_name, &a.alias)),
+            .map(|a| tutti_model::hermes::model_call_text(&a.tool_name, &a.alias)),
     )
 }
 

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Decision, ExecError, Executor, TurnView};
-use crate::hermes::{self, ToolCall};
+use tutti_model::hermes::{self, ToolCall};
 
 /// Reads a task's `replay` column: every entry must be a call object.
 pub fn parse_calls(text: &str) -> Result<Vec<ToolCall>, String> {

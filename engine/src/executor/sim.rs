@@ -20,8 +20,10 @@ use crate::backend::sim::{stable_hash, LogNormalDist};
 use crate::catalog::{Catalog, Preference};
 use crate::config::{Config, SimExecutorConfig};
 use crate::policy;
-use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats, StepItem, StepRunner};
 use crate::task::Action;
+use tutti_model::scheduler::{
+    self, BatchLimits, SchedulerHandle, SchedulerStats, StepItem, StepRunner,
+};
 
 /// Sleeps shorter than this are deferred and summed, since the OS cannot sleep that precisely.
 const MIN_SLEEP: Duration = Duration::from_millis(1);

@@ -11,24 +11,24 @@
 //! system turn, identical for every task, is a prefix shared by reference.
 //!
 //! Every turn ends with a valid call of the catalog: the policy head
-//! ([`crate::policy::grammar`]) lets the model write up to `max_tokens` of free text, then
+//! ([`tutti_model::head`]) lets the model write up to `max_tokens` of free text, then
 //! constrains it to the catalog's calls (shaped by the task's preference, masked by its
 //! remaining budget) from the moment it opens `<tool_call>`, ends its turn, or runs out of
 //! free tokens.
 //!
 //! With an environment, the turn's calls are the environment's functions (and the user tool)
 //! instead: the system turn lists them (Hermes' `<tools>`), and the head holds the call to
-//! their JSON schemas with llguidance ([`crate::policy::functions`]). Each distinct tool list
+//! their JSON schemas with llguidance ([`tutti_model::head::functions`]). Each distinct tool list
 //! is compiled once. An episode's problem (an environment's instructions, e.g. τ²'s domain
 //! policy) joins the shared prefix, so it is prefilled once for all the tasks that bring it.
 
-pub mod runner;
+#[cfg(test)]
+mod head_tests;
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use lru::LruCache;
 use parking_lot::Mutex;
@@ -37,196 +37,41 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Decision, ExecError, Executor, TurnView};
-use crate::backend::openai::ChatTemplate;
 use crate::backend::sim::stable_hash;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::model::{Model, Tokenizer};
-use crate::policy::functions::{FunctionGrammar, FunctionLimits, Vocabulary};
-use crate::policy::grammar::{CallGrammar, CallPolicy};
-use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
-use runner::{NativeInput, NativeOutput, NativeRunner, NativeStats, Sampling};
+use tutti_model::head::functions::{FunctionGrammar, FunctionLimits, Vocabulary};
+use tutti_model::head::{CallGrammar, CallPolicy, CatalogCall};
+use tutti_model::runtime::runner::{NativeInput, NativeStats, Sampling};
+use tutti_model::runtime::{
+    NativeModels, NativeRuntime, PromptRenderer, RuntimeLimits, DEFAULT_KV_CACHE_BYTES,
+};
+use tutti_model::scheduler::{BatchLimits, SchedulerStats};
+use tutti_model::Tokenizer;
 
-/// KV memory of a native runtime when the config sets no `kv_cache_bytes`.
-pub const DEFAULT_KV_CACHE_BYTES: u64 = 1 << 30;
-
-/// The batching limits of a runtime, from `[orchestrator]`.
-#[derive(Debug, Clone, Copy)]
-pub struct RuntimeLimits {
-    pub batch: BatchLimits,
-    pub kv_cache_bytes: u64,
-}
-
-impl RuntimeLimits {
-    pub fn from_config(cfg: &Config) -> RuntimeLimits {
-        let o = &cfg.orchestrator;
-        RuntimeLimits {
-            batch: BatchLimits {
-                max_seqs: o.max_seqs,
-                max_batched_tokens: o.max_batched_tokens,
-            },
-            kv_cache_bytes: o.kv_cache_bytes.unwrap_or(DEFAULT_KV_CACHE_BYTES),
-        }
+/// The batching limits of a native runtime, from `[orchestrator]`.
+pub fn runtime_limits(cfg: &Config) -> RuntimeLimits {
+    let o = &cfg.orchestrator;
+    RuntimeLimits {
+        batch: BatchLimits {
+            max_seqs: o.max_seqs,
+            max_batched_tokens: o.max_batched_tokens,
+        },
+        kv_cache_bytes: o.kv_cache_bytes.unwrap_or(DEFAULT_KV_CACHE_BYTES),
     }
 }
 
-/// One model in-process behind its own continuous-batching scheduler.
-pub struct NativeRuntime {
-    handle: SchedulerHandle<NativeRunner>,
-    tokenizer: Arc<Tokenizer>,
-    stats: Arc<NativeStats>,
-    _thread: JoinHandle<NativeRunner>,
-}
-
-impl NativeRuntime {
-    /// Starts a runtime around a loaded model.
-    pub fn start(model: Model, tokenizer: Tokenizer, limits: RuntimeLimits) -> Arc<NativeRuntime> {
-        let tokenizer = Arc::new(tokenizer);
-        let stats = Arc::new(NativeStats::default());
-        let runner = NativeRunner::new(
-            Arc::new(model),
-            tokenizer.clone(),
-            limits.kv_cache_bytes,
-            limits.batch.max_batched_tokens,
-            stats.clone(),
-        );
-        let (handle, thread) = scheduler::spawn(runner, limits.batch);
-        Arc::new(NativeRuntime {
-            handle,
-            tokenizer,
-            stats,
-            _thread: thread,
+/// The policy head's grammar of `catalog`'s calls over `tokenizer`'s vocabulary.
+pub fn catalog_grammar(catalog: &Catalog, tokenizer: &Tokenizer) -> CallGrammar {
+    let calls: Vec<CatalogCall> = catalog
+        .actions
+        .iter()
+        .map(|a| CatalogCall {
+            text: tutti_model::hermes::model_call_text(&a.tool_name, &a.alias),
+            expected_cost_usd: a.expected_cost_usd,
         })
-    }
-
-    /// Loads a GGUF file and starts a runtime on it.
-    pub fn load(path: &Path, limits: RuntimeLimits) -> Result<Arc<NativeRuntime>, String> {
-        let (model, tokenizer) =
-            Model::load(path).map_err(|e| format!("cannot load {}: {e:#}", path.display()))?;
-        Ok(Self::start(model, tokenizer, limits))
-    }
-
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    pub fn stats(&self) -> &NativeStats {
-        &self.stats
-    }
-
-    pub fn scheduler_stats(&self) -> &SchedulerStats {
-        self.handle.stats()
-    }
-
-    /// A new sequence.
-    pub fn open(&self) -> u64 {
-        self.handle.open()
-    }
-
-    /// Runs one turn of sequence `seq` (its cache is kept for the next turn).
-    pub async fn turn(&self, seq: u64, input: NativeInput) -> NativeOutput {
-        self.handle
-            .turn(seq, input)
-            .await
-            .map_err(|e| e.to_string())?
-    }
-
-    /// The sequence is done; its cache goes.
-    pub fn release(&self, seq: u64) {
-        self.handle.release(seq);
-    }
-
-    /// One completion on a fresh sequence, released afterwards.
-    pub async fn complete(&self, input: NativeInput) -> NativeOutput {
-        let seq = self.open();
-        let out = self.turn(seq, input).await;
-        self.release(seq);
-        out
-    }
-}
-
-/// The runtimes of an engine, one per model file: the executor and `native` backends naming the
-/// same file share it.
-#[derive(Default)]
-pub struct NativeModels {
-    loaded: Vec<(PathBuf, Arc<NativeRuntime>)>,
-}
-
-impl NativeModels {
-    /// The runtime of `path`, loading it on first use.
-    pub fn get(
-        &mut self,
-        path: &Path,
-        limits: RuntimeLimits,
-    ) -> Result<Arc<NativeRuntime>, String> {
-        let canonical = std::fs::canonicalize(path).map_err(|e| {
-            format!(
-                "model file {}: {e} (scripts/setup-model.sh installs the reference model)",
-                path.display()
-            )
-        })?;
-        if let Some((_, r)) = self.loaded.iter().find(|(p, _)| *p == canonical) {
-            return Ok(r.clone());
-        }
-        let r = NativeRuntime::load(&canonical, limits)?;
-        self.loaded.push((canonical, r.clone()));
-        Ok(r)
-    }
-
-    /// Registers an already started runtime under `path` (tests build models in memory).
-    pub fn insert(&mut self, path: PathBuf, runtime: Arc<NativeRuntime>) {
-        self.loaded.push((path, runtime));
-    }
-
-    /// Every runtime, for reports.
-    pub fn runtimes(&self) -> impl Iterator<Item = &Arc<NativeRuntime>> {
-        self.loaded.iter().map(|(_, r)| r)
-    }
-}
-
-/// Renders a conversation with a chat template and tokenizes it, with the first message's
-/// turn as a prefix shared by every conversation that starts the same way.
-pub struct PromptRenderer {
-    template: ChatTemplate,
-}
-
-impl PromptRenderer {
-    /// The template of the config, else the one in the model file.
-    pub fn new(configured: Option<&str>, tokenizer: &Tokenizer, who: &str) -> Result<Self, String> {
-        let source = configured.or(tokenizer.chat_template()).ok_or_else(|| {
-            format!(
-                "{who}: the model file has no chat template (tokenizer.chat_template); \
-                 set `chat_template` in the config"
-            )
-        })?;
-        Ok(PromptRenderer {
-            template: ChatTemplate::new(source)?,
-        })
-    }
-
-    /// The tokens of `messages` with the generation prompt, and how many of them are the
-    /// shared prefix (the rendering of `messages[..shared_messages]` alone; 0 when it is not a
-    /// prefix of the whole).
-    pub fn tokens(
-        &self,
-        tokenizer: &Tokenizer,
-        messages: &[Value],
-        shared_messages: usize,
-    ) -> Result<(Vec<u32>, usize), String> {
-        let text = self.template.render_messages(messages)?;
-        if shared_messages > 0 {
-            let head = self
-                .template
-                .render_conversation(&messages[..shared_messages], false)?;
-            if let Some(rest) = text.strip_prefix(head.as_str()) {
-                let mut tokens = tokenizer.encode(&head, true, true);
-                let shared = tokens.len();
-                tokens.extend(tokenizer.encode(rest, false, true));
-                return Ok((tokens, shared));
-            }
-        }
-        Ok((tokenizer.encode(&text, true, true), 0))
-    }
+        .collect();
+    CallGrammar::new(&calls, crate::policy::cheapest_answer(catalog), tokenizer)
 }
 
 pub struct NativeExecutor {
@@ -269,7 +114,7 @@ impl NativeExecutor {
             ExecError("the native executor needs `orchestrator.model`, a GGUF file".into())
         })?;
         let runtime = models
-            .get(Path::new(path), RuntimeLimits::from_config(cfg))
+            .get(Path::new(path), runtime_limits(cfg))
             .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
         let prompt = PromptRenderer::new(
             o.chat_template.as_deref(),
@@ -280,7 +125,7 @@ impl NativeExecutor {
         let grammar = match cfg.environment {
             Some(_) => None,
             None => {
-                let grammar = CallGrammar::new(&catalog, runtime.tokenizer());
+                let grammar = catalog_grammar(&catalog, runtime.tokenizer());
                 if !grammar.spellable() {
                     return Err(ExecError(format!(
                         "orchestrator: the vocabulary of {path} cannot spell every tool call of \
@@ -342,7 +187,7 @@ impl NativeExecutor {
             .functions(functions, *limits)
             .map_err(|e| ExecError(format!("the environment's tools: {e}")))?;
         let list = Arc::new(ToolList {
-            system: crate::hermes::tools_prompt(functions),
+            system: tutti_model::hermes::tools_prompt(functions),
             grammar: Arc::new(grammar),
         });
         self.tool_lists.lock().put(key, list.clone());
@@ -384,8 +229,12 @@ impl NativeExecutor {
             let grammar = self.grammar.clone().ok_or_else(|| {
                 ExecError("a turn without the environment's tools under an [environment]".into())
             })?;
-            let policy =
-                CallPolicy::new(grammar, view.preference, view.remaining_usd, self.max_new);
+            let policy = CallPolicy::new(
+                grammar,
+                &view.preference.bias,
+                view.remaining_usd,
+                self.max_new,
+            );
             (self.messages(&self.system, &view), policy)
         } else {
             let list = self.tool_list(view.functions)?;

@@ -5,8 +5,8 @@ mod common;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use std::io::Cursor;
-use tutti_engine::model::testing::{tiny_gguf, tiny_model, TinyConfig};
-use tutti_engine::model::Tokenizer;
+use tutti_model::testing::{tiny_gguf, tiny_model, TinyConfig};
+use tutti_model::Tokenizer;
 
 #[test]
 fn gemma3_reference_prompt() {

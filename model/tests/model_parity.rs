@@ -4,8 +4,8 @@
 
 mod common;
 
-use tutti_engine::model::testing::{tiny_model, TinyConfig};
-use tutti_engine::model::{Model, SeqStep};
+use tutti_model::testing::{tiny_model, TinyConfig};
+use tutti_model::{Model, SeqStep};
 
 /// Logits of every position of `tokens`, run alone and one token per step.
 fn one_at_a_time(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -186,7 +186,7 @@ fn truncate_and_recompute_gives_same_logits() {
 #[test]
 fn continuing_a_shared_prefix_gives_the_same_logits() {
     use std::sync::Arc;
-    use tutti_engine::model::KvCache;
+    use tutti_model::KvCache;
     for cfg in [TinyConfig::gemma3(), TinyConfig::qwen3()] {
         let (model, _) = tiny_model(&cfg).unwrap();
         let seqs = sequences(&[9, 6, 4], model.info().vocab, 4);

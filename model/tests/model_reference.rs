@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::D;
 use std::time::Instant;
-use tutti_engine::model::{argmax_rows, LoadOptions, Model, SeqStep, Tokenizer};
+use tutti_model::{argmax_rows, LoadOptions, Model, SeqStep, Tokenizer};
 
 const PROMPT: &str = "The capital of France is";
 /// llama.cpp's greedy completion (24 tokens) as text.

@@ -13,6 +13,7 @@
 mod bpe;
 mod spm;
 
+#[cfg(any(test, feature = "testing"))]
 pub(crate) use bpe::byte_to_char;
 
 use anyhow::{bail, Context, Result};

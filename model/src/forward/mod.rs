@@ -1,4 +1,4 @@
-//! Native model runtime: GGUF loading, tokenizers and batched forward passes on candle.
+//! The forward pass: GGUF loading and batched steps on candle.
 //!
 //! A [`Model`] runs *selectively batched* steps: each step takes any mix of sequences, each
 //! with one or more new tokens (a prefill chunk or a single decode token) and its own
@@ -12,12 +12,11 @@ mod kv_cache;
 mod ops;
 mod qmatmul;
 mod qwen3;
-pub mod testing;
-pub mod tokenizer;
 
 pub use kv_cache::KvCache;
 pub use ops::argmax_rows;
-pub use tokenizer::Tokenizer;
+
+use crate::tokenizer::Tokenizer;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file;

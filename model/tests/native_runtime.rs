@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tutti_engine::executor::native::runner::{NativeInput, Sampling};
-use tutti_engine::executor::native::{NativeRuntime, RuntimeLimits};
-use tutti_engine::model::testing::{tiny_model, TinyConfig};
-use tutti_engine::scheduler::BatchLimits;
+use tutti_model::runtime::runner::{NativeInput, Sampling};
+use tutti_model::runtime::{NativeRuntime, RuntimeLimits};
+use tutti_model::scheduler::BatchLimits;
+use tutti_model::testing::{tiny_model, TinyConfig};
 
 /// Episodes of `turns` turns: each turn's context is the last one's, the text it generated
 /// (re-tokenized) and a few "tool result" tokens; between turns the episode waits, as on a

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use tutti_engine::model::{Model, Tokenizer};
+use tutti_model::{Model, Tokenizer};
 
 /// Path of the reference Gemma 3 270M file (override with `TUTTI_GEMMA3_GGUF`).
 pub fn reference_path() -> PathBuf {

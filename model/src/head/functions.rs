@@ -21,7 +21,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 
 use crate::hermes::{CLOSE, OPEN};
-use crate::model::Tokenizer;
+use crate::Tokenizer;
 
 /// How long a function call may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

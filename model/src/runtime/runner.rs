@@ -26,9 +26,9 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::model::{KvCache, Model, Rows, SeqStep, Tokenizer};
-use crate::policy::grammar::{sample_token, CallHead, CallPolicy, Next};
+use crate::head::{sample_token, CallHead, CallPolicy, Next};
 use crate::scheduler::{StepItem, StepRunner};
+use crate::{KvCache, Model, Rows, SeqStep, Tokenizer};
 
 /// How a turn picks its tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
