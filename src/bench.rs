@@ -75,12 +75,12 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
     }
     let mut cfg = match &args.config {
         Some(p) => tutti_engine::Config::load(p)?,
-        None => match bench::profile(&args.profile) {
+        None => match tutti_engine::config::bundled(&args.profile) {
             Some(c) => c,
             None => bail!(
                 "unknown profile `{}`; the profiles are: {}",
                 args.profile,
-                bench::PROFILES
+                tutti_engine::config::PROFILES
                     .iter()
                     .map(|p| p.0)
                     .collect::<Vec<_>>()
@@ -191,7 +191,7 @@ fn print_report(r: &BenchReport) {
 fn ingest(args: &BenchArgs) -> Result<ExitCode> {
     let cfg = match &args.config {
         Some(p) => tutti_engine::Config::load(p)?,
-        None => bench::profile("control-plane").expect("bundled"),
+        None => tutti_engine::config::bundled("control-plane").expect("bundled"),
     };
     let catalog = tutti_engine::catalog::Catalog::new(&cfg);
     let workload = WorkloadSpec {

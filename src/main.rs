@@ -133,7 +133,7 @@ fn main() -> ExitCode {
 fn load_config(path: Option<&PathBuf>, default_profile: &str) -> Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
-        None => tutti_engine::bench::profile(default_profile)
+        None => tutti_engine::config::bundled(default_profile)
             .with_context(|| format!("no bundled profile `{default_profile}`")),
     }
 }

@@ -180,7 +180,7 @@ impl Coalescer {
         };
         let key = (cacheable || self.ledger.counts_distinct()).then(|| request.key(&self.name));
         if let Some(k) = key {
-            self.ledger.record_request_key(k);
+            self.ledger.record_request_key(k.0);
         }
         key.filter(|_| cacheable)
     }

@@ -187,7 +187,7 @@ impl EnvClient {
         let base = crate::backend::openai::resolve_endpoint(
             cfg.endpoint.as_deref(),
             cfg.endpoint_env.as_deref(),
-            crate::backend::openai::HTTP_OR_WS,
+            crate::config::HTTP_OR_WS,
         )?;
         let base = base.trim_end_matches('/');
         let url = if let Some(rest) = base.strip_prefix("http://") {

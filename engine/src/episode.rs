@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::sim::stable_hash;
 use crate::backend::{BackendError, Request, Response};
 use crate::catalog::Catalog;
 use crate::coalesce::Coalescer;
 use crate::environment::{observation_text, EnvClient, EnvError, Step};
 use crate::executor::{Executor, TurnView};
 use crate::ledger::{Ledger, Pricing, TaskLedger};
+use crate::task::stable_hash;
 use crate::task::{grade, Action, CallRecord, Message, Role, Status, Task, TaskResult};
 use tutti_model::hermes;
 

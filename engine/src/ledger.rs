@@ -10,7 +10,6 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::backend::CacheKey;
 use crate::task::{CallRecord, Status};
 
 /// How a call was served. Every call that got an answer is exactly one of these.
@@ -157,7 +156,7 @@ pub struct Ledger {
     /// The distinct request keys of every call made, when counted (benchmarks): what the cache
     /// promises is that cacheable calls are billed once per distinct request. Off by default, as it
     /// grows with the job.
-    distinct: Option<Mutex<HashSet<CacheKey>>>,
+    distinct: Option<Mutex<HashSet<u128>>>,
     failed_calls: AtomicU64,
     cost_usd: AtomicF64,
     saved_usd: AtomicF64,
@@ -201,7 +200,7 @@ impl Ledger {
     }
 
     /// A call was made with this request key (counted only when [`Ledger::counts_distinct`]).
-    pub fn record_request_key(&self, key: CacheKey) {
+    pub fn record_request_key(&self, key: u128) {
         if let Some(d) = &self.distinct {
             d.lock().insert(key);
         }
@@ -460,11 +459,11 @@ mod tests {
         let l = Ledger::with_distinct(&["gpt-5".into()], true);
         assert!(l.counts_distinct());
         for k in [1u128, 2, 1, 3, 2] {
-            l.record_request_key(CacheKey(k));
+            l.record_request_key(k);
         }
         assert_eq!(l.summary().unique_calls, Some(3));
         let off = Ledger::new(&["gpt-5".into()]);
-        off.record_request_key(CacheKey(1));
+        off.record_request_key(1);
         assert_eq!(off.summary().unique_calls, None);
     }
 }

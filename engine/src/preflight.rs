@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::Value;
 
-use crate::backend::openai::{resolve_endpoint, HTTP};
+use crate::backend::openai::resolve_endpoint;
+use crate::config::HTTP;
 use crate::config::{BackendConfig, BackendSettings, Config, ExecutorKind};
 
 /// How long one probe may take.
@@ -120,7 +121,7 @@ fn probe(b: &BackendConfig) -> Result<Option<(String, Probe)>, String> {
             let base = resolve_endpoint(
                 e.endpoint.as_deref(),
                 e.endpoint_env.as_deref(),
-                crate::backend::openai::HTTP_OR_WS,
+                crate::config::HTTP_OR_WS,
             )?;
             Some((what(&base), Probe::Env { base }))
         }

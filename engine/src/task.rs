@@ -201,6 +201,17 @@ pub fn grade(answer: &str, reference: &str) -> bool {
     normalize_answer(answer) == normalize_answer(reference)
 }
 
+/// Stable 64-bit hash of some byte strings under a seed (stable across runs and platforms): the
+/// seeds of a task's randomness, and the keys of prefixes and conversations.
+pub fn stable_hash(seed: u64, parts: &[&[u8]]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+    for p in parts {
+        h.update(p);
+        h.update(&[0x1f]);
+    }
+    h.digest()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@ use serde_json::json;
 
 use super::{Backend, BackendError, BatchItem, Request, Response};
 use crate::config::ModelBackendConfig;
-use tutti_model::runtime::runner::{NativeInput, Sampling};
+use tutti_model::head::Sampling;
+use tutti_model::runtime::runner::NativeInput;
 use tutti_model::runtime::{NativeRuntime, PromptRenderer};
 
 pub struct NativeBackend {

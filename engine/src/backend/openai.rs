@@ -15,7 +15,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::{Backend, BackendError, BatchItem, Request, Response};
-use crate::config::{OpenAiApi, OpenAiBackendConfig};
+use crate::config::{OpenAiApi, OpenAiBackendConfig, HTTP};
 use crate::ledger::Ledger;
 use crate::limits::{estimate_tokens, RateLimits};
 use tutti_model::chat_template::ChatTemplate;
@@ -241,11 +241,6 @@ pub fn resolve_endpoint(
         "an OpenAI-compatible server needs an `endpoint` (base URL, e.g. http://127.0.0.1:8080/v1)".into()
     })
 }
-
-/// The schemes an OpenAI-compatible server's base URL may have.
-pub const HTTP: &[&str] = &["http", "https"];
-/// The schemes an OpenEnv server's base URL may have (its sessions are WebSockets).
-pub const HTTP_OR_WS: &[&str] = &["http", "https", "ws", "wss"];
 
 pub(crate) fn usage(v: &Value, key: &str) -> u64 {
     v.get("usage")

@@ -17,6 +17,7 @@ use rand_distr::{Distribution, LogNormal};
 
 use super::{Backend, BatchItem, Request, Response};
 use crate::config::{Dist, SimBackendSettings, SimulationConfig};
+use crate::task::stable_hash;
 
 /// A lognormal given by its median and 99th percentile; a constant when they are equal.
 #[derive(Debug, Clone, Copy)]
@@ -38,16 +39,6 @@ impl LogNormalDist {
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
         self.dist.map_or(self.p50, |d| d.sample(rng))
     }
-}
-
-/// Stable 64-bit hash of some byte strings under a seed (stable across runs and platforms).
-pub fn stable_hash(seed: u64, parts: &[&[u8]]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
-    for p in parts {
-        h.update(p);
-        h.update(&[0x1f]);
-    }
-    h.digest()
 }
 
 pub struct SimBackend {

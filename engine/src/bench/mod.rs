@@ -22,26 +22,6 @@ use crate::task::Task;
 
 pub use workload::{generate, sample, WorkloadSpec};
 
-/// Bundled benchmark profiles: name -> config text.
-pub const PROFILES: &[(&str, &str)] = &[
-    ("default", include_str!("../../../configs/default.toml")),
-    (
-        "toolorchestra-sim",
-        include_str!("../../../configs/toolorchestra-sim.toml"),
-    ),
-    (
-        "control-plane",
-        include_str!("../../../configs/control-plane.toml"),
-    ),
-];
-
-/// The config of a bundled profile.
-pub fn profile(name: &str) -> Option<Config> {
-    PROFILES.iter().find(|(n, _)| *n == name).map(|(n, text)| {
-        Config::parse(text, &format!("<profile {n}>")).expect("bundled profiles are valid")
-    })
-}
-
 pub use crate::report::Latency;
 
 /// The figures of one run of a workload.

@@ -26,8 +26,8 @@ use crate::catalog::Catalog;
 use crate::config::{BackendSettings, Config};
 use crate::engine::{Engine, EngineOptions};
 use crate::task::Task;
+use tutti_model::head::Sampling;
 use tutti_model::head::{CallHead, CallPolicy};
-use tutti_model::runtime::runner::Sampling;
 use tutti_model::{argmax_rows, KvCache, Model, Rows, SeqStep, Tokenizer};
 
 /// What to measure.
@@ -182,7 +182,7 @@ fn prefill(model: &Model, tok: &Tokenizer, len: usize) -> anyhow::Result<f64> {
 /// Decodes one tool call under the bundled default config's grammar, timing each step, then
 /// replays the same tokens computing every output row.
 fn tool_decision(model: &Model, tok: &Tokenizer) -> anyhow::Result<ToolDecisionReport> {
-    let cfg: Config = super::profile("default").expect("bundled");
+    let cfg: Config = crate::config::bundled("default").expect("bundled");
     let catalog = Catalog::new(&cfg);
     let grammar = Arc::new(crate::executor::native::catalog_grammar(&catalog, tok));
     let policy = Arc::new(CallPolicy::new(
@@ -256,7 +256,7 @@ fn tool_decision(model: &Model, tok: &Tokenizer) -> anyhow::Result<ToolDecisionR
 /// A job of `tasks` tasks through the engine on the bundled default config, with `model` as
 /// the orchestrator and every expert: one turn each, a few tokens, to count prefix prefills.
 async fn shared_prefix_job(model: &Path, tasks: usize) -> anyhow::Result<SharedPrefixReport> {
-    let mut cfg: Config = super::profile("default").expect("bundled");
+    let mut cfg: Config = crate::config::bundled("default").expect("bundled");
     let path = model.to_string_lossy().into_owned();
     cfg.orchestrator.model = Some(path.clone());
     cfg.orchestrator.max_turns = 1;

@@ -587,8 +587,7 @@ impl Config {
             );
         }
         if let (ExecutorKind::Openai, Some(url)) = (o.executor, &o.endpoint) {
-            check_endpoint(url, crate::backend::openai::HTTP)
-                .or_else(|m| err("orchestrator.endpoint", m))?;
+            check_endpoint(url, HTTP).or_else(|m| err("orchestrator.endpoint", m))?;
         }
         if !(self.simulation.time_scale >= 0.0 && self.simulation.time_scale.is_finite()) {
             return err(
@@ -623,8 +622,8 @@ impl Config {
                 }
             }
             let schemes: &[&str] = match b.kind() {
-                BackendKind::Openai => crate::backend::openai::HTTP,
-                _ => crate::backend::openai::HTTP_OR_WS,
+                BackendKind::Openai => HTTP,
+                _ => HTTP_OR_WS,
             };
             if let Some((Some(url), _)) = b.endpoint() {
                 check_endpoint(url, schemes).or_else(|m| err(&key("endpoint"), m))?;
@@ -719,7 +718,7 @@ impl Config {
             }
         }
         match &self.environment {
-            None if !tool_names.contains(crate::catalog::ANSWER_TOOL) => {
+            None if !tool_names.contains(ANSWER_TOOL) => {
                 return err(
                     "tools",
                     "expected a tool named `answer`: it is how an episode ends".into(),
@@ -728,7 +727,7 @@ impl Config {
             None => {}
             Some(e) => self.validate_environment(origin, e, &tool_names)?,
         }
-        if o.executor == ExecutorKind::Sim && !tool_names.contains(crate::catalog::ANSWER_TOOL) {
+        if o.executor == ExecutorKind::Sim && !tool_names.contains(ANSWER_TOOL) {
             return err(
                 "tools",
                 "the sim executor needs a tool named `answer`: it is how its episodes end".into(),
@@ -787,6 +786,35 @@ impl Config {
         }
     }
 }
+
+/// The schemes an OpenAI-compatible server's base URL may have.
+pub const HTTP: &[&str] = &["http", "https"];
+/// The schemes an OpenEnv server's base URL may have (its sessions are WebSockets).
+pub const HTTP_OR_WS: &[&str] = &["http", "https", "ws", "wss"];
+
+/// The bundled configs: name -> text. `default` is what `tutti run` uses without `--config`; the
+/// others are benchmark profiles.
+pub const PROFILES: &[(&str, &str)] = &[
+    ("default", include_str!("../../../configs/default.toml")),
+    (
+        "toolorchestra-sim",
+        include_str!("../../../configs/toolorchestra-sim.toml"),
+    ),
+    (
+        "control-plane",
+        include_str!("../../../configs/control-plane.toml"),
+    ),
+];
+
+/// The config of a bundled profile.
+pub fn bundled(name: &str) -> Option<Config> {
+    PROFILES.iter().find(|(n, _)| *n == name).map(|(n, text)| {
+        Config::parse(text, &format!("<profile {n}>")).expect("bundled profiles are valid")
+    })
+}
+
+/// The tool that ends an episode with its answer.
+pub const ANSWER_TOOL: &str = "answer";
 
 /// Checks that `url` is an absolute URL with a host and one of `schemes`; the message says what
 /// to write instead (`127.0.0.1:8080/v1` is not a URL: it needs `http://`).

@@ -52,7 +52,7 @@ impl OpenAiExecutor {
         let endpoint = resolve_endpoint(
             o.endpoint.as_deref(),
             o.endpoint_env.as_deref(),
-            crate::backend::openai::HTTP,
+            crate::config::HTTP,
         )
         .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
         let client = OpenAiClient::new(

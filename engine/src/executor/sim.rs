@@ -16,10 +16,11 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::{Decision, ExecError, Executor, TurnView};
-use crate::backend::sim::{stable_hash, LogNormalDist};
+use crate::backend::sim::LogNormalDist;
 use crate::catalog::{Catalog, Preference};
 use crate::config::{Config, SimExecutorConfig};
 use crate::policy;
+use crate::task::stable_hash;
 use crate::task::Action;
 use tutti_model::scheduler::{
     self, BatchLimits, SchedulerHandle, SchedulerStats, StepItem, StepRunner,

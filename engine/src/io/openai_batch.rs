@@ -43,7 +43,7 @@ impl BatchEndpoint {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BatchLine {
-    custom_id: Option<super::tasks::Id>,
+    custom_id: Option<super::schema::Id>,
     method: Option<String>,
     url: Option<String>,
     body: Option<BatchBody>,

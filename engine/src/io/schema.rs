@@ -4,6 +4,8 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use std::fmt;
 
 /// Columns of a task table, in schema order. Only `id` and `prompt` are required.
 pub const TASK_COLUMNS: [&str; 10] = [
@@ -164,6 +166,41 @@ pub(crate) fn type_name(data_type: &DataType) -> String {
             other => format!("map<{}>", type_name(other)),
         },
         other => other.to_string().to_lowercase(),
+    }
+}
+
+/// A task id: a string, or an integer read as its decimal text (ids numbered by a script).
+pub(super) struct Id(pub(super) String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
+        struct IdVisitor;
+
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Id, E> {
+                Ok(Id(v))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(IdVisitor)
     }
 }
 

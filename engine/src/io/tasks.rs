@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::openai_batch::{BatchEndpoint, BatchLine};
-use super::schema::{result_schema, task_schema, type_name, INPUT_INDEX, TASK_COLUMNS};
+use super::schema::{result_schema, task_schema, type_name, Id, INPUT_INDEX, TASK_COLUMNS};
 use crate::task::Task;
 
 /// A problem with one field of one task, found by a caller's check (for example a preference key
@@ -396,41 +396,6 @@ struct TaskLine {
     user: Option<String>,
     /// A JSON array of calls, kept as its JSON text.
     replay: Option<serde_json::Value>,
-}
-
-/// A task id: a string, or an integer read as its decimal text (ids numbered by a script).
-pub(super) struct Id(pub(super) String);
-
-impl<'de> Deserialize<'de> for Id {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Id, D::Error> {
-        struct IdVisitor;
-
-        impl Visitor<'_> for IdVisitor {
-            type Value = Id;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an integer")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
-                Ok(Id(v.to_string()))
-            }
-
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Id, E> {
-                Ok(Id(v))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
-                Ok(Id(v.to_string()))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
-                Ok(Id(v.to_string()))
-            }
-        }
-
-        deserializer.deserialize_any(IdVisitor)
-    }
 }
 
 /// A preference object, read in the order written (serde_json's map would sort the keys).

@@ -13,8 +13,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::FileWriter;
 
+use super::error::{arrow_error, JobError};
 use super::spec::{JobSpec, JobState, Manifest};
-use super::store::{arrow_error, now_ms, write_manifest, Job, JobError, Jobs};
+use super::store::{now_ms, write_manifest, Job, Jobs};
 use crate::io::durable::{fs_error, rename_durably};
 use crate::io::schema::task_schema;
 use crate::io::tasks::{FieldError, InputError, TaskBatchDecoder};

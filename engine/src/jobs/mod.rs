@@ -9,12 +9,14 @@
 //! - [`ingest`]: [`Upload`], validation and durable acceptance of uploaded batches.
 //! - [`spec`]: a job's spec (name, defaults, overrides) and its manifest.
 
+pub mod error;
 pub mod ingest;
 pub mod runner;
 pub mod spec;
 pub mod store;
 
+pub use error::JobError;
 pub use ingest::{Ingest, Upload};
 pub use runner::{run_job, TaskSource};
 pub use spec::{JobSpec, JobState, Manifest};
-pub use store::{Job, JobError, JobStatus, Jobs, ServerLimits};
+pub use store::{Job, JobStatus, Jobs, ServerLimits};

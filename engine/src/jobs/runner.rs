@@ -13,8 +13,8 @@ use arrow::ipc::reader::FileReader;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::error::{arrow_error, JobError};
 use super::spec::JobSpec;
-use super::store::{arrow_error, JobError};
 use crate::engine::Engine;
 use crate::io::durable::fs_error;
 use crate::io::results::{commit_stream, ResultStore, COMMIT_ROWS};

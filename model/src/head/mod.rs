@@ -23,11 +23,30 @@ use tutti_kernels::{
     apply_temperature, argmax, sample_index, softmax_inplace, top_k_mask, top_p_mask,
 };
 
-use crate::runtime::runner::Sampling;
 use crate::Tokenizer;
 use functions::FunctionGrammar;
 
 pub use crate::hermes::{CLOSE, OPEN};
+
+/// How a turn picks its tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// 0 picks the most likely token (greedy).
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Sampling {
+    pub const GREEDY: Sampling = Sampling {
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 0,
+    };
+}
 
 /// One action of a catalog as the head sees it: the text of its call and what it is expected
 /// to cost.

@@ -26,29 +26,9 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::head::{sample_token, CallHead, CallPolicy, Next};
+use crate::head::{sample_token, CallHead, CallPolicy, Next, Sampling};
 use crate::scheduler::{StepItem, StepRunner};
 use crate::{KvCache, Model, Rows, SeqStep, Tokenizer};
-
-/// How a turn picks its tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampling {
-    /// 0 picks the most likely token (greedy).
-    pub temperature: f64,
-    pub top_p: f64,
-    /// 0 means no top-k cut.
-    pub top_k: usize,
-    pub seed: u64,
-}
-
-impl Sampling {
-    pub const GREEDY: Sampling = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-        top_k: 0,
-        seed: 0,
-    };
-}
 
 /// What a turn hands the runner.
 #[derive(Debug, Clone)]

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rand::Rng;
+use tutti_model::head::Sampling;
 use tutti_model::head::*;
-use tutti_model::runtime::runner::Sampling;
 use tutti_model::Tokenizer;
 
 use super::catalog_grammar;

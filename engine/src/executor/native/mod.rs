@@ -37,12 +37,13 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use super::{Decision, ExecError, Executor, TurnView};
-use crate::backend::sim::stable_hash;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::task::stable_hash;
 use tutti_model::head::functions::{FunctionGrammar, FunctionLimits, Vocabulary};
+use tutti_model::head::Sampling;
 use tutti_model::head::{CallGrammar, CallPolicy, CatalogCall};
-use tutti_model::runtime::runner::{NativeInput, NativeStats, Sampling};
+use tutti_model::runtime::runner::{NativeInput, NativeStats};
 use tutti_model::runtime::{
     NativeModels, NativeRuntime, PromptRenderer, RuntimeLimits, DEFAULT_KV_CACHE_BYTES,
 };
