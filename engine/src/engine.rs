@@ -255,6 +255,21 @@ impl Engine {
         watcher.abort();
     }
 
+    /// An engine whose orchestrator is `executor` instead of the config's: episode tests script
+    /// the orchestrator's replies.
+    #[cfg(test)]
+    pub(crate) fn with_executor(
+        cfg: &Config,
+        opts: EngineOptions,
+        executor: Arc<dyn crate::executor::Executor>,
+    ) -> Result<Engine, EngineError> {
+        let mut engine = Engine::new(cfg, opts)?;
+        Arc::get_mut(&mut engine.env)
+            .expect("a new engine is not shared")
+            .executor = executor;
+        Ok(engine)
+    }
+
     pub fn catalog(&self) -> &Catalog {
         &self.env.catalog
     }

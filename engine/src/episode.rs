@@ -403,6 +403,70 @@ impl<'a> Turns<'a> {
     }
 }
 
+/// Where an episode is: the turn loop is a small state machine over these phases, the same for
+/// catalog calls (`C` = the catalog action chosen) and environment calls (`C` = the function call).
+///
+/// `Decide` (the executor's next reply, parsed) → `Act` (the call made) → `Observe` (its answer
+/// appended to the context) → `Decide` …, until `End`. A reply with no usable call, or a call that
+/// fails, appends an error observation and goes back to `Decide`.
+#[derive(Debug)]
+enum Phase<C> {
+    Decide,
+    Act(C),
+    /// The observation the orchestrator sees next, and its tokens.
+    Observe(String, u32),
+    /// The episode is over: its status, and the answer when it gave one.
+    End(Status, Option<String>),
+}
+
+impl<C> Phase<C> {
+    /// The phase after the orchestrator's reply held no usable call, or the limit that ended it.
+    fn after(accepted: Result<Option<C>, Status>) -> Phase<C> {
+        match accepted {
+            Ok(Some(call)) => Phase::Act(call),
+            Ok(None) => Phase::Decide,
+            Err(status) => Phase::End(status, None),
+        }
+    }
+}
+
+impl Turns<'_> {
+    /// One model call of the episode through [`call_model`]; a failed call becomes an error
+    /// observation (`Err(Decide)`), a cancelled one ends the episode.
+    async fn call<C>(
+        &mut self,
+        tool: &Arc<str>,
+        backend: usize,
+        alias: &Arc<str>,
+        prompt: String,
+    ) -> Result<Arc<Response>, Phase<C>> {
+        let result = call_model(
+            self.env,
+            self.cancel,
+            &mut self.ledger,
+            tool,
+            backend,
+            alias,
+            prompt,
+        )
+        .await;
+        match result {
+            Ok(response) => Ok(response),
+            Err(BackendError::Cancelled) => Err(Phase::End(Status::Cancelled, None)),
+            Err(e) => {
+                self.ctx.push_error(&e);
+                Err(Phase::Decide)
+            }
+        }
+    }
+
+    /// Appends an observation; the next phase is to decide again.
+    fn observe<C>(&mut self, text: String, tokens: u32) -> Phase<C> {
+        self.ctx.push(Role::Tool, text, tokens);
+        Phase::Decide
+    }
+}
+
 /// Runs one task to its end. Cancellation is checked before every turn and every call, and
 /// abandons a turn or call in progress.
 pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -> TaskResult {
@@ -410,101 +474,86 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
         return run_env_episode(env, setup, task, cancel).await;
     }
     let mut t = Turns::new(env, cancel, task, env.catalog.cheapest_call_usd());
-    let mut answer = None;
-
-    let status = loop {
-        if let Err(status) = t.next_reply(&[]).await {
-            break status;
-        }
-        let parsed = Action::parse_hermes(t.reply())
-            .map_err(|e| e.to_string())
-            .and_then(|a| env.catalog.resolve(&a).map_err(|e| e.to_string()));
-        let action = match t.accept(parsed) {
-            Ok(Some(a)) => a,
-            Ok(None) => continue,
-            Err(status) => break status,
+    let mut phase = Phase::Decide;
+    let (status, answer) = loop {
+        phase = match phase {
+            Phase::Decide => decide(&mut t).await,
+            Phase::Act(action) => act(&mut t, action).await,
+            Phase::Observe(text, tokens) => t.observe(text, tokens),
+            Phase::End(status, answer) => break (status, answer),
         };
-
-        let a = &env.catalog.actions[action];
-        let prompt = env
-            .catalog
-            .render_prompt(a.tool, &t.task.prompt, &t.ctx.observations);
-        let response = match call_model(
-            env,
-            cancel,
-            &mut t.ledger,
-            &a.tool_name,
-            a.backend,
-            &a.alias,
-            prompt,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(BackendError::Cancelled) => break Status::Cancelled,
-            Err(e) => {
-                t.ctx.push_error(&e);
-                continue;
-            }
-        };
-        if Some(a.tool) == env.catalog.answer_tool {
-            // The answer as the model wrote it, less surrounding whitespace (a completion often
-            // starts with a space).
-            answer = Some(response.text.trim().to_string());
-            break Status::Answered;
-        }
-        // A tool that runs what the model wrote: retrieval for its query, the sandbox for its code.
-        let observation = match env.catalog.tools[a.tool].then {
-            None => response,
-            Some(runner) => {
-                let written = response.text.clone();
-                match call_model(
-                    env,
-                    cancel,
-                    &mut t.ledger,
-                    &a.tool_name,
-                    runner,
-                    &a.alias,
-                    written,
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(BackendError::Cancelled) => break Status::Cancelled,
-                    Err(e) => {
-                        t.ctx.push_error(&e);
-                        continue;
-                    }
-                }
-            }
-        };
-        t.ctx.push(
-            Role::Tool,
-            observation.text.clone(),
-            observation.output_tokens as u32,
-        );
     };
-
-    let correct = match (&answer, &t.task.reference) {
-        (Some(a), Some(r)) => match &env.catalog.judge {
-            Some((backend, alias)) => {
-                let prompt = judge_prompt(&t.task.prompt, r, a);
-                let judge = JUDGE.into();
-                let verdict =
-                    call_model(env, cancel, &mut t.ledger, &judge, *backend, alias, prompt).await;
-                match verdict {
-                    Ok(v) => Some(v.text.trim_start().to_ascii_lowercase().starts_with("yes")),
-                    // A judge that cannot be reached leaves the answer graded by exact match.
-                    Err(_) => Some(grade(a, r)),
-                }
-            }
-            None => Some(grade(a, r)),
-        },
-        // A task that did not answer is not graded: its row says why it stopped, and accuracy is
-        // over graded answers.
-        _ => None,
-    };
+    let correct = grade_answer(&mut t, answer.as_deref()).await;
     t.finish(status, answer, correct, None)
+}
+
+/// Decide: the executor's next reply, parsed as a Hermes call and resolved to a catalog action.
+async fn decide(t: &mut Turns<'_>) -> Phase<usize> {
+    if let Err(status) = t.next_reply(&[]).await {
+        return Phase::End(status, None);
+    }
+    let catalog = &t.env.catalog;
+    let parsed = Action::parse_hermes(t.reply())
+        .map_err(|e| e.to_string())
+        .and_then(|a| catalog.resolve(&a).map_err(|e| e.to_string()));
+    Phase::after(t.accept(parsed))
+}
+
+/// Act: calls the action's model. `answer` ends the episode with what the model wrote (less
+/// surrounding whitespace: a completion often starts with a space); a tool with a runner
+/// (`then`: retrieval for a query, the sandbox for code) runs what the model wrote, and that is
+/// the observation; any other tool's answer is the observation itself.
+async fn act(t: &mut Turns<'_>, action: usize) -> Phase<usize> {
+    let env = t.env;
+    let a = &env.catalog.actions[action];
+    let prompt = env
+        .catalog
+        .render_prompt(a.tool, &t.task.prompt, &t.ctx.observations);
+    let response = match t.call(&a.tool_name, a.backend, &a.alias, prompt).await {
+        Ok(r) => r,
+        Err(next) => return next,
+    };
+    if Some(a.tool) == env.catalog.answer_tool {
+        return Phase::End(Status::Answered, Some(response.text.trim().to_string()));
+    }
+    let observation = match env.catalog.tools[a.tool].then {
+        None => response,
+        Some(runner) => {
+            let written = response.text.clone();
+            match t.call(&a.tool_name, runner, &a.alias, written).await {
+                Ok(r) => r,
+                Err(next) => return next,
+            }
+        }
+    };
+    Phase::Observe(observation.text.clone(), observation.output_tokens as u32)
+}
+
+/// Grade: the answer against the task's reference, by the `[grading] judge` alias when there is
+/// one (by exact match when the judge cannot be reached), else by exact match. A task that did
+/// not answer is not graded: its row says why it stopped, and accuracy is over graded answers.
+async fn grade_answer(t: &mut Turns<'_>, answer: Option<&str>) -> Option<bool> {
+    let (Some(answer), Some(reference)) = (answer, t.task.reference.as_deref()) else {
+        return None;
+    };
+    let Some((backend, alias)) = &t.env.catalog.judge else {
+        return Some(grade(answer, reference));
+    };
+    let prompt = judge_prompt(&t.task.prompt, reference, answer);
+    let verdict = call_model(
+        t.env,
+        t.cancel,
+        &mut t.ledger,
+        &JUDGE.into(),
+        *backend,
+        alias,
+        prompt,
+    )
+    .await;
+    Some(match verdict {
+        Ok(v) => v.text.trim_start().to_ascii_lowercase().starts_with("yes"),
+        Err(_) => grade(answer, reference),
+    })
 }
 
 /// How an environment step went, as the episode acts on it.
@@ -632,96 +681,35 @@ async fn run_env_episode(
     }));
     let mut conversation: Vec<(&'static str, String)> = Vec::new();
     let mut done: Option<Step> = None;
-
+    let mut phase = Phase::Decide;
     let status = loop {
-        if let Err(status) = t.next_reply(&functions).await {
-            break status;
-        }
-        let call = match t.accept(hermes::parse(t.reply()).map_err(|e| e.to_string())) {
-            Ok(Some(call)) => call,
-            Ok(None) => continue,
-            Err(status) => break status,
-        };
-        let stepped = if call.name == *setup.user_tool {
-            let Some(serde_json::Value::String(content)) = call.arguments.get("content") else {
-                t.ctx.push_error(&format_args!(
-                    "tool `{}`: argument `content`: expected a string, the message to the user",
-                    setup.user_tool
-                ));
-                continue;
-            };
-            let content = content.clone();
-            let mut stepped = Stepped::Observed(String::new());
-            if setup.record_messages {
-                let step = session.message("assistant", &content);
-                stepped = env_step(env, setup, cancel, &mut t.ledger, "message", step).await;
-            }
-            conversation.push(("agent", content));
-            if let Stepped::Observed(_) = stepped {
-                stepped = match &setup.user {
-                    None => Stepped::Observed("(the user did not reply)".into()),
-                    Some((backend, alias)) => {
-                        let scenario = t.task.user.as_deref().unwrap_or("");
-                        let prompt = user_prompt(&setup.user_prompt, scenario, &conversation);
-                        let tool = setup.user_tool.clone();
-                        let ledger = &mut t.ledger;
-                        match call_model(env, cancel, ledger, &tool, *backend, alias, prompt).await
-                        {
-                            Err(BackendError::Cancelled) => break Status::Cancelled,
-                            Err(e) => Stepped::Observed(format!("Error: {e}")),
-                            Ok(reply) => {
-                                let reply = reply.text.trim().to_string();
-                                conversation.push(("user", reply.clone()));
-                                if setup.record_messages {
-                                    let step = session.message("user", &reply);
-                                    match env_step(env, setup, cancel, ledger, "message", step)
-                                        .await
-                                    {
-                                        Stepped::Observed(_) => Stepped::Observed(reply),
-                                        other => other,
-                                    }
-                                } else {
-                                    Stepped::Observed(reply)
-                                }
-                            }
-                        }
+        phase = match phase {
+            Phase::Decide => match t.next_reply(&functions).await {
+                Err(status) => Phase::End(status, None),
+                Ok(()) => {
+                    Phase::after(t.accept(hermes::parse(t.reply()).map_err(|e| e.to_string())))
+                }
+            },
+            Phase::Act(call) => {
+                match act_in_env(&mut t, setup, &mut session, &mut conversation, call).await {
+                    Stepped::Observed(text) => {
+                        let tokens = approx_tokens(&text);
+                        Phase::Observe(text, tokens)
                     }
-                };
+                    Stepped::Done(step) => {
+                        done = Some(step);
+                        Phase::End(Status::Answered, None)
+                    }
+                    Stepped::Broken(e) => {
+                        t.error = Some(e.to_string());
+                        Phase::End(Status::Failed, None)
+                    }
+                    Stepped::Cancelled => Phase::End(Status::Cancelled, None),
+                }
             }
-            stepped
-        } else {
-            let arguments = serde_json::Value::Object(call.arguments);
-            if let Err(e) = session.tools().check(&call.name, &arguments) {
-                // An unknown tool or arguments that break the schema: the orchestrator sees
-                // what is wrong and the episode goes on, as τ²'s own runner does.
-                let e = match e {
-                    crate::environment::CallError::UnknownTool { tool, known } => format!(
-                        "unknown tool `{tool}`; the tools are {known}, `{}`",
-                        setup.user_tool
-                    ),
-                    other => other.to_string(),
-                };
-                t.ctx.push_error(&e);
-                continue;
-            }
-            let step = session.call_tool(&call.name, arguments);
-            env_step(env, setup, cancel, &mut t.ledger, &call.name, step).await
+            Phase::Observe(text, tokens) => t.observe(text, tokens),
+            Phase::End(status, _) => break status,
         };
-        match stepped {
-            Stepped::Observed(text) => {
-                let tokens = approx_tokens(&text);
-                t.ctx.push(Role::Tool, text, tokens);
-            }
-            Stepped::Done(step) => {
-                done = Some(step);
-                break Status::Answered;
-            }
-            Stepped::Broken(e) => {
-                t.error = Some(e.to_string());
-                break Status::Failed;
-            }
-            Stepped::Cancelled => break Status::Cancelled,
-        }
     };
     session.close().await;
     let reward = done.map(|step| {
@@ -732,4 +720,294 @@ async fn run_env_episode(
         (step.reward, info)
     });
     t.finish(status, None, None, reward)
+}
+
+/// Act, in an environment: the user tool (`respond`) sends the message to the environment (when
+/// `record_messages`) and asks the user's model for the reply, recorded too; any other call is
+/// checked against the session's tool schemas and sent as a `call_tool` step. An unknown tool or
+/// arguments that break a schema are an error observation naming the tool and field, and the
+/// episode goes on, as τ²'s own runner does.
+async fn act_in_env(
+    t: &mut Turns<'_>,
+    setup: &EnvSetup,
+    session: &mut crate::environment::Session,
+    conversation: &mut Vec<(&'static str, String)>,
+    call: hermes::ToolCall,
+) -> Stepped {
+    let (env, cancel) = (t.env, t.cancel);
+    if call.name != *setup.user_tool {
+        let arguments = serde_json::Value::Object(call.arguments);
+        if let Err(e) = session.tools().check(&call.name, &arguments) {
+            let e = match e {
+                crate::environment::CallError::UnknownTool { tool, known } => format!(
+                    "unknown tool `{tool}`; the tools are {known}, `{}`",
+                    setup.user_tool
+                ),
+                other => other.to_string(),
+            };
+            return Stepped::Observed(format!("Error: {e}"));
+        }
+        let step = session.call_tool(&call.name, arguments);
+        return env_step(env, setup, cancel, &mut t.ledger, &call.name, step).await;
+    }
+    let Some(serde_json::Value::String(content)) = call.arguments.get("content") else {
+        return Stepped::Observed(format!(
+            "Error: tool `{}`: argument `content`: expected a string, the message to the user",
+            setup.user_tool
+        ));
+    };
+    let content = content.clone();
+    if setup.record_messages {
+        let step = session.message("assistant", &content);
+        let stepped = env_step(env, setup, cancel, &mut t.ledger, "message", step).await;
+        if !matches!(stepped, Stepped::Observed(_)) {
+            conversation.push(("agent", content));
+            return stepped;
+        }
+    }
+    conversation.push(("agent", content));
+    let Some((backend, alias)) = &setup.user else {
+        return Stepped::Observed("(the user did not reply)".into());
+    };
+    let scenario = t.task.user.as_deref().unwrap_or("");
+    let prompt = user_prompt(&setup.user_prompt, scenario, conversation);
+    let tool = setup.user_tool.clone();
+    match call_model(env, cancel, &mut t.ledger, &tool, *backend, alias, prompt).await {
+        Err(BackendError::Cancelled) => Stepped::Cancelled,
+        Err(e) => Stepped::Observed(format!("Error: {e}")),
+        Ok(reply) => {
+            let reply = reply.text.trim().to_string();
+            conversation.push(("user", reply.clone()));
+            if !setup.record_messages {
+                return Stepped::Observed(reply);
+            }
+            let step = session.message("user", &reply);
+            match env_step(env, setup, cancel, &mut t.ledger, "message", step).await {
+                Stepped::Observed(_) => Stepped::Observed(reply),
+                other => other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::{Engine, EngineOptions};
+    use crate::executor::{Decision, ExecError, Executor};
+    use futures::future::BoxFuture;
+    use tokio::sync::mpsc;
+    use tutti_model::hermes::model_call_text;
+
+    /// An orchestrator that writes the same scripted reply at each turn of every task; the turn
+    /// after the script's end writes nothing usable.
+    struct Scripted(Vec<String>);
+
+    impl Executor for Scripted {
+        fn open(&self) -> u64 {
+            0
+        }
+        fn decide<'a>(
+            &'a self,
+            _seq: u64,
+            view: TurnView<'a>,
+        ) -> BoxFuture<'a, Result<Decision, ExecError>> {
+            let text = self.0.get(view.turn as usize).cloned().unwrap_or_default();
+            Box::pin(async move {
+                if text == "FAIL" {
+                    return Err(ExecError("the model server went away".into()));
+                }
+                Ok(Decision {
+                    text,
+                    prompt_tokens: 10,
+                    completion_tokens: 5,
+                })
+            })
+        }
+        fn release(&self, _seq: u64) {}
+    }
+
+    /// Two tools on one simulated backend, and a second answering backend that costs $1 a call.
+    fn config(extra: &str) -> Config {
+        let text = format!(
+            r#"
+[orchestrator]
+executor = "sim"
+max_turns = 4
+max_malformed_calls = 2
+{extra}
+[orchestrator.sim]
+output_tokens = {{ p50 = 10, p99 = 10 }}
+
+[simulation]
+time_scale = 0.0
+
+[[tools]]
+name = "answer"
+aliases = ["a-1", "a-dear"]
+
+[[tools]]
+name = "search"
+aliases = ["s-1"]
+
+[aliases]
+a-1 = "m"
+a-dear = "dear"
+s-1 = "m"
+
+[[backends]]
+name = "m"
+kind = "sim"
+[backends.sim]
+latency_ms = {{ p50 = 1, p99 = 2 }}
+output_tokens = {{ p50 = 5, p99 = 9 }}
+
+[[backends]]
+name = "dear"
+kind = "sim"
+price_per_call = 1.0
+[backends.sim]
+latency_ms = {{ p50 = 1, p99 = 2 }}
+output_tokens = {{ p50 = 5, p99 = 9 }}
+"#
+        );
+        Config::parse(&text, "episode-test.toml").unwrap()
+    }
+
+    fn call(tool: &str, alias: &str) -> String {
+        format!("Let me see. {}", model_call_text(tool, alias))
+    }
+
+    /// Runs one task with the scripted replies; returns its row.
+    async fn run(cfg: &Config, replies: &[String], task: Task, cancel: bool) -> TaskResult {
+        let executor = Arc::new(Scripted(replies.to_vec()));
+        let engine = Engine::with_executor(cfg, EngineOptions::default(), executor).unwrap();
+        let (tx, mut rx) = mpsc::channel(4);
+        let token = CancellationToken::new();
+        if cancel {
+            token.cancel();
+        }
+        engine.run(futures::stream::iter([task]), tx, token).await;
+        rx.recv().await.expect("one row per task")
+    }
+
+    fn task() -> Task {
+        Task {
+            id: "t".into(),
+            prompt: "What is 2 + 2?".into(),
+            ..Task::default()
+        }
+    }
+
+    fn roles(r: &TaskResult) -> Vec<Role> {
+        r.trajectory
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.role)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn decide_act_answer_ends_the_episode_with_one_call() {
+        let r = run(&config(""), &[call("answer", "a-1")], task(), false).await;
+        assert_eq!(r.status, Status::Answered, "{r:?}");
+        assert_eq!(r.turns, 1);
+        assert_eq!(r.calls.len(), 1);
+        assert_eq!(&*r.calls[0].alias, "a-1");
+        assert!(r.answer.is_some());
+        assert_eq!(roles(&r), [Role::User, Role::Assistant]);
+    }
+
+    #[tokio::test]
+    async fn a_tool_answer_is_observed_and_the_orchestrator_decides_again() {
+        let replies = [call("search", "s-1"), call("answer", "a-1")];
+        let r = run(&config(""), &replies, task(), false).await;
+        assert_eq!(r.status, Status::Answered);
+        assert_eq!(r.turns, 2);
+        let tools: Vec<&str> = r.calls.iter().map(|c| &*c.tool).collect();
+        assert_eq!(tools, ["search", "answer"]);
+        assert_eq!(
+            roles(&r),
+            [Role::User, Role::Assistant, Role::Tool, Role::Assistant]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_reply_is_an_error_observation_until_too_many_in_a_row() {
+        let replies = ["no call here".to_string(), call("answer", "a-1")];
+        let r = run(&config(""), &replies, task(), false).await;
+        assert_eq!(r.status, Status::Answered);
+        let trajectory = r.trajectory.as_ref().unwrap();
+        assert!(
+            trajectory[2]
+                .content
+                .starts_with("Error: invalid tool call"),
+            "{trajectory:?}"
+        );
+
+        let replies = ["no call".to_string(), call("answer", "nobody")];
+        let r = run(&config(""), &replies, task(), false).await;
+        assert_eq!(r.status, Status::Failed);
+        let error = r.error.unwrap();
+        assert!(
+            error.starts_with("2 malformed tool calls in a row"),
+            "{error}"
+        );
+        assert!(r.calls.is_empty());
+    }
+
+    #[tokio::test]
+    async fn max_turns_ends_an_episode_that_never_answers() {
+        let replies = vec![call("search", "s-1"); 10];
+        let r = run(&config(""), &replies, task(), false).await;
+        assert_eq!(r.status, Status::MaxTurns);
+        assert_eq!(r.turns, 4);
+        assert_eq!(r.calls.len(), 4);
+        assert!(r.answer.is_none() && r.correct.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_budget_that_pays_for_no_call_ends_before_the_first_turn() {
+        let mut t = task();
+        t.budget_usd = Some(0.0);
+        // The cheapest call is free here: a $0 budget still affords it.
+        let r = run(&config(""), &[call("answer", "a-1")], t.clone(), false).await;
+        assert_eq!(r.status, Status::Answered);
+        // With the orchestrator priced, a turn costs; the budget then runs out after one.
+        let priced = config("price_out_per_mtok = 1000000.0");
+        t.budget_usd = Some(1.0);
+        let replies = vec![call("search", "s-1"); 10];
+        let r = run(&priced, &replies, t, false).await;
+        assert_eq!(r.status, Status::BudgetExhausted, "{r:?}");
+        assert!(r.cost_usd >= 1.0, "{}", r.cost_usd);
+    }
+
+    #[tokio::test]
+    async fn a_failed_turn_fails_the_task_with_the_executors_error() {
+        let r = run(&config(""), &["FAIL".to_string()], task(), false).await;
+        assert_eq!(r.status, Status::Failed);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("orchestrator executor: the model server went away")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_job_runs_no_turn() {
+        let r = run(&config(""), &[call("answer", "a-1")], task(), true).await;
+        assert_eq!(r.status, Status::Cancelled);
+        assert_eq!(r.turns, 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_graded_against_the_reference_only_when_there_is_one() {
+        let mut t = task();
+        t.reference = Some("surely not what a simulated model writes".into());
+        let r = run(&config(""), &[call("answer", "a-1")], t, false).await;
+        assert_eq!(r.correct, Some(false));
+        let r = run(&config(""), &[call("answer", "a-1")], task(), false).await;
+        assert_eq!(r.correct, None);
+    }
 }
