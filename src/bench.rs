@@ -96,13 +96,13 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
     }
     let tasks = match &args.tasks_file {
         Some(path) => {
-            let catalog = tutti_engine::catalog::Catalog::new(&cfg);
+            let catalog = tutti_engine::Catalog::new(&cfg);
             let check = |t: &tutti_engine::Task| {
                 catalog
                     .check_preference(&t.preference)
-                    .map_err(|m| tutti_engine::io::tasks::FieldError::new("preference", m))
+                    .map_err(|m| tutti_engine::io::FieldError::new("preference", m))
             };
-            Some(tutti_engine::io::tasks::read_tasks(path, &check)?)
+            Some(tutti_engine::io::read_tasks(path, &check)?)
         }
         None => None,
     };
@@ -193,7 +193,7 @@ fn ingest(args: &BenchArgs) -> Result<ExitCode> {
         Some(p) => tutti_engine::Config::load(p)?,
         None => tutti_engine::config::bundled("control-plane").expect("bundled"),
     };
-    let catalog = tutti_engine::catalog::Catalog::new(&cfg);
+    let catalog = tutti_engine::Catalog::new(&cfg);
     let workload = WorkloadSpec {
         tasks: args.tasks,
         seed: args.seed,
@@ -201,7 +201,7 @@ fn ingest(args: &BenchArgs) -> Result<ExitCode> {
     };
     let tasks = bench::generate(&workload, &catalog);
     let dir = tempfile::Builder::new().prefix("tutti-ingest-").tempdir()?;
-    let report = crate::runtime()?.block_on(bench::ingest::flight_ingest(
+    let report = crate::runtime()?.block_on(bench::flight_ingest(
         &cfg,
         &tasks,
         args.repeats.max(1),
@@ -250,11 +250,11 @@ fn native_decode(args: &BenchArgs) -> Result<ExitCode> {
             model.display()
         );
     }
-    let mut spec = bench::native::NativeDecodeSpec::new(model);
+    let mut spec = bench::NativeDecodeSpec::new(model);
     spec.steps = args.steps;
     spec.prefill_tokens = args.prefill_tokens;
     spec.job_tasks = args.job_tasks;
-    let r = crate::runtime()?.block_on(bench::native::run(&spec))?;
+    let r = crate::runtime()?.block_on(bench::native_decode(&spec))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);

@@ -12,8 +12,8 @@ use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parquet::arrow::ArrowWriter;
 use tutti_engine::flight::{JobClient, JobInfo};
-use tutti_engine::io::schema::result_schema;
-use tutti_engine::io::tasks::{read_tasks, tasks_to_batch};
+use tutti_engine::io::result_schema;
+use tutti_engine::io::{read_tasks, tasks_to_batch};
 
 /// Rows per record batch of an upload.
 const UPLOAD_BATCH_ROWS: usize = 8192;

@@ -78,7 +78,7 @@ struct IndexArgs {
 
 fn index(args: IndexArgs) -> Result<ExitCode> {
     let stats =
-        tutti_engine::backend::retrieval::RetrievalIndex::build(&args.corpus, &args.output)?;
+        tutti_engine::RetrievalIndex::build(&args.corpus, &args.output)?;
     eprintln!(
         "tutti: indexed {} documents into {} in {:.2} s ({:.0} documents/s)",
         stats.documents,
@@ -123,7 +123,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tutti: error: {}", tutti_engine::error::chain(e.as_ref()));
+            eprintln!("tutti: error: {}", tutti_engine::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::{pyarrow, run, sim_config, tutti, tutti_run, write_tasks};
-use tutti_engine::io::results::read_results;
+use tutti_engine::io::read_results;
 use tutti_engine::Status;
 
 /// A loopback port nothing listens on: bound, then released.

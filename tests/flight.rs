@@ -167,7 +167,7 @@ async fn the_standard_cancel_flight_info_action_cancels() {
         .submit(b"", batches(&tasks(1000), 1000))
         .await
         .unwrap();
-    let descriptor = tutti_engine::flight::service::job_descriptor(&job);
+    let descriptor = tutti_engine::flight::job_descriptor(&job);
     let info = client
         .flight()
         .get_flight_info(descriptor.clone())
@@ -195,7 +195,7 @@ async fn the_standard_cancel_flight_info_action_cancels() {
     assert_eq!(done.state(), "cancelled");
     let poll = client
         .flight()
-        .poll_flight_info(tutti_engine::flight::service::job_descriptor(&job))
+        .poll_flight_info(tutti_engine::flight::job_descriptor(&job))
         .await
         .unwrap();
     assert!(

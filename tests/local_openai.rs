@@ -11,9 +11,9 @@ use common::llama;
 use common::*;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tutti_engine::backend::openai::OpenAiBackend;
-use tutti_engine::backend::{Backend, Request};
-use tutti_engine::ledger::Ledger;
+use tutti_engine::OpenAiBackend;
+use tutti_engine::{Backend, Request};
+use tutti_engine::Ledger;
 
 /// A TCP proxy that counts the HTTP requests it forwards (by their request lines).
 async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {
@@ -155,7 +155,7 @@ fn local_openai_config_runs_the_example_with_real_tool_calls() {
         "every tool call is valid under the grammar: {summary}"
     );
     assert_eq!(result_ids(&out).len(), 6);
-    let results = tutti_engine::io::results::read_results(&out).unwrap();
+    let results = tutti_engine::io::read_results(&out).unwrap();
     for r in results
         .iter()
         .filter(|r| r.status == tutti_engine::Status::Answered)

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tutti_engine::io::results::read_results;
+use tutti_engine::io::read_results;
 use tutti_engine::{Status, TaskResult};
 use tutti_model::testing::{tiny_gguf, TinyConfig};
 

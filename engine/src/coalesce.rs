@@ -113,7 +113,6 @@ pub struct Coalescer {
     tx: mpsc::UnboundedSender<Submit>,
     cache: Arc<ResultCache>,
     policy: CachePolicy,
-    pricing: Pricing,
     breaker: Arc<Breaker>,
     ledger: Arc<Ledger>,
 }
@@ -153,7 +152,6 @@ impl Coalescer {
             tx,
             cache,
             policy: limits.policy,
-            pricing,
             breaker,
             ledger,
         }
@@ -209,10 +207,6 @@ impl Coalescer {
         }
         rx.await
             .unwrap_or_else(|_| failed("the coalescer dropped the call"))
-    }
-
-    pub fn pricing(&self) -> &Pricing {
-        &self.pricing
     }
 }
 

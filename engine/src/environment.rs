@@ -103,10 +103,6 @@ impl ToolSet {
         Ok(ToolSet { tools, by_name })
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
-
     /// The OpenAI function definitions, for prompts and `tools=`.
     pub fn definitions(&self) -> Vec<Value> {
         self.tools.iter().map(|t| t.definition.clone()).collect()

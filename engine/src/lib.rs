@@ -1,33 +1,49 @@
-//! tutti's engine: everything that is not a kernel or a binding.
+//! tutti's engine: the catalog, episodes, executors, backends, coalescer, cache and ledger (the
+//! core), and the edges that bring tasks in and results out: [`io`] (task and result files),
+//! [`jobs`] (the one runner of `tutti run` and served jobs, and the job store), [`flight`] (the
+//! Arrow Flight service over the jobs) and [`bench`] (benchmarks). The model itself lives in
+//! `tutti-model`.
 //!
-//! The path of a task: [`io`] reads and validates it, [`engine::Engine`] starts an episode
-//! ([`episode`]) that asks the [`executor`] for turns (batched by the [`scheduler`]), resolves
-//! each tool call through the [`catalog`], and calls the backend through its coalescer
-//! ([`coalesce`], with the [`cache`] in front), accounting everything in the [`ledger`]. Results go
-//! back through [`io`]. [`bench`] drives the same engine with generated workloads.
+//! The path of a task: [`io`] reads and validates it, [`jobs::run_job`] skips what is already
+//! committed and hands the rest to the [`Engine`], which runs an episode per task: the executor
+//! decides a turn, the call is resolved through the [`Catalog`] and sent to its backend through
+//! a coalescer (batching, single-flight, the [`ResultCache`]), and everything is accounted in the
+//! [`Ledger`]. Results go back through [`jobs`] and [`io`].
+//!
+//! This is the crate's whole surface: the modules below, and the re-exports at the root.
 
-pub mod backend;
-pub mod breaker;
-pub mod cache;
-pub mod catalog;
-pub mod coalesce;
+pub mod bench;
 pub mod config;
-pub mod engine;
-pub mod environment;
-mod episode;
-pub mod error;
-pub mod executor;
 pub mod flight;
 pub mod io;
 pub mod jobs;
-pub mod ledger;
-pub mod limits;
-pub mod policy;
 pub mod preflight;
-pub mod report;
-pub mod task;
 
+mod backend;
+mod breaker;
+mod cache;
+mod catalog;
+mod coalesce;
+mod engine;
+mod environment;
+mod episode;
+mod error;
+mod executor;
+mod ledger;
+mod limits;
+mod policy;
+mod report;
+mod task;
+
+pub use backend::openai::OpenAiBackend;
+pub use backend::retrieval::RetrievalIndex;
+pub use backend::{Backend, BackendError, BatchItem, CacheKey, Request, Response};
+pub use cache::{CacheStats, CachedResult, ResultCache};
+pub use catalog::Catalog;
 pub use config::Config;
-pub use engine::{Engine, EngineOptions};
-pub use task::{Status, Task, TaskResult};
-pub mod bench;
+pub use engine::{Engine, EngineError, EngineOptions};
+pub use environment::SessionCounts;
+pub use error::chain;
+pub use ledger::{BackendSummary, Ledger, LedgerSummary};
+pub use report::{Latency, Report, Tally};
+pub use task::{Action, CallRecord, Message, Role, Status, Task, TaskResult};

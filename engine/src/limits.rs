@@ -24,10 +24,6 @@ impl RateLimits {
         RateLimits { requests, tokens }
     }
 
-    pub fn is_unlimited(&self) -> bool {
-        self.requests.is_none() && self.tokens.is_none()
-    }
-
     /// Waits until one request of about `tokens` tokens fits both budgets. A request larger than
     /// a whole minute of tokens waits for a full bucket and then goes.
     pub async fn acquire(&self, tokens: u64) {
@@ -40,8 +36,14 @@ impl RateLimits {
         }
     }
 
+    #[cfg(test)]
+    fn is_unlimited(&self) -> bool {
+        self.requests.is_none() && self.tokens.is_none()
+    }
+
     /// Takes capacity for one request if there is some now.
-    pub fn try_acquire(&self, tokens: u64) -> bool {
+    #[cfg(test)]
+    fn try_acquire(&self, tokens: u64) -> bool {
         if let Some((t, cap)) = &self.tokens {
             let n = NonZeroU32::new(tokens.clamp(1, cap.get() as u64) as u32).expect("at least 1");
             if !matches!(t.check_n(n), Ok(Ok(()))) {

@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tutti_engine::catalog::Catalog;
+use tutti_engine::Catalog;
 use tutti_engine::config::{Config, ExecutorKind};
-use tutti_engine::engine::{Engine, EngineOptions};
-use tutti_engine::task::{Status, Task, TaskResult};
+use tutti_engine::{Engine, EngineOptions};
+use tutti_engine::{Status, Task, TaskResult};
 use tutti_model::testing::{tiny_gguf, TinyConfig};
 
 /// Episodes per run: one run without preference, one with; 1,000 episodes in all.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use tutti_engine::flight::{JobClient, JobInfo};
-use tutti_engine::io::tasks::tasks_to_batch;
-use tutti_engine::task::Task;
+use tutti_engine::io::tasks_to_batch;
+use tutti_engine::Task;
 
 use super::{repo, tutti};
 
@@ -144,7 +144,7 @@ pub async fn result_rows(client: &mut JobClient, job: &str) -> Vec<(String, Stri
         .expect("result batches");
     let mut rows = Vec::new();
     for b in batches {
-        assert_eq!(b.schema(), tutti_engine::io::schema::result_schema());
+        assert_eq!(b.schema(), tutti_engine::io::result_schema());
         let ids = b.column_by_name("id").unwrap().as_string::<i32>();
         let statuses = b.column_by_name("status").unwrap().as_string::<i32>();
         for i in 0..b.num_rows() {

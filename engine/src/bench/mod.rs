@@ -3,9 +3,9 @@
 //!
 //! Figures are measured, never asserted: tests check that a report is complete, not how fast.
 
-pub mod ingest;
-pub mod native;
-pub mod workload;
+pub(crate) mod ingest;
+pub(crate) mod native;
+pub(crate) mod workload;
 
 use std::time::Instant;
 
@@ -20,6 +20,8 @@ use crate::ledger::LedgerSummary;
 use crate::report::{Report, Tally};
 use crate::task::Task;
 
+pub use ingest::{flight_ingest, IngestReport};
+pub use native::{run as native_decode, NativeDecodeReport, NativeDecodeSpec};
 pub use workload::{generate, sample, WorkloadSpec};
 
 pub use crate::report::Latency;

@@ -2,8 +2,8 @@
 //! with DoPut, follow them with GetFlightInfo / PollFlightInfo, read results with DoGet and cancel
 //! with DoAction.
 
-pub mod client;
-pub mod service;
+pub(crate) mod client;
+pub(crate) mod service;
 
 pub use client::{ClientError, JobClient, JobInfo};
-pub use service::{serve, Auth};
+pub use service::{job_descriptor, serve, Auth};

@@ -2,7 +2,6 @@
 //! it, DoGet streams its results, DoAction cancels it or returns its stats. See DESIGN.md, "Arrow
 //! Flight protocol".
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -192,11 +191,6 @@ pub async fn serve(
         .add_service(service(jobs, auth))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-}
-
-/// Whether `addr` is a loopback address (binding elsewhere needs a token).
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
 }
 
 /// Turns tonic's "message too large" into RESOURCE_EXHAUSTED with the limit's name.

@@ -10,16 +10,16 @@
 //!   then merges them into Parquet or JSON Lines with the input's index and extra columns.
 //! - [`openai_batch`]: OpenAI batch JSON Lines requests in and output lines out.
 
-pub mod durable;
-pub mod openai_batch;
-pub mod results;
-pub mod schema;
-pub mod tasks;
+pub(crate) mod durable;
+pub(crate) mod openai_batch;
+pub(crate) mod results;
+pub(crate) mod schema;
+pub(crate) mod tasks;
 
 pub use openai_batch::BatchEndpoint;
 pub use results::{
     batch_to_results, read_results, results_to_batch, InputColumns, OutputFormat, OutputShape,
-    ResultStore, ResultsError, StoreError,
+    Reopen, ResultStore, ResultsError, StoreError,
 };
 pub use schema::{result_schema, task_schema};
 pub use tasks::{

@@ -9,11 +9,11 @@
 //! - [`ingest`]: [`Upload`], validation and durable acceptance of uploaded batches.
 //! - [`spec`]: a job's spec (name, defaults, overrides) and its manifest.
 
-pub mod error;
-pub mod ingest;
-pub mod runner;
-pub mod spec;
-pub mod store;
+pub(crate) mod error;
+pub(crate) mod ingest;
+pub(crate) mod runner;
+pub(crate) mod spec;
+pub(crate) mod store;
 
 pub use error::JobError;
 pub use ingest::{Ingest, Upload};

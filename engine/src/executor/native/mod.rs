@@ -168,10 +168,6 @@ impl NativeExecutor {
         })
     }
 
-    pub fn runtime(&self) -> &Arc<NativeRuntime> {
-        &self.runtime
-    }
-
     /// The compiled tool list of `functions`, compiled now on first sight.
     fn tool_list(&self, functions: &[Value]) -> Result<Arc<ToolList>, ExecError> {
         let Some((vocabulary, limits)) = &self.functions else {
