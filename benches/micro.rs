@@ -5,10 +5,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tutti_engine::{Request, Response};
-use tutti_engine::{CachedResult, ResultCache};
 use tutti_engine::config::CacheConfig;
 use tutti_engine::Action;
+use tutti_engine::{CachedResult, ResultCache};
+use tutti_engine::{Request, Response};
 
 fn kernels(c: &mut Criterion) {
     let mut g = c.benchmark_group("kernels");

@@ -77,8 +77,7 @@ struct IndexArgs {
 }
 
 fn index(args: IndexArgs) -> Result<ExitCode> {
-    let stats =
-        tutti_engine::RetrievalIndex::build(&args.corpus, &args.output)?;
+    let stats = tutti_engine::RetrievalIndex::build(&args.corpus, &args.output)?;
     eprintln!(
         "tutti: indexed {} documents into {} in {:.2} s ({:.0} documents/s)",
         stats.documents,

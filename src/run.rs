@@ -9,11 +9,11 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use tutti_engine::Catalog;
-use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
 use tutti_engine::io::{near_task_column, read_task_file, FieldError};
+use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
 use tutti_engine::jobs::run_job;
 use tutti_engine::preflight;
+use tutti_engine::Catalog;
 use tutti_engine::Tally;
 use tutti_engine::{Engine, EngineOptions, Status};
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::faults::{self, Fate, Faults};
 use common::llama as support;
 use futures::StreamExt;
+use tutti_engine::Ledger;
 use tutti_engine::OpenAiBackend;
 use tutti_engine::{Backend, Request};
-use tutti_engine::Ledger;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_calls_through_twenty_percent_failures() {

@@ -11,9 +11,9 @@ use common::llama;
 use common::*;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tutti_engine::Ledger;
 use tutti_engine::OpenAiBackend;
 use tutti_engine::{Backend, Request};
-use tutti_engine::Ledger;
 
 /// A TCP proxy that counts the HTTP requests it forwards (by their request lines).
 async fn counting_proxy(upstream: u16) -> (u16, Arc<AtomicUsize>) {

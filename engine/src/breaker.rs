@@ -21,7 +21,7 @@ enum State {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     /// Set while the state is not closed: callers on the hot path read only this.
     tripped: AtomicBool,
     state: Mutex<State>,
@@ -30,7 +30,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Breaker {
         Breaker {
             tripped: AtomicBool::new(false),
             state: Mutex::new(State::Closed { failures: 0 }),
@@ -40,11 +40,11 @@ impl Breaker {
     }
 
     /// Whether a call may go to the backend now.
-    pub fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         self.allow_at(Instant::now())
     }
 
-    pub fn allow_at(&self, now: Instant) -> bool {
+    pub(crate) fn allow_at(&self, now: Instant) -> bool {
         if !self.tripped.load(Ordering::Acquire) {
             return true;
         }
@@ -62,11 +62,11 @@ impl Breaker {
     /// Whether the breaker is open now, with no probe due: calls that passed [`Breaker::allow`]
     /// before it opened and have not been sent yet are refused. A probe in flight does not make it
     /// open here: that probe is a call being let through.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.is_open_at(Instant::now())
     }
 
-    pub fn is_open_at(&self, now: Instant) -> bool {
+    pub(crate) fn is_open_at(&self, now: Instant) -> bool {
         if !self.tripped.load(Ordering::Acquire) {
             return false;
         }
@@ -74,11 +74,11 @@ impl Breaker {
     }
 
     /// Records a call's outcome; returns true when this outcome opened the breaker.
-    pub fn record(&self, ok: bool) -> bool {
+    pub(crate) fn record(&self, ok: bool) -> bool {
         self.record_at(ok, Instant::now())
     }
 
-    pub fn record_at(&self, ok: bool, now: Instant) -> bool {
+    pub(crate) fn record_at(&self, ok: bool, now: Instant) -> bool {
         let mut s = self.state.lock();
         if ok {
             *s = State::Closed { failures: 0 };

@@ -9,7 +9,7 @@ use crate::ledger::Pricing;
 use crate::task::Action;
 
 /// The tool that ends an episode.
-pub use crate::config::ANSWER_TOOL;
+pub(crate) use crate::config::ANSWER_TOOL;
 
 /// Prompt a tool's chosen model gets when the config gives none.
 const DEFAULT_PROMPT: &str = "Problem: {problem}\n{context}";

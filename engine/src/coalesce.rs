@@ -35,7 +35,7 @@ use crate::ledger::{Ledger, Pricing, Served};
 
 /// What a caller gets back.
 #[derive(Debug, Clone)]
-pub struct CallOutcome {
+pub(crate) struct CallOutcome {
     pub result: Result<Arc<Response>, BackendError>,
     /// How a successful call was served (a failed one says `Billed`: it was not answered for free).
     pub served: Served,
@@ -65,7 +65,7 @@ impl CallOutcome {
 
 /// Batching and caching limits of one backend.
 #[derive(Debug, Clone)]
-pub struct CoalescerLimits {
+pub(crate) struct CoalescerLimits {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub max_concurrency: usize,
@@ -76,7 +76,7 @@ pub struct CoalescerLimits {
 }
 
 impl CoalescerLimits {
-    pub fn from_config(b: &BackendConfig) -> CoalescerLimits {
+    pub(crate) fn from_config(b: &BackendConfig) -> CoalescerLimits {
         CoalescerLimits {
             max_batch: b.max_batch,
             max_wait: Duration::from_millis(b.max_wait_ms),
@@ -107,7 +107,7 @@ struct InFlight {
 }
 
 /// The handle callers use; cheap to share.
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     name: Arc<str>,
     backend: Arc<dyn Backend>,
     tx: mpsc::UnboundedSender<Submit>,
@@ -119,7 +119,7 @@ pub struct Coalescer {
 
 impl Coalescer {
     /// Starts the actor of backend number `index` (as in the ledger) on the current runtime.
-    pub fn start(
+    pub(crate) fn start(
         index: usize,
         name: Arc<str>,
         backend: Arc<dyn Backend>,
@@ -158,7 +158,7 @@ impl Coalescer {
     }
 
     /// Makes one call: from the cache, by joining an identical call in flight, or in a batch.
-    pub async fn call(&self, request: Request) -> CallOutcome {
+    pub(crate) async fn call(&self, request: Request) -> CallOutcome {
         let key = self.key(&request);
         if let Some(k) = key {
             if let Some(hit) = self.cache.get(k) {

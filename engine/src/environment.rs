@@ -28,7 +28,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a session could not be opened or a step failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum EnvError {
+pub(crate) enum EnvError {
     #[error("environment `{backend}`: cannot connect to {url}: {message}")]
     Connect {
         backend: String,
@@ -45,21 +45,21 @@ pub enum EnvError {
 }
 
 /// A function tool of an environment, as the orchestrator sees it and the episode checks it.
-pub struct FunctionTool {
+pub(crate) struct FunctionTool {
     /// The OpenAI function definition: `name`, `description`, `parameters`.
     pub definition: Value,
     validator: jsonschema::Validator,
 }
 
 /// The function tools of a session, compiled once per distinct list and shared by sessions.
-pub struct ToolSet {
+pub(crate) struct ToolSet {
     pub tools: Vec<FunctionTool>,
     by_name: HashMap<String, usize>,
 }
 
 /// Why a call does not fit the environment's tools; the episode shows it as an error observation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
+pub(crate) enum CallError {
     #[error("unknown tool `{tool}`; the tools are {known}")]
     UnknownTool { tool: String, known: String },
     #[error("tool `{tool}`: argument `{field}`: {message}")]
@@ -74,7 +74,7 @@ impl ToolSet {
     /// Builds a tool set from an environment's list: OpenAI definitions (`{"type": "function",
     /// "function": {…}}` or `{name, description, parameters}`) or MCP tools (`input_schema` /
     /// `inputSchema`).
-    pub fn from_list(list: &[Value]) -> Result<ToolSet, String> {
+    pub(crate) fn from_list(list: &[Value]) -> Result<ToolSet, String> {
         let mut tools = Vec::with_capacity(list.len());
         let mut by_name = HashMap::new();
         for (i, entry) in list.iter().enumerate() {
@@ -104,13 +104,13 @@ impl ToolSet {
     }
 
     /// The OpenAI function definitions, for prompts and `tools=`.
-    pub fn definitions(&self) -> Vec<Value> {
+    pub(crate) fn definitions(&self) -> Vec<Value> {
         self.tools.iter().map(|t| t.definition.clone()).collect()
     }
 
     /// Checks a call against its tool's schema; the error names the tool and the first field
     /// that breaks it.
-    pub fn check(&self, name: &str, arguments: &Value) -> Result<(), CallError> {
+    pub(crate) fn check(&self, name: &str, arguments: &Value) -> Result<(), CallError> {
         let Some(&i) = self.by_name.get(name) else {
             let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
             known.sort_unstable();
@@ -154,7 +154,7 @@ impl ToolSet {
 /// One step's answer: the observation, the reward (when the environment gave one) and whether
 /// the episode is over.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub(crate) struct Step {
     pub observation: Value,
     pub reward: Option<f64>,
     pub done: bool,
@@ -168,7 +168,7 @@ pub struct SessionCounts {
 }
 
 /// An OpenEnv server: where its sessions are opened and the tool sets they share.
-pub struct EnvClient {
+pub(crate) struct EnvClient {
     pub name: Arc<str>,
     url: String,
     timeout: Duration,
@@ -179,7 +179,7 @@ pub struct EnvClient {
 impl EnvClient {
     /// The client of an `openenv` backend: `endpoint` (or the variable `endpoint_env` names) is
     /// the server's base URL, `http://` or `ws://`.
-    pub fn new(name: &str, cfg: &OpenEnvBackendConfig) -> Result<EnvClient, String> {
+    pub(crate) fn new(name: &str, cfg: &OpenEnvBackendConfig) -> Result<EnvClient, String> {
         let base = crate::backend::openai::resolve_endpoint(
             cfg.endpoint.as_deref(),
             cfg.endpoint_env.as_deref(),
@@ -209,7 +209,7 @@ impl EnvClient {
     }
 
     /// Opens a session and resets it with `data`; returns the session and the reset's answer.
-    pub async fn open(self: &Arc<Self>, data: Value) -> Result<(Session, Step), EnvError> {
+    pub(crate) async fn open(self: &Arc<Self>, data: Value) -> Result<(Session, Step), EnvError> {
         let connect = tokio_tungstenite::connect_async(self.url.as_str());
         let ws = match tokio::time::timeout(self.timeout, connect).await {
             Err(_) => return Err(self.timed_out()),
@@ -294,7 +294,7 @@ impl EnvClient {
 }
 
 /// One episode's session. Calls run one at a time, in order.
-pub struct Session {
+pub(crate) struct Session {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     client: Arc<EnvClient>,
     tools: Option<Arc<ToolSet>>,
@@ -303,7 +303,7 @@ pub struct Session {
 
 impl Session {
     /// The environment's function tools.
-    pub fn tools(&self) -> &Arc<ToolSet> {
+    pub(crate) fn tools(&self) -> &Arc<ToolSet> {
         self.tools.as_ref().expect("set when the session opened")
     }
 
@@ -351,7 +351,7 @@ impl Session {
     }
 
     /// Sends one action (`data` of a `step` message).
-    pub async fn step(&mut self, action: Value) -> Result<Step, EnvError> {
+    pub(crate) async fn step(&mut self, action: Value) -> Result<Step, EnvError> {
         let data = self
             .request(json!({"type": "step", "data": action}))
             .await?;
@@ -359,19 +359,23 @@ impl Session {
     }
 
     /// Calls a function tool.
-    pub async fn call_tool(&mut self, name: &str, arguments: Value) -> Result<Step, EnvError> {
+    pub(crate) async fn call_tool(
+        &mut self,
+        name: &str,
+        arguments: Value,
+    ) -> Result<Step, EnvError> {
         self.step(json!({"type": "call_tool", "tool_name": name, "arguments": arguments}))
             .await
     }
 
     /// Records a text message of the conversation (`role` is `assistant` or `user`).
-    pub async fn message(&mut self, role: &str, content: &str) -> Result<Step, EnvError> {
+    pub(crate) async fn message(&mut self, role: &str, content: &str) -> Result<Step, EnvError> {
         self.step(json!({"type": "message", "role": role, "content": content}))
             .await
     }
 
     /// Says goodbye and closes the socket; the server drops the session's state.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let bye = json!({"type": "close"}).to_string();
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = self.ws.send(WsMessage::text(bye)).await;
@@ -399,7 +403,7 @@ impl Drop for Session {
 
 /// The text an orchestrator sees of a step's observation: a `call_tool` answer's `result` (or its
 /// `error`), else the whole observation as JSON.
-pub fn observation_text(observation: &Value) -> String {
+pub(crate) fn observation_text(observation: &Value) -> String {
     if let Some(error) = observation.get("error").filter(|e| !e.is_null()) {
         let message = error
             .get("message")

@@ -69,7 +69,7 @@ pub(crate) struct Cancel {
 }
 
 impl Cancel {
-    pub fn new(token: CancellationToken) -> Cancel {
+    pub(crate) fn new(token: CancellationToken) -> Cancel {
         Cancel {
             flag: AtomicBool::new(token.is_cancelled()),
             token,
@@ -77,17 +77,17 @@ impl Cancel {
     }
 
     /// Sets the flag when the token is cancelled; spawned once per job.
-    pub async fn watch(self: Arc<Self>) {
+    pub(crate) async fn watch(self: Arc<Self>) {
         self.token.cancelled().await;
         self.flag.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
     }
 
     /// Completes once the job is cancelled.
-    pub async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         self.token.cancelled().await
     }
 

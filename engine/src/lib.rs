@@ -12,6 +12,8 @@
 //!
 //! This is the crate's whole surface: the modules below, and the re-exports at the root.
 
+#![warn(unreachable_pub)]
+
 pub mod bench;
 pub mod config;
 pub mod flight;

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     requests: Option<DefaultDirectRateLimiter>,
     tokens: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
 }
@@ -14,7 +14,7 @@ pub struct RateLimits {
 impl RateLimits {
     /// Requests per minute and tokens per minute; `None` (or 0) is unlimited. A minute's worth
     /// may be used at once (the burst), as providers' per-minute limits allow.
-    pub fn new(rpm: Option<u32>, tpm: Option<u64>) -> RateLimits {
+    pub(crate) fn new(rpm: Option<u32>, tpm: Option<u64>) -> RateLimits {
         let requests = rpm
             .and_then(NonZeroU32::new)
             .map(|n| RateLimiter::direct(Quota::per_minute(n)));
@@ -26,7 +26,7 @@ impl RateLimits {
 
     /// Waits until one request of about `tokens` tokens fits both budgets. A request larger than
     /// a whole minute of tokens waits for a full bucket and then goes.
-    pub async fn acquire(&self, tokens: u64) {
+    pub(crate) async fn acquire(&self, tokens: u64) {
         if let Some(r) = &self.requests {
             r.until_ready().await;
         }
@@ -55,7 +55,7 @@ impl RateLimits {
 }
 
 /// A rough token count of a prompt plus what may be generated, for the `tpm` budget.
-pub fn estimate_tokens(prompt: &str, max_tokens: u32) -> u64 {
+pub(crate) fn estimate_tokens(prompt: &str, max_tokens: u32) -> u64 {
     (prompt.len() as u64).div_ceil(4) + max_tokens as u64
 }
 

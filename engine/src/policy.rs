@@ -12,7 +12,7 @@ use crate::catalog::{Catalog, Preference};
 
 /// Writes the shaped score of every catalog action into `out`.
 /// `tool_scores[t]` is the base score of tool `t` (each alias of a tool starts from it).
-pub fn shape_scores(
+pub(crate) fn shape_scores(
     catalog: &Catalog,
     tool_scores: &[f32],
     preference: &Preference,
@@ -38,13 +38,13 @@ pub fn shape_scores(
 /// Samples an action from shaped scores (overwritten with probabilities) given a uniform `u` in
 /// [0, 1). When every action is masked, falls back to the cheapest `answer`: an episode that can
 /// afford nothing more must still end with an answer.
-pub fn choose(catalog: &Catalog, scores: &mut [f32], u: f32) -> usize {
+pub(crate) fn choose(catalog: &Catalog, scores: &mut [f32], u: f32) -> usize {
     softmax_inplace(scores);
     sample_index(scores, u).unwrap_or_else(|| cheapest_answer(catalog))
 }
 
 /// The `answer` action with the lowest expected cost.
-pub fn cheapest_answer(catalog: &Catalog) -> usize {
+pub(crate) fn cheapest_answer(catalog: &Catalog) -> usize {
     catalog.tools[catalog.answer()]
         .actions
         .iter()

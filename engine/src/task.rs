@@ -111,7 +111,7 @@ pub struct Action {
     pub alias: String,
 }
 
-pub use tutti_model::hermes::ParseError;
+pub(crate) use tutti_model::hermes::ParseError;
 
 impl Action {
     /// Parses the first Hermes call in a reply as a ToolOrchestra action, whose one argument
@@ -178,7 +178,7 @@ pub struct TaskResult {
 
 /// Normalises an answer for exact-match grading: strips `\boxed{...}` and `<answer>...</answer>`
 /// wrappers, lowercases, collapses whitespace and drops a trailing period.
-pub fn normalize_answer(s: &str) -> String {
+pub(crate) fn normalize_answer(s: &str) -> String {
     let mut t = s.trim();
     if let Some(inner) = t
         .strip_prefix("<answer>")
@@ -197,13 +197,13 @@ pub fn normalize_answer(s: &str) -> String {
 }
 
 /// Normalised exact match against a reference answer.
-pub fn grade(answer: &str, reference: &str) -> bool {
+pub(crate) fn grade(answer: &str, reference: &str) -> bool {
     normalize_answer(answer) == normalize_answer(reference)
 }
 
 /// Stable 64-bit hash of some byte strings under a seed (stable across runs and platforms): the
 /// seeds of a task's randomness, and the keys of prefixes and conversations.
-pub fn stable_hash(seed: u64, parts: &[&[u8]]) -> u64 {
+pub(crate) fn stable_hash(seed: u64, parts: &[&[u8]]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
     for p in parts {
         h.update(p);

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tutti_engine::Catalog;
 use tutti_engine::config::{Config, ExecutorKind};
+use tutti_engine::Catalog;
 use tutti_engine::{Engine, EngineOptions};
 use tutti_engine::{Status, Task, TaskResult};
 use tutti_model::testing::{tiny_gguf, TinyConfig};

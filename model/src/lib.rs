@@ -13,6 +13,8 @@
 //!   prompt text.
 //! - `testing` (feature `testing`): tiny random-weight models built in memory.
 
+#![warn(unreachable_pub)]
+
 pub mod chat_template;
 mod forward;
 pub mod head;

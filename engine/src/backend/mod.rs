@@ -5,12 +5,12 @@
 //! (OpenAI-compatible servers, the Python sandbox, retrieval, in-process models) come with their
 //! issues; [`sim::SimBackend`] is the workload model the benchmarks run on.
 
-pub mod native;
-pub mod openai;
-pub mod python;
-pub mod retrieval;
-pub mod sandbox;
-pub mod sim;
+pub(crate) mod native;
+pub(crate) mod openai;
+pub(crate) mod python;
+pub(crate) mod retrieval;
+pub(crate) mod sandbox;
+pub(crate) mod sim;
 
 use std::sync::Arc;
 
@@ -110,13 +110,13 @@ pub struct BuildError {
 }
 
 /// Where in-process models come from, for `native` backends.
-pub struct NativeSource<'a> {
+pub(crate) struct NativeSource<'a> {
     pub models: &'a mut NativeModels,
     pub limits: RuntimeLimits,
 }
 
 /// Builds the backend a config entry describes; `index` is its number in the ledger.
-pub fn build(
+pub(crate) fn build(
     cfg: &BackendConfig,
     sim: &SimulationConfig,
     ledger: Arc<Ledger>,

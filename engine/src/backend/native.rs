@@ -17,7 +17,7 @@ use tutti_model::head::Sampling;
 use tutti_model::runtime::runner::NativeInput;
 use tutti_model::runtime::{NativeRuntime, PromptRenderer};
 
-pub struct NativeBackend {
+pub(crate) struct NativeBackend {
     name: Arc<str>,
     runtime: Arc<NativeRuntime>,
     prompt: Arc<PromptRenderer>,
@@ -29,7 +29,7 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         cfg: &ModelBackendConfig,
         runtime: Arc<NativeRuntime>,

@@ -26,7 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// An HTTP client for one OpenAI-compatible server, with the retry policy of one backend.
-pub struct OpenAiClient {
+pub(crate) struct OpenAiClient {
     name: String,
     http: reqwest::Client,
     base: String,
@@ -49,7 +49,7 @@ enum TryError {
 impl OpenAiClient {
     /// `endpoint` is the base URL (`http://127.0.0.1:8080/v1`); the key, when named, comes from
     /// the environment and is never logged.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         endpoint: &str,
         api_key_env: Option<&str>,
@@ -81,13 +81,13 @@ impl OpenAiClient {
     }
 
     /// Counts retries in the ledger under backend number `index`.
-    pub fn with_ledger(mut self, ledger: Arc<Ledger>, index: usize) -> Self {
+    pub(crate) fn with_ledger(mut self, ledger: Arc<Ledger>, index: usize) -> Self {
         self.ledger = Some((ledger, index));
         self
     }
 
     /// POSTs a JSON body to `path` (relative to the base URL), retrying what can be retried.
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, BackendError> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, BackendError> {
         let url = format!("{}/{}", self.base, path);
         let mut attempt = 0u32;
         loop {
@@ -167,7 +167,7 @@ impl OpenAiClient {
         wait.min(MAX_BACKOFF)
     }
 
-    pub fn failed(&self, message: String) -> BackendError {
+    pub(crate) fn failed(&self, message: String) -> BackendError {
         BackendError::Failed {
             backend: self.name.clone(),
             message,
@@ -224,7 +224,7 @@ impl OpenAiBackend {
 /// A base URL: `endpoint`, unless the variable named by `endpoint_env` is set (and not empty), in
 /// which case its value is checked as the config checks `endpoint` (`schemes`, a host). Used by
 /// `openai` backends, the `openai` executor and `openenv` backends.
-pub fn resolve_endpoint(
+pub(crate) fn resolve_endpoint(
     endpoint: Option<&str>,
     endpoint_env: Option<&str>,
     schemes: &[&str],

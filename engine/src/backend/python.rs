@@ -16,13 +16,13 @@ use crate::config::PythonBackendConfig;
 /// empty environment, as another user.
 pub(crate) const DEFAULT_PYTHON: &str = "/usr/bin/python3";
 
-pub struct PythonBackend {
+pub(crate) struct PythonBackend {
     name: String,
     sandbox: Arc<Sandbox>,
 }
 
 impl PythonBackend {
-    pub fn new(name: &str, cfg: &PythonBackendConfig) -> PythonBackend {
+    pub(crate) fn new(name: &str, cfg: &PythonBackendConfig) -> PythonBackend {
         let timeout = Duration::from_millis(cfg.timeout_ms.unwrap_or(60_000));
         let limits = SandboxLimits {
             timeout,
@@ -44,7 +44,7 @@ impl PythonBackend {
 
 /// The code in a model's reply: the last ```python (or bare ```) fenced block, else the whole text
 /// without surrounding whitespace (a one-line reply often starts with a space).
-pub fn extract_code(text: &str) -> &str {
+pub(crate) fn extract_code(text: &str) -> &str {
     let mut code = None;
     let mut rest = text;
     while let Some(start) = rest.find("```") {

@@ -435,7 +435,7 @@ fn truncate_chars(text: &str, max_chars: usize) -> String {
 
 /// The `retrieval` backend: each call's prompt (the query the chosen model wrote) is searched in a
 /// local index built by `tutti index`, and the observation is the rendered top-k passages.
-pub struct RetrievalBackend {
+pub(crate) struct RetrievalBackend {
     index: std::sync::Arc<RetrievalIndex>,
     top_k: usize,
     passage_chars: usize,
@@ -445,7 +445,9 @@ pub struct RetrievalBackend {
 const MAX_QUERY_CHARS: usize = 512;
 
 impl RetrievalBackend {
-    pub fn new(cfg: &crate::config::RetrievalBackendConfig) -> Result<RetrievalBackend, String> {
+    pub(crate) fn new(
+        cfg: &crate::config::RetrievalBackendConfig,
+    ) -> Result<RetrievalBackend, String> {
         let dir = cfg
             .index
             .as_ref()

@@ -47,7 +47,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// The bounds one run is held to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SandboxLimits {
+pub(crate) struct SandboxLimits {
     /// Wall-clock time before the whole process group is killed ([`Outcome::TimedOut`]).
     pub timeout: Duration,
     /// CPU seconds per process (`RLIMIT_CPU`): `SIGXCPU` at this limit, `SIGKILL` a second later.
@@ -81,7 +81,7 @@ impl Default for SandboxLimits {
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The interpreter exited with this code (1 for an uncaught exception).
     Exited(i32),
     /// The interpreter was killed by this signal, e.g. `SIGXCPU` at the CPU limit.
@@ -92,7 +92,7 @@ pub enum Outcome {
 
 /// The result of one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxRun {
+pub(crate) struct SandboxRun {
     pub outcome: Outcome,
     /// What the program printed, as lossy UTF-8, at most `limits.max_output_bytes` bytes.
     pub stdout: String,
@@ -110,7 +110,7 @@ impl SandboxRun {
     /// What the orchestrator sees: stdout, then stderr, then one line for each thing that went
     /// wrong (`[output truncated to 65536 bytes]`, `[exit code 1]`,
     /// `[killed after 60 s timeout]`), so the model can tell a wrong answer from a crash.
-    pub fn observation(&self) -> String {
+    pub(crate) fn observation(&self) -> String {
         let mut text = self.stdout.clone();
         if !self.stderr.is_empty() {
             push_block(&mut text, &self.stderr);
@@ -156,7 +156,7 @@ fn push_block(text: &mut String, block: &str) {
 /// Why a run could not start; what the program itself does is never an error but a
 /// [`SandboxRun`].
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub(crate) enum SandboxError {
     #[error("cannot create a sandbox working directory in {parent}: {source}")]
     WorkDir { parent: PathBuf, source: io::Error },
     #[error("cannot write the sandboxed program to {path}: {source}")]
@@ -179,7 +179,7 @@ pub enum SandboxError {
 /// Concurrent runs of a root engine all run as `nobody`, so they share `max_processes` and can
 /// signal one another's processes.
 #[derive(Debug, Clone)]
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     python: PathBuf,
     limits: SandboxLimits,
     /// Whether the child drops from root to `nobody`; decided once, since the engine's user
@@ -191,7 +191,7 @@ impl Sandbox {
     /// A sandbox running `python` (an absolute path, or a name looked up on the sandbox's
     /// `PATH`, `/usr/local/bin:/usr/bin:/bin`) under `limits`. When the engine is root, the
     /// interpreter must be one `nobody` may execute: a system Python, not one under `/root`.
-    pub fn new(python: impl Into<PathBuf>, limits: SandboxLimits) -> Sandbox {
+    pub(crate) fn new(python: impl Into<PathBuf>, limits: SandboxLimits) -> Sandbox {
         Sandbox {
             python: python.into(),
             limits,
@@ -202,7 +202,7 @@ impl Sandbox {
     /// Runs `code` and returns what it printed and how it ended. Errors only when the run
     /// cannot start; the working directory is removed and every process of the run killed
     /// before this returns, or when the future is dropped.
-    pub async fn run(&self, code: &str) -> Result<SandboxRun, SandboxError> {
+    pub(crate) async fn run(&self, code: &str) -> Result<SandboxRun, SandboxError> {
         let limits = self.limits;
         let workdir = self.prepare(code)?;
         let mut command = Command::new(&self.python);

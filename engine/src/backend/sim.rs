@@ -21,7 +21,7 @@ use crate::task::stable_hash;
 
 /// A lognormal given by its median and 99th percentile; a constant when they are equal.
 #[derive(Debug, Clone, Copy)]
-pub struct LogNormalDist {
+pub(crate) struct LogNormalDist {
     p50: f64,
     dist: Option<LogNormal<f64>>,
 }
@@ -30,18 +30,18 @@ pub struct LogNormalDist {
 const Z99: f64 = 2.326_347_874;
 
 impl LogNormalDist {
-    pub fn new(d: Dist) -> LogNormalDist {
+    pub(crate) fn new(d: Dist) -> LogNormalDist {
         let sigma = (d.p99.ln() - d.p50.ln()) / Z99;
         let dist = (sigma > 0.0).then(|| LogNormal::new(d.p50.ln(), sigma).expect("validated"));
         LogNormalDist { p50: d.p50, dist }
     }
 
-    pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+    pub(crate) fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
         self.dist.map_or(self.p50, |d| d.sample(rng))
     }
 }
 
-pub struct SimBackend {
+pub(crate) struct SimBackend {
     name: String,
     seed: u64,
     time_scale: f64,
@@ -52,7 +52,7 @@ pub struct SimBackend {
 }
 
 impl SimBackend {
-    pub fn new(name: &str, cfg: &SimBackendSettings, sim: &SimulationConfig) -> SimBackend {
+    pub(crate) fn new(name: &str, cfg: &SimBackendSettings, sim: &SimulationConfig) -> SimBackend {
         let s = &cfg.sim;
         SimBackend {
             name: name.to_string(),
@@ -135,7 +135,7 @@ impl Backend for SimBackend {
 
 /// Evaluates the first `A op B` (integers, op one of + - *) in the first line of a text (where
 /// the problem is).
-pub fn solve(text: &str) -> Option<i64> {
+pub(crate) fn solve(text: &str) -> Option<i64> {
     let words: Vec<&str> = text
         .lines()
         .next()

@@ -16,7 +16,7 @@ use crate::jobs::{Jobs, ServerLimits};
 use crate::task::Task;
 
 /// Rows per record batch the client sends.
-pub const INGEST_BATCH_ROWS: usize = 8192;
+pub(crate) const INGEST_BATCH_ROWS: usize = 8192;
 
 /// One timed upload.
 #[derive(Debug, Clone, Serialize)]

@@ -333,88 +333,88 @@ impl Default for CacheConfig {
 }
 
 mod defaults {
-    pub fn max_call_tokens() -> u32 {
+    pub(super) fn max_call_tokens() -> u32 {
         1024
     }
-    pub fn max_string_chars() -> u32 {
+    pub(super) fn max_string_chars() -> u32 {
         512
     }
-    pub fn user_tool() -> String {
+    pub(super) fn user_tool() -> String {
         "respond".into()
     }
-    pub fn yes() -> bool {
+    pub(super) fn yes() -> bool {
         true
     }
-    pub fn max_turns() -> u32 {
+    pub(super) fn max_turns() -> u32 {
         8
     }
-    pub fn max_live_tasks() -> usize {
+    pub(super) fn max_live_tasks() -> usize {
         1024
     }
-    pub fn max_seqs() -> usize {
+    pub(super) fn max_seqs() -> usize {
         256
     }
-    pub fn max_batched_tokens() -> usize {
+    pub(super) fn max_batched_tokens() -> usize {
         8192
     }
-    pub fn one() -> f64 {
+    pub(super) fn one() -> f64 {
         1.0
     }
-    pub fn temperature_zero() -> f64 {
+    pub(super) fn temperature_zero() -> f64 {
         0.0
     }
-    pub fn max_malformed_calls() -> u32 {
+    pub(super) fn max_malformed_calls() -> u32 {
         3
     }
-    pub fn preference_scale() -> f64 {
+    pub(super) fn preference_scale() -> f64 {
         2.0
     }
-    pub fn answer_logit_per_turn() -> f64 {
+    pub(super) fn answer_logit_per_turn() -> f64 {
         0.7
     }
-    pub fn max_concurrency() -> usize {
+    pub(super) fn max_concurrency() -> usize {
         64
     }
-    pub fn max_batch() -> usize {
+    pub(super) fn max_batch() -> usize {
         8
     }
-    pub fn max_tokens() -> u32 {
+    pub(super) fn max_tokens() -> u32 {
         1024
     }
-    pub fn expected_input_tokens() -> u32 {
+    pub(super) fn expected_input_tokens() -> u32 {
         1000
     }
-    pub fn prompt_part_tokens() -> u32 {
+    pub(super) fn prompt_part_tokens() -> u32 {
         1000
     }
-    pub fn orchestrator_max_tokens() -> u32 {
+    pub(super) fn orchestrator_max_tokens() -> u32 {
         512
     }
-    pub fn retry_base_ms() -> u64 {
+    pub(super) fn retry_base_ms() -> u64 {
         200
     }
-    pub fn breaker_failures() -> u32 {
+    pub(super) fn breaker_failures() -> u32 {
         5
     }
-    pub fn breaker_cooldown_ms() -> u64 {
+    pub(super) fn breaker_cooldown_ms() -> u64 {
         5000
     }
-    pub fn top_k() -> usize {
+    pub(super) fn top_k() -> usize {
         3
     }
-    pub fn passage_chars() -> usize {
+    pub(super) fn passage_chars() -> usize {
         800
     }
-    pub fn sandbox_memory_mb() -> u64 {
+    pub(super) fn sandbox_memory_mb() -> u64 {
         1024
     }
-    pub fn sandbox_output_bytes() -> usize {
+    pub(super) fn sandbox_output_bytes() -> usize {
         64 << 10
     }
-    pub fn cache_entries() -> usize {
+    pub(super) fn cache_entries() -> usize {
         200_000
     }
-    pub fn cache_bytes() -> usize {
+    pub(super) fn cache_bytes() -> usize {
         256 << 20
     }
 }

@@ -4,10 +4,10 @@
 //! continuous-batching scheduler; `openai` sends each turn to an OpenAI-compatible server;
 //! `replay` plays calls recorded in the task. All implement the same [`Executor`] trait.
 
-pub mod native;
-pub mod openai;
-pub mod replay;
-pub mod sim;
+pub(crate) mod native;
+pub(crate) mod openai;
+pub(crate) mod replay;
+pub(crate) mod sim;
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use crate::task::{Message, Role, Task};
 use tutti_model::scheduler::SchedulerStats;
 
 /// What an executor sees of an episode when asked for the next turn.
-pub struct TurnView<'a> {
+pub(crate) struct TurnView<'a> {
     pub task: &'a Task,
     pub messages: &'a [Message],
     /// Messages before this index were already part of an earlier turn's context.
@@ -37,7 +37,7 @@ pub struct TurnView<'a> {
 
 /// The orchestrator's reply for one turn.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     pub text: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -47,7 +47,7 @@ pub struct Decision {
 #[error("orchestrator executor: {0}")]
 pub struct ExecError(pub String);
 
-pub trait Executor: Send + Sync {
+pub(crate) trait Executor: Send + Sync {
     /// A new sequence for an episode.
     fn open(&self) -> u64;
     /// Runs one turn.
@@ -102,7 +102,7 @@ pub(crate) fn preference_text(preference: &[(String, f64)]) -> String {
 
 /// Builds the executor the config names.
 /// `models` holds the in-process models, shared with `native` backends.
-pub fn build(
+pub(crate) fn build(
     cfg: &Config,
     catalog: Arc<Catalog>,
     models: &mut tutti_model::runtime::NativeModels,

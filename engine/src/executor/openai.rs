@@ -26,7 +26,7 @@ use crate::config::{Config, OpenAiApi, PromptStrategy};
 use crate::task::{Action, Role};
 use tutti_model::chat_template::ChatTemplate;
 
-pub struct OpenAiExecutor {
+pub(crate) struct OpenAiExecutor {
     strategy: PromptStrategy,
     /// Characters each part of a `toolorchestra` prompt keeps (its token budget, times four).
     part_chars: usize,
@@ -47,7 +47,7 @@ pub struct OpenAiExecutor {
 }
 
 impl OpenAiExecutor {
-    pub fn new(cfg: &Config, catalog: Arc<Catalog>) -> Result<OpenAiExecutor, ExecError> {
+    pub(crate) fn new(cfg: &Config, catalog: Arc<Catalog>) -> Result<OpenAiExecutor, ExecError> {
         let o = &cfg.orchestrator;
         let endpoint = resolve_endpoint(
             o.endpoint.as_deref(),
@@ -274,7 +274,7 @@ fn tool_call_text(function: &Value) -> String {
 }
 
 /// The catalog as OpenAI function definitions: every tool takes one argument, `model`, an enum.
-pub fn tools_json(catalog: &Catalog) -> Value {
+pub(crate) fn tools_json(catalog: &Catalog) -> Value {
     Value::Array(
         catalog
             .tools
@@ -317,7 +317,7 @@ pub(crate) fn system_prompt(catalog: &Catalog) -> String {
 }
 
 /// A GBNF grammar admitting exactly the Hermes calls of the catalog, in their one spelling.
-pub fn tool_call_grammar(catalog: &Catalog) -> String {
+pub(crate) fn tool_call_grammar(catalog: &Catalog) -> String {
     tutti_model::hermes::gbnf(
         catalog
             .actions

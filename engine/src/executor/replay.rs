@@ -10,7 +10,7 @@ use super::{Decision, ExecError, Executor, TurnView};
 use tutti_model::hermes::{self, ToolCall};
 
 /// Reads a task's `replay` column: every entry must be a call object.
-pub fn parse_calls(text: &str) -> Result<Vec<ToolCall>, String> {
+pub(crate) fn parse_calls(text: &str) -> Result<Vec<ToolCall>, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
     let Value::Array(items) = value else {
         return Err("must be a JSON array of calls".into());
@@ -28,7 +28,7 @@ pub fn parse_calls(text: &str) -> Result<Vec<ToolCall>, String> {
 }
 
 /// Plays each task's recorded calls; holds no state between turns.
-pub struct ReplayExecutor;
+pub(crate) struct ReplayExecutor;
 
 impl Executor for ReplayExecutor {
     fn open(&self) -> u64 {

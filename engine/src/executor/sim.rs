@@ -30,7 +30,7 @@ use tutti_model::scheduler::{
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 
 /// What an episode hands the sim runner for a turn.
-pub struct SimInput {
+pub(crate) struct SimInput {
     pub context_hash: u64,
     pub new_tokens: usize,
     pub prompt_tokens: u64,
@@ -39,12 +39,12 @@ pub struct SimInput {
     pub preference: Arc<Preference>,
 }
 
-pub struct SimSeq {
+pub(crate) struct SimSeq {
     decode_left: u64,
     output: Option<Decision>,
 }
 
-pub struct SimRunner {
+pub(crate) struct SimRunner {
     catalog: Arc<Catalog>,
     cfg: SimExecutorConfig,
     seed: u64,
@@ -61,7 +61,7 @@ pub struct SimRunner {
 }
 
 impl SimRunner {
-    pub fn new(cfg: &Config, catalog: Arc<Catalog>) -> SimRunner {
+    pub(crate) fn new(cfg: &Config, catalog: Arc<Catalog>) -> SimRunner {
         let sim = cfg
             .orchestrator
             .sim
@@ -181,13 +181,13 @@ impl StepRunner for SimRunner {
 }
 
 /// The sim executor: a [`SimRunner`] behind the continuous-batching scheduler.
-pub struct SimExecutor {
+pub(crate) struct SimExecutor {
     handle: SchedulerHandle<SimRunner>,
     _thread: JoinHandle<SimRunner>,
 }
 
 impl SimExecutor {
-    pub fn start(cfg: &Config, catalog: Arc<Catalog>) -> SimExecutor {
+    pub(crate) fn start(cfg: &Config, catalog: Arc<Catalog>) -> SimExecutor {
         let limits = BatchLimits {
             max_seqs: cfg.orchestrator.max_seqs,
             max_batched_tokens: cfg.orchestrator.max_batched_tokens,

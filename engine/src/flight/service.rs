@@ -28,7 +28,7 @@ use crate::jobs::JobState;
 use crate::jobs::{Ingest, Job, JobError, Jobs};
 
 /// The actions of DoAction, as ListActions describes them.
-pub const ACTIONS: [(&str, &str); 3] = [
+pub(crate) const ACTIONS: [(&str, &str); 3] = [
     (
         "CancelFlightInfo",
         "Cancel the job of a FlightInfo (the standard action; body: CancelFlightInfoRequest)",
@@ -90,12 +90,12 @@ fn body_text(body: &[u8], action: &str) -> Result<String, Status> {
 }
 
 /// The service over a server's jobs.
-pub struct JobService {
+pub(crate) struct JobService {
     jobs: Arc<Jobs>,
 }
 
 impl JobService {
-    pub fn new(jobs: Arc<Jobs>) -> JobService {
+    pub(crate) fn new(jobs: Arc<Jobs>) -> JobService {
         JobService { jobs }
     }
 
@@ -168,7 +168,7 @@ impl tonic::service::Interceptor for Auth {
 }
 
 /// The tonic service: [`JobService`] behind [`Auth`], with the message size limit.
-pub fn service(
+pub(crate) fn service(
     jobs: Arc<Jobs>,
     auth: Auth,
 ) -> InterceptedService<FlightServiceServer<JobService>, Auth> {

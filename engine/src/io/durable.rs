@@ -18,7 +18,7 @@ pub struct FsError {
 }
 
 /// Maps an `io::Error` on `path` to an [`FsError`] saying what was being done.
-pub fn fs_error<'a>(
+pub(crate) fn fs_error<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> FsError + 'a {
@@ -32,7 +32,7 @@ pub fn fs_error<'a>(
 /// Writes a file at `tmp` with `fill`, fsyncs it, renames it to `dest` and fsyncs `dir`, the
 /// directory of both: afterwards `dest` is complete and durable, and before that moment it was
 /// untouched. On failure the temporary file is removed.
-pub fn write_durably<E: From<FsError>>(
+pub(crate) fn write_durably<E: From<FsError>>(
     tmp: &Path,
     dest: &Path,
     dir: &Path,
@@ -53,13 +53,13 @@ pub fn write_durably<E: From<FsError>>(
 }
 
 /// Renames `from` to `to` (a file or a directory) and fsyncs `dir`, the directory of `to`.
-pub fn rename_durably(from: &Path, to: &Path, dir: &Path) -> Result<(), FsError> {
+pub(crate) fn rename_durably(from: &Path, to: &Path, dir: &Path) -> Result<(), FsError> {
     fs::rename(from, to).map_err(fs_error("move into place", to))?;
     sync_dir(dir)
 }
 
 /// Makes a directory's entries (a rename, a new file) durable.
-pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), FsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(fs_error("sync directory", dir))

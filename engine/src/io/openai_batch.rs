@@ -190,7 +190,7 @@ fn chat_prompt(messages: &[ChatMessage]) -> Result<String, LineProblem> {
 /// The output line of one task, in the shape `vllm run-batch` writes: `id`, `custom_id`,
 /// `response` (`status_code`, `request_id`, `body`) and `error`. The body's `usage` sums the
 /// task's backend calls; `tutti` holds the task's own figures (status, turns, cost).
-pub fn output_line(result: &TaskResult, endpoint: BatchEndpoint, created_s: u64) -> Value {
+pub(crate) fn output_line(result: &TaskResult, endpoint: BatchEndpoint, created_s: u64) -> Value {
     let request_id = format!("tutti-{}", result.id);
     let (prompt_tokens, completion_tokens) = result.calls.iter().fold((0, 0), |(i, o), c| {
         (i + c.input_tokens, o + c.output_tokens)

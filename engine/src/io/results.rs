@@ -879,15 +879,15 @@ fn for_each_output_line(
 }
 
 /// Results are committed when this many are waiting…
-pub const COMMIT_ROWS: usize = 2048;
+pub(crate) const COMMIT_ROWS: usize = 2048;
 /// …or when the oldest uncommitted one has waited this long.
-pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
+pub(crate) const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
 /// Commits the results arriving on `rx` in groups (every [`COMMIT_ROWS`] rows or
 /// [`COMMIT_EVERY`]), calling `committed` with each group once it is durable. Without
 /// `keep_trajectories` the trajectory of each row is dropped first. Returns the store when the
 /// channel has closed and everything received is committed.
-pub async fn commit_stream(
+pub(crate) async fn commit_stream(
     mut rx: mpsc::Receiver<TaskResult>,
     mut store: ResultStore,
     keep_trajectories: bool,
@@ -925,7 +925,7 @@ pub async fn commit_stream(
 
 /// The committed segments of the output `out` (as [`ResultStore::open`] names them), in commit
 /// order; none when the segment directory does not exist.
-pub fn committed_segments(out: &Path) -> Result<Vec<PathBuf>, StoreError> {
+pub(crate) fn committed_segments(out: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let parts = parts_of(out)?;
     if !parts.try_exists().map_err(io_error("inspect", &parts))? {
         return Ok(Vec::new());
@@ -940,7 +940,7 @@ pub fn committed_segments(out: &Path) -> Result<Vec<PathBuf>, StoreError> {
 }
 
 /// The batches of a result file, each checked and reordered into [`result_schema`].
-pub fn read_result_batches(
+pub(crate) fn read_result_batches(
     path: &Path,
 ) -> Result<impl Iterator<Item = Result<RecordBatch, StoreError>> + use<>, StoreError> {
     let path = path.to_path_buf();

@@ -8,7 +8,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use std::fmt;
 
 /// Columns of a task table, in schema order. Only `id` and `prompt` are required.
-pub const TASK_COLUMNS: [&str; 10] = [
+pub(crate) const TASK_COLUMNS: [&str; 10] = [
     "id",
     "prompt",
     "preference",
@@ -23,7 +23,7 @@ pub const TASK_COLUMNS: [&str; 10] = [
 
 /// The column of `tutti run`'s output that gives each row's task its 0-based row in the input
 /// (null for a row whose id the input no longer has).
-pub const INPUT_INDEX: &str = "input_index";
+pub(crate) const INPUT_INDEX: &str = "input_index";
 
 static TASK_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -104,23 +104,23 @@ pub fn result_schema() -> SchemaRef {
 }
 
 /// The struct fields of one `calls` entry of a result row.
-pub fn call_fields() -> Fields {
+pub(crate) fn call_fields() -> Fields {
     CALL_FIELDS.clone()
 }
 
 /// The item field of the results' `calls` list: a non-null struct per backend call.
-pub fn call_item_field() -> Field {
+pub(crate) fn call_item_field() -> Field {
     Field::new_list_field(DataType::Struct(CALL_FIELDS.clone()), false)
 }
 
 /// The struct fields of one `trajectory` entry of a result row: `role` (`user`, `assistant`,
 /// `tool`), `content`, and `tokens`, what the message costs the orchestrator's context.
-pub fn message_fields() -> Fields {
+pub(crate) fn message_fields() -> Fields {
     MESSAGE_FIELDS.clone()
 }
 
 /// The item field of the results' `trajectory` list: a non-null struct per message.
-pub fn message_item_field() -> Field {
+pub(crate) fn message_item_field() -> Field {
     Field::new_list_field(DataType::Struct(MESSAGE_FIELDS.clone()), false)
 }
 

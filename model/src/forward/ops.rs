@@ -22,7 +22,7 @@ pub(crate) struct Meta<'a> {
 
 impl<'a> Meta<'a> {
     /// Wraps the header; the architecture comes from `general.architecture`.
-    pub fn new(ct: &'a gguf_file::Content) -> Result<Self> {
+    pub(crate) fn new(ct: &'a gguf_file::Content) -> Result<Self> {
         let arch = ct
             .metadata
             .get("general.architecture")
@@ -37,7 +37,7 @@ impl<'a> Meta<'a> {
     }
 
     /// An integer value, if present.
-    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub(crate) fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         use gguf_file::Value::*;
         Ok(match self.get(key) {
             None => None,
@@ -54,13 +54,13 @@ impl<'a> Meta<'a> {
     }
 
     /// A required integer value.
-    pub fn usize(&self, key: &str) -> Result<usize> {
+    pub(crate) fn usize(&self, key: &str) -> Result<usize> {
         self.opt_usize(key)?
             .with_context(|| format!("missing GGUF key {}.{key}", self.arch))
     }
 
     /// A float value, if present.
-    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+    pub(crate) fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         use gguf_file::Value::*;
         Ok(match self.get(key) {
             None => None,
@@ -71,14 +71,14 @@ impl<'a> Meta<'a> {
     }
 
     /// A string value, if present.
-    pub fn opt_string(&self, key: &str) -> Option<&str> {
+    pub(crate) fn opt_string(&self, key: &str) -> Option<&str> {
         self.get(key)
             .and_then(|v| v.to_string().ok())
             .map(String::as_str)
     }
 
     /// An array of integers (e.g. a per-layer setting), if present.
-    pub fn opt_usize_array(&self, key: &str) -> Result<Option<Vec<usize>>> {
+    pub(crate) fn opt_usize_array(&self, key: &str) -> Result<Option<Vec<usize>>> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
@@ -107,19 +107,19 @@ pub(crate) struct Weights<'a, R> {
 
 impl<R: Read + Seek> Weights<'_, R> {
     /// Whether the file has tensor `name`.
-    pub fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.ct.tensor_infos.contains_key(name)
     }
 
     /// The quantized tensor `name`.
-    pub fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+    pub(crate) fn qtensor(&mut self, name: &str) -> Result<QTensor> {
         self.ct
             .tensor(self.reader, name, &self.device)
             .with_context(|| format!("loading tensor {name}"))
     }
 
     /// A linear layer from weight `name` (stored `(out, in)`).
-    pub fn linear(&mut self, name: &str) -> Result<Linear> {
+    pub(crate) fn linear(&mut self, name: &str) -> Result<Linear> {
         let mut q = self.qtensor(name)?;
         if self.options.requantize_q5_to_q8
             && matches!(q.dtype(), GgmlDType::Q5_0 | GgmlDType::Q5_1)
@@ -130,7 +130,7 @@ impl<R: Read + Seek> Weights<'_, R> {
     }
 
     /// An RMSNorm whose weight is `name`, dequantized to f32.
-    pub fn rms_norm(&mut self, name: &str, eps: f64) -> Result<RmsNorm> {
+    pub(crate) fn rms_norm(&mut self, name: &str, eps: f64) -> Result<RmsNorm> {
         let weight = self.qtensor(name)?.dequantize(&self.device)?;
         RmsNorm::new(weight, eps)
     }
@@ -161,7 +161,7 @@ impl std::fmt::Debug for Linear {
 
 impl Linear {
     /// Wraps a weight; f32/f16 weights are dequantized once, others stay quantized.
-    pub fn new(weight: Arc<QTensor>) -> Result<Self> {
+    pub(crate) fn new(weight: Arc<QTensor>) -> Result<Self> {
         let pad_single_row = cfg!(target_arch = "x86_64") && weight.dtype() == GgmlDType::Q6K;
         let ggml = if weight.device().is_cpu() {
             GgmlMatMul::new(&weight)?.map(Arc::new)
@@ -176,7 +176,7 @@ impl Linear {
     }
 
     /// Applies the layer to `x` of shape `(tokens, in)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(g) = &self.ggml {
             let rows = x.dim(0)?;
             let y = g.forward(&x.flatten_all()?.to_vec1::<f32>()?)?;
@@ -191,7 +191,7 @@ impl Linear {
 
     /// Only the output features `rows` of the layer for `x` of shape `(tokens, in)`:
     /// `(tokens, rows.len())`, each value equal to the same entry of [`Linear::forward`].
-    pub fn forward_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    pub(crate) fn forward_rows(&self, x: &Tensor, rows: &[u32]) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         if let Some(g) = &self.ggml {
             let y = g.forward_rows(&x.flatten_all()?.to_vec1::<f32>()?, rows)?;
@@ -216,7 +216,7 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     /// A norm with the given weight vector.
-    pub fn new(weight: Tensor, eps: f64) -> Result<Self> {
+    pub(crate) fn new(weight: Tensor, eps: f64) -> Result<Self> {
         let weight_host = weight
             .flatten_all()?
             .to_dtype(DType::F32)?
@@ -232,7 +232,7 @@ impl RmsNorm {
     ///
     /// On the CPU this follows ggml: the sum of squares in f64, `1/sqrtf(mean + eps)` in f32,
     /// then the scaled row times the weight.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let dim = self.weight_host.len();
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
@@ -282,7 +282,7 @@ pub(crate) struct RopeTables {
 impl Rope {
     /// A rotary embedding over `rot_dim` dimensions with frequency `base` and a linear
     /// position scale (1.0 for none).
-    pub fn new(rot_dim: usize, base: f64, freq_scale: f64, device: &Device) -> Result<Self> {
+    pub(super) fn new(rot_dim: usize, base: f64, freq_scale: f64, device: &Device) -> Result<Self> {
         Ok(Self {
             pairs: rot_dim / 2,
             theta_scale: (base as f32).powf(-2.0f32 / rot_dim as f32),
@@ -293,7 +293,7 @@ impl Rope {
 
     /// Tables for `positions` (f32, shape `(tokens,)`), computed as `ggml_rope_cache_init`
     /// does: the angle of pair `i` is `pos * theta_scale^i` by repeated f32 multiplication.
-    pub fn tables(&self, positions: &Tensor) -> Result<RopeTables> {
+    pub(super) fn tables(&self, positions: &Tensor) -> Result<RopeTables> {
         let pos = positions.to_vec1::<f32>()?;
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         for &p in &pos {
@@ -316,7 +316,7 @@ impl RopeTables {
     /// On the CPU the rotation is computed as llama.cpp's x86-64 build computes it (GCC
     /// contracts it into fused multiply-adds): `x0' = fma(x0, cos, -(x1 sin))`,
     /// `x1' = fma(x0, sin, x1 cos)`.
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn apply(&self, x: &Tensor) -> Result<Tensor> {
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let (t, h, d) = x.dims3()?;
             let half = self.cos.dim(1)?;
@@ -370,7 +370,11 @@ pub(crate) enum Activation {
 
 impl GatedMlp {
     /// Loads `blk.{i}.ffn_{gate,up,down}.weight`.
-    pub fn load<R: Read + Seek>(w: &mut Weights<'_, R>, i: usize, act: Activation) -> Result<Self> {
+    pub(super) fn load<R: Read + Seek>(
+        w: &mut Weights<'_, R>,
+        i: usize,
+        act: Activation,
+    ) -> Result<Self> {
         Ok(Self {
             gate: w.linear(&format!("blk.{i}.ffn_gate.weight"))?,
             up: w.linear(&format!("blk.{i}.ffn_up.weight"))?,
@@ -380,7 +384,7 @@ impl GatedMlp {
     }
 
     /// Applies the MLP to `(tokens, hidden)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.gate.forward(x)?;
         let up = self.up.forward(x)?;
         if gate.device().is_cpu() && gate.dtype() == DType::F32 {
@@ -436,7 +440,7 @@ pub(crate) struct OutputHead {
 
 impl OutputHead {
     /// Logits for the last token of each sequence and, if `all`, for every token.
-    pub fn forward(&self, x: &Tensor, spans: &[SeqSpan], all: bool) -> Result<StepOutput> {
+    pub(crate) fn forward(&self, x: &Tensor, spans: &[SeqSpan], all: bool) -> Result<StepOutput> {
         let last_rows: Vec<u32> = spans
             .iter()
             .map(|s| (s.offset + s.len - 1) as u32)
@@ -456,7 +460,7 @@ impl OutputHead {
 
     /// The output rows each sequence asks for, from its last token: all logits, only some
     /// (each equal to the same entry of the full logits), or none.
-    pub fn select(
+    pub(crate) fn select(
         &self,
         x: &Tensor,
         spans: &[SeqSpan],

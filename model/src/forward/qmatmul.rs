@@ -103,7 +103,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 
 impl GgmlMatMul {
     /// Wraps `q` (shape `(n, k)`) when its type is supported.
-    pub fn new(q: &QTensor) -> Result<Option<Self>> {
+    pub(super) fn new(q: &QTensor) -> Result<Option<Self>> {
         let (n, k) = q.shape().dims2()?;
         let dtype = q.dtype();
         let block = match dtype {
@@ -157,12 +157,12 @@ impl GgmlMatMul {
     }
 
     /// Output features.
-    pub fn out_dim(&self) -> usize {
+    pub(super) fn out_dim(&self) -> usize {
         self.n
     }
 
     /// `x` is `(m, k)` row-major; returns `(m, n)`.
-    pub fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
+    pub(super) fn forward(&self, x: &[f32]) -> Result<Vec<f32>> {
         if !x.len().is_multiple_of(self.k) {
             bail!("matmul: {} inputs for rows of {}", x.len(), self.k);
         }
@@ -174,7 +174,7 @@ impl GgmlMatMul {
     /// of [`GgmlMatMul::forward`] bit for bit (the kernels compute every (row, activation)
     /// pair on its own). The policy head uses it to score the few tokens a grammar allows
     /// without computing the whole vocabulary.
-    pub fn forward_rows(&self, x: &[f32], rows: &[u32]) -> Result<Vec<f32>> {
+    pub(super) fn forward_rows(&self, x: &[f32], rows: &[u32]) -> Result<Vec<f32>> {
         if !x.len().is_multiple_of(self.k) {
             bail!("matmul: {} inputs for rows of {}", x.len(), self.k);
         }

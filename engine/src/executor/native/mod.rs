@@ -51,7 +51,7 @@ use tutti_model::scheduler::{BatchLimits, SchedulerStats};
 use tutti_model::Tokenizer;
 
 /// The batching limits of a native runtime, from `[orchestrator]`.
-pub fn runtime_limits(cfg: &Config) -> RuntimeLimits {
+pub(crate) fn runtime_limits(cfg: &Config) -> RuntimeLimits {
     let o = &cfg.orchestrator;
     RuntimeLimits {
         batch: BatchLimits {
@@ -63,7 +63,7 @@ pub fn runtime_limits(cfg: &Config) -> RuntimeLimits {
 }
 
 /// The policy head's grammar of `catalog`'s calls over `tokenizer`'s vocabulary.
-pub fn catalog_grammar(catalog: &Catalog, tokenizer: &Tokenizer) -> CallGrammar {
+pub(crate) fn catalog_grammar(catalog: &Catalog, tokenizer: &Tokenizer) -> CallGrammar {
     let calls: Vec<CatalogCall> = catalog
         .actions
         .iter()
@@ -75,7 +75,7 @@ pub fn catalog_grammar(catalog: &Catalog, tokenizer: &Tokenizer) -> CallGrammar 
     CallGrammar::new(&calls, crate::policy::cheapest_answer(catalog), tokenizer)
 }
 
-pub struct NativeExecutor {
+pub(crate) struct NativeExecutor {
     runtime: Arc<NativeRuntime>,
     prompt: PromptRenderer,
     system: String,
@@ -105,7 +105,7 @@ const TOOL_LISTS: usize = 16;
 const SHARED_PROBLEMS: usize = 8;
 
 impl NativeExecutor {
-    pub fn new(
+    pub(crate) fn new(
         cfg: &Config,
         catalog: Arc<Catalog>,
         models: &mut NativeModels,
