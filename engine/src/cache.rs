@@ -141,7 +141,7 @@ impl ResultCache {
     }
 
     /// Looks a key up as of `now`: memory first, then disk (a disk hit is promoted to memory).
-    pub fn get_at(&self, key: CacheKey, now: SystemTime) -> Option<CachedResult> {
+    pub(crate) fn get_at(&self, key: CacheKey, now: SystemTime) -> Option<CachedResult> {
         if let Some(v) = self.mem_get(key, now) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Some(v);
@@ -194,7 +194,7 @@ impl ResultCache {
     }
 
     /// Stores a result that expires `ttl` after `now` (never without a ttl), in both tiers.
-    pub fn put_at(
+    pub(crate) fn put_at(
         &self,
         key: CacheKey,
         value: CachedResult,
@@ -217,13 +217,13 @@ impl ResultCache {
     }
 
     /// Waits until every put so far is committed to disk.
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(d) = &self.disk {
             d.flush();
         }
     }
 
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         let mem = self.mem.lock();
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),

@@ -49,7 +49,7 @@ pub struct CatalogBackend {
 
 /// Why an action does not resolve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("unknown tool `{tool}`; the tools are {known}")]
     UnknownTool { tool: String, known: String },
     #[error("tool `{tool}` has no model `{alias}`; its models are {known}")]
@@ -62,7 +62,7 @@ pub enum ResolveError {
 
 /// A task's preference resolved against the catalog: one additive score per action.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Preference {
+pub(crate) struct Preference {
     pub bias: Vec<f32>,
 }
 
@@ -172,13 +172,13 @@ impl Catalog {
     }
 
     /// The `answer` tool, for executors that end episodes with it (validated present for them).
-    pub fn answer(&self) -> usize {
+    pub(crate) fn answer(&self) -> usize {
         self.answer_tool
             .expect("validated: this executor's catalog has an `answer` tool")
     }
 
     /// The catalog action an orchestrator's tool call names.
-    pub fn resolve(&self, action: &Action) -> Result<usize, ResolveError> {
+    pub(crate) fn resolve(&self, action: &Action) -> Result<usize, ResolveError> {
         let Some(&ti) = self.tool_index.get(&action.tool) else {
             return Err(ResolveError::UnknownTool {
                 tool: action.tool.clone(),
@@ -219,7 +219,7 @@ impl Catalog {
     /// minus `scale * weight` times the action's min-max normalised expected cost (for `cost`) and
     /// latency (for `latency`). Unknown keys are ignored here; [`Catalog::check_preference`] rejects
     /// them at input time.
-    pub fn preference(&self, pref: &[(String, f64)]) -> Arc<Preference> {
+    pub(crate) fn preference(&self, pref: &[(String, f64)]) -> Arc<Preference> {
         if pref.is_empty() {
             return self.neutral.clone();
         }
@@ -250,7 +250,7 @@ impl Catalog {
     }
 
     /// The cheapest expected call of any action: below it, a task can afford nothing more.
-    pub fn cheapest_call_usd(&self) -> f64 {
+    pub(crate) fn cheapest_call_usd(&self) -> f64 {
         self.actions
             .iter()
             .map(|a| a.expected_cost_usd)
@@ -259,7 +259,7 @@ impl Catalog {
 
     /// Builds the prompt the chosen model of a tool gets: the tool's template with `{problem}` and
     /// `{context}` filled in, in one pass.
-    pub fn render_prompt(&self, tool: usize, problem: &str, context: &str) -> String {
+    pub(crate) fn render_prompt(&self, tool: usize, problem: &str, context: &str) -> String {
         let template = &self.tools[tool].prompt;
         let mut out = String::with_capacity(template.len() + problem.len() + context.len());
         let mut rest = template.as_str();

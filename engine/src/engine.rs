@@ -278,7 +278,7 @@ impl Engine {
         self.env.ledger.summary()
     }
 
-    pub fn cache_stats(&self) -> CacheStats {
+    pub(crate) fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
     }
 
@@ -292,7 +292,7 @@ impl Engine {
         self.env.environment.as_ref().map(|e| &e.client.counts)
     }
 
-    pub fn scheduler_stats(&self) -> Option<&SchedulerStats> {
+    pub(crate) fn scheduler_stats(&self) -> Option<&SchedulerStats> {
         self.env.executor.scheduler_stats()
     }
 

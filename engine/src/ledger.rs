@@ -14,7 +14,7 @@ use crate::task::{CallRecord, Status};
 
 /// How a call was served. Every call that got an answer is exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Served {
+pub(crate) enum Served {
     /// Sent to the backend and billed to this caller.
     Billed,
     /// Answered from the result cache.
@@ -34,7 +34,7 @@ pub struct Pricing {
 
 impl Pricing {
     /// Dollars for one call.
-    pub fn cost(&self, input_tokens: u64, output_tokens: u64, seconds: f64) -> f64 {
+    pub(crate) fn cost(&self, input_tokens: u64, output_tokens: u64, seconds: f64) -> f64 {
         self.in_per_mtok * input_tokens as f64 / 1e6
             + self.out_per_mtok * output_tokens as f64 / 1e6
             + self.per_call
@@ -44,7 +44,7 @@ impl Pricing {
 
 /// The accounts of one episode.
 #[derive(Debug, Default, Clone)]
-pub struct TaskLedger {
+pub(crate) struct TaskLedger {
     pub calls: Vec<CallRecord>,
     /// Everything billed to the task: backend calls and the orchestrator's own tokens.
     pub cost_usd: f64,
@@ -61,7 +61,12 @@ pub struct TaskLedger {
 
 impl TaskLedger {
     /// Accounts one orchestrator turn.
-    pub fn record_turn(&mut self, prompt_tokens: u64, completion_tokens: u64, price: &Pricing) {
+    pub(crate) fn record_turn(
+        &mut self,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        price: &Pricing,
+    ) {
         let cost = price.cost(prompt_tokens, completion_tokens, 0.0) - price.per_call;
         self.orchestrator_tokens_in += prompt_tokens;
         self.orchestrator_tokens_out += completion_tokens;
@@ -72,7 +77,7 @@ impl TaskLedger {
     /// Accounts one backend call served as `served`. `full_cost` is what the call costs when
     /// billed; a call served without billing (cache, joined) is recorded at zero, marked `cached`,
     /// and its full cost counts as saved.
-    pub fn record_call(&mut self, mut call: CallRecord, full_cost: f64, served: Served) {
+    pub(crate) fn record_call(&mut self, mut call: CallRecord, full_cost: f64, served: Served) {
         call.cached = served != Served::Billed;
         match served {
             Served::Billed => {
@@ -92,16 +97,16 @@ impl TaskLedger {
         self.calls.push(call);
     }
 
-    pub fn record_failed_call(&mut self) {
+    pub(crate) fn record_failed_call(&mut self) {
         self.failed_calls += 1;
     }
 
     /// What is left of `budget` (infinite without one).
-    pub fn remaining(&self, budget: Option<f64>) -> f64 {
+    pub(crate) fn remaining(&self, budget: Option<f64>) -> f64 {
         budget.map_or(f64::INFINITY, |b| b - self.cost_usd)
     }
 
-    pub fn orchestrator_tokens(&self) -> u64 {
+    pub(crate) fn orchestrator_tokens(&self) -> u64 {
         self.orchestrator_tokens_in + self.orchestrator_tokens_out
     }
 }
@@ -172,7 +177,7 @@ impl Ledger {
     }
 
     /// A ledger that also counts distinct requests (`unique_calls`) when `distinct` is set.
-    pub fn with_distinct(backend_names: &[Arc<str>], distinct: bool) -> Ledger {
+    pub(crate) fn with_distinct(backend_names: &[Arc<str>], distinct: bool) -> Ledger {
         Ledger {
             backends: backend_names
                 .iter()
@@ -195,46 +200,46 @@ impl Ledger {
     }
 
     /// Whether distinct requests are counted: callers then report each call's key.
-    pub fn counts_distinct(&self) -> bool {
+    pub(crate) fn counts_distinct(&self) -> bool {
         self.distinct.is_some()
     }
 
     /// A call was made with this request key (counted only when [`Ledger::counts_distinct`]).
-    pub fn record_request_key(&self, key: u128) {
+    pub(crate) fn record_request_key(&self, key: u128) {
         if let Some(d) = &self.distinct {
             d.lock().insert(key);
         }
     }
 
     /// A coalescer sends one batch of `sent` distinct requests (counted as it is sent).
-    pub fn record_sent(&self, backend: usize, sent: usize) {
+    pub(crate) fn record_sent(&self, backend: usize, sent: usize) {
         let c = &self.backends[backend].1;
         c.batches.fetch_add(1, Ordering::Relaxed);
         c.sent.fetch_add(sent as u64, Ordering::Relaxed);
     }
 
     /// A batch has ended: it served `served` callers, and `failures` of its requests failed.
-    pub fn record_batch(&self, backend: usize, served: usize, failures: usize) {
+    pub(crate) fn record_batch(&self, backend: usize, served: usize, failures: usize) {
         let c = &self.backends[backend].1;
         c.requests.fetch_add(served as u64, Ordering::Relaxed);
         c.failures.fetch_add(failures as u64, Ordering::Relaxed);
     }
 
-    pub fn record_retry(&self, backend: usize) {
+    pub(crate) fn record_retry(&self, backend: usize) {
         self.backends[backend]
             .1
             .retries
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_breaker_open(&self, backend: usize) {
+    pub(crate) fn record_breaker_open(&self, backend: usize) {
         self.backends[backend]
             .1
             .breaker_opens
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn record_fallback(&self, backend: usize) {
+    pub(crate) fn record_fallback(&self, backend: usize) {
         self.backends[backend]
             .1
             .fallbacks
@@ -242,7 +247,13 @@ impl Ledger {
     }
 
     /// Folds a finished episode into the totals.
-    pub fn record_task(&self, status: Status, turns: u32, t: &TaskLedger, correct: Option<bool>) {
+    pub(crate) fn record_task(
+        &self,
+        status: Status,
+        turns: u32,
+        t: &TaskLedger,
+        correct: Option<bool>,
+    ) {
         self.tasks[status as usize].fetch_add(1, Ordering::Relaxed);
         self.turns.fetch_add(turns as u64, Ordering::Relaxed);
         let (hits, joined) = (t.cache_hits as u64, t.joined_calls as u64);
@@ -339,7 +350,8 @@ pub struct LedgerSummary {
 }
 
 impl LedgerSummary {
-    pub fn finished(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn finished(&self) -> u64 {
         self.tasks.values().sum()
     }
 }

@@ -123,17 +123,17 @@ impl Tally {
     }
 
     /// Rows counted.
-    pub fn tasks(&self) -> u64 {
+    pub(crate) fn tasks(&self) -> u64 {
         self.tasks
     }
 
     /// Dollars spent on the rows counted.
-    pub fn cost_usd(&self) -> f64 {
+    pub(crate) fn cost_usd(&self) -> f64 {
         self.cost_usd
     }
 
     /// Rows counted with `status`.
-    pub fn status(&self, status: Status) -> u64 {
+    pub(crate) fn status(&self, status: Status) -> u64 {
         self.statuses.get(status.as_str()).copied().unwrap_or(0)
     }
 

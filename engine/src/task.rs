@@ -81,7 +81,7 @@ impl Role {
     pub const ALL: [Role; 3] = [Role::User, Role::Assistant, Role::Tool];
 
     /// The name in a trajectory: `user`, `assistant`, `tool`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::User => "user",
             Role::Assistant => "assistant",
@@ -89,7 +89,7 @@ impl Role {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Role> {
+    pub(crate) fn parse(s: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
@@ -121,7 +121,7 @@ impl Action {
     }
 
     /// The ToolOrchestra action a parsed call names.
-    pub fn from_call(call: tutti_model::hermes::ToolCall) -> Result<Action, ParseError> {
+    pub(crate) fn from_call(call: tutti_model::hermes::ToolCall) -> Result<Action, ParseError> {
         match call.arguments.get("model") {
             Some(serde_json::Value::String(alias)) if !alias.is_empty() => Ok(Action {
                 tool: call.name,

@@ -28,7 +28,7 @@ impl ChatTemplate {
     }
 
     /// Renders a conversation, with or without the generation prompt.
-    pub fn render_conversation(
+    pub(crate) fn render_conversation(
         &self,
         messages: &[Value],
         add_generation_prompt: bool,

@@ -76,7 +76,7 @@ impl Formatter for Spaced {
 }
 
 /// `value` as JSON in the spacing of [`call_text`].
-pub fn spaced_json(value: &Value) -> String {
+pub(crate) fn spaced_json(value: &Value) -> String {
     let mut out = Vec::new();
     let mut ser = Serializer::with_formatter(&mut out, Spaced);
     serde::Serialize::serialize(value, &mut ser).expect("a JSON value serializes");
@@ -84,7 +84,7 @@ pub fn spaced_json(value: &Value) -> String {
 }
 
 /// The one spelling of a call of `name` with `arguments` (a JSON object).
-pub fn call_text(name: &str, arguments: &Value) -> String {
+pub(crate) fn call_text(name: &str, arguments: &Value) -> String {
     let name = serde_json::to_string(name).expect("a string serializes");
     format!(
         "{OPEN}{{\"name\": {name}, \"arguments\": {}}}{CLOSE}",

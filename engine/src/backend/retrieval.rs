@@ -39,7 +39,7 @@ const ELLIPSIS: char = '…';
 
 /// One search hit: a corpus document, its text possibly cut, and its BM25 score.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Passage {
+pub(crate) struct Passage {
     pub id: String,
     pub title: String,
     pub text: String,
@@ -251,7 +251,7 @@ impl RetrievalIndex {
     }
 
     /// Opens an index made by [`RetrievalIndex::build`].
-    pub fn open(dir: &Path) -> Result<RetrievalIndex, RetrievalError> {
+    pub(crate) fn open(dir: &Path) -> Result<RetrievalIndex, RetrievalError> {
         let open_error = |source| RetrievalError::Open {
             dir: dir.to_owned(),
             source,
@@ -277,7 +277,7 @@ impl RetrievalIndex {
     /// characters. The query is a bag of words: quotes, colons, parentheses, `AND`/`NOT` and
     /// the like are separators, never syntax, so no query fails to parse and none can turn
     /// into "match everything" (as tantivy's lenient parser makes of `AND OR NOT`).
-    pub fn search(
+    pub(crate) fn search(
         &self,
         query: &str,
         k: usize,
@@ -351,7 +351,7 @@ impl RetrievalIndex {
 
     /// Renders passages as the observation the orchestrator sees:
     /// `Documents:\n[1] title\ntext\n\n[2] title\ntext`.
-    pub fn render(passages: &[Passage]) -> String {
+    pub(crate) fn render(passages: &[Passage]) -> String {
         if passages.is_empty() {
             return "Documents:\n(no matching documents)".to_owned();
         }

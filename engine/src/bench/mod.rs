@@ -100,7 +100,7 @@ pub struct BenchReport {
 
 /// The naive harness of ToolOrchestra's evaluation: two tasks at a time, one orchestrator decode
 /// and one request per backend call at a time, no cache, no collapsing of identical calls.
-pub fn naive(cfg: &Config) -> Config {
+pub(crate) fn naive(cfg: &Config) -> Config {
     let mut c = cfg.clone();
     c.orchestrator.max_live_tasks = 2;
     c.orchestrator.max_seqs = 1;
@@ -114,7 +114,7 @@ pub fn naive(cfg: &Config) -> Config {
 }
 
 /// Runs `tasks` on a fresh engine built from `cfg` and measures it. Must run inside a runtime.
-pub async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, EngineError> {
+pub(crate) async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, EngineError> {
     let engine = Engine::new(
         cfg,
         EngineOptions {
@@ -265,7 +265,7 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
 }
 
 /// The process's peak resident set size (VmHWM), or 0 where /proc is not available.
-pub fn peak_rss_bytes() -> u64 {
+pub(crate) fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -140,7 +140,7 @@ pub struct OpenEnvBackendConfig {
 }
 
 impl BackendConfig {
-    pub fn kind(&self) -> BackendKind {
+    pub(crate) fn kind(&self) -> BackendKind {
         match &self.settings {
             BackendSettings::Openai(_) => BackendKind::Openai,
             BackendSettings::Native(_) => BackendKind::Native,
@@ -153,7 +153,7 @@ impl BackendConfig {
     }
 
     /// The model named in this backend's requests: its `model`, else its name.
-    pub fn request_model(&self) -> &str {
+    pub(crate) fn request_model(&self) -> &str {
         let model = match &self.settings {
             BackendSettings::Openai(o) => o.model.as_deref(),
             BackendSettings::Native(m) | BackendSettings::VllmRs(m) => m.model.as_deref(),
@@ -164,7 +164,7 @@ impl BackendConfig {
     }
 
     /// How the backend's model writes a call; the defaults for kinds that run no model.
-    pub fn generation(&self) -> Generation {
+    pub(crate) fn generation(&self) -> Generation {
         match &self.settings {
             BackendSettings::Openai(o) => o.generation.clone(),
             BackendSettings::Native(m) | BackendSettings::VllmRs(m) => m.generation.clone(),
@@ -174,7 +174,7 @@ impl BackendConfig {
     }
 
     /// The `sim` table of a simulated backend.
-    pub fn sim(&self) -> Option<&SimBackendConfig> {
+    pub(crate) fn sim(&self) -> Option<&SimBackendConfig> {
         match &self.settings {
             BackendSettings::Sim(s) => Some(&s.sim),
             _ => None,
@@ -182,7 +182,7 @@ impl BackendConfig {
     }
 
     /// `endpoint` and `endpoint_env` of the kinds that reach a server.
-    pub fn endpoint(&self) -> Option<(Option<&str>, Option<&str>)> {
+    pub(crate) fn endpoint(&self) -> Option<(Option<&str>, Option<&str>)> {
         match &self.settings {
             BackendSettings::Openai(o) => Some((o.endpoint.as_deref(), o.endpoint_env.as_deref())),
             BackendSettings::Openenv(e) => Some((e.endpoint.as_deref(), e.endpoint_env.as_deref())),

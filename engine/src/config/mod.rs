@@ -254,7 +254,7 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// The kind as a config writes it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BackendKind::Openai => "openai",
             BackendKind::Native => "native",
@@ -497,7 +497,7 @@ impl Config {
     }
 
     /// Checks what serde cannot: references between sections, ranges, required sub-tables.
-    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let err = |key: &str, msg: String| Err(ConfigError::at_key(origin, key, msg));
         let o = &self.orchestrator;
         if o.max_turns == 0 {
@@ -818,7 +818,7 @@ pub const ANSWER_TOOL: &str = "answer";
 
 /// Checks that `url` is an absolute URL with a host and one of `schemes`; the message says what
 /// to write instead (`127.0.0.1:8080/v1` is not a URL: it needs `http://`).
-pub fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
+pub(crate) fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
     let expected = || {
         let names: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
         format!(

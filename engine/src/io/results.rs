@@ -476,7 +476,10 @@ impl ResultStore {
     /// `--resume` or remove it. With `resume`, returns the ids already done, in the output (if it
     /// exists) or in any committed segment, so that the caller skips them; leftover temporary
     /// files of an interrupted write are deleted.
-    pub fn open(out: &Path, resume: bool) -> Result<(ResultStore, HashSet<String>), StoreError> {
+    pub(crate) fn open(
+        out: &Path,
+        resume: bool,
+    ) -> Result<(ResultStore, HashSet<String>), StoreError> {
         let reopen = Reopen {
             resume,
             retry: Vec::new(),
@@ -579,19 +582,15 @@ impl ResultStore {
             .collect())
     }
 
-    /// The output file this store finishes into.
-    pub fn out(&self) -> &Path {
-        &self.out
-    }
-
     /// The directory of committed segments.
-    pub fn parts_dir(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn parts_dir(&self) -> &Path {
         &self.parts
     }
 
     /// Commits rows as one new segment. When it returns `Ok`, the rows survive a crash. An empty
     /// slice writes nothing.
-    pub fn append(&mut self, rows: &[TaskResult]) -> Result<(), StoreError> {
+    pub(crate) fn append(&mut self, rows: &[TaskResult]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -613,7 +612,8 @@ impl ResultStore {
     /// the last row of each id (a task re-run by `--retry` replaces its earlier row), then removes
     /// the segment directory. Returns the number of rows in the output. Batches are streamed
     /// twice, the first time reading ids only; only the ids are held in memory.
-    pub fn finish(self) -> Result<u64, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn finish(self) -> Result<u64, StoreError> {
         self.finish_with(&OutputShape::default())
     }
 

@@ -161,7 +161,8 @@ pub enum InputError {
 
 impl InputError {
     /// Where in the input the problem is, when it is about one task.
-    pub fn location(&self) -> Option<&Location> {
+    #[cfg(test)]
+    pub(crate) fn location(&self) -> Option<&Location> {
         match self {
             InputError::MalformedJson { at, .. }
             | InputError::NotAnObject { at, .. }
@@ -949,7 +950,7 @@ pub struct TaskBatchDecoder<'a> {
 impl<'a> TaskBatchDecoder<'a> {
     /// Checks `schema` (see [`task_schema`]) before any row is read. `input` names the source in
     /// error messages: a path, or a label such as `job 7`.
-    pub fn new(
+    pub(crate) fn new(
         input: impl Into<String>,
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
@@ -961,7 +962,7 @@ impl<'a> TaskBatchDecoder<'a> {
     /// [`new`](TaskBatchDecoder::new) refuses them.
     ///
     /// [`into_extras`]: TaskBatchDecoder::into_extras
-    pub fn with_extras(
+    pub(crate) fn with_extras(
         input: impl Into<String>,
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
@@ -985,7 +986,7 @@ impl<'a> TaskBatchDecoder<'a> {
 
     /// The columns beyond the task schema of every batch decoded, one row per task; `None` when
     /// there were none (or the decoder refuses them).
-    pub fn into_extras(self) -> Result<Option<RecordBatch>, InputError> {
+    pub(crate) fn into_extras(self) -> Result<Option<RecordBatch>, InputError> {
         let Some(batches) = self
             .extras
             .filter(|b| b.first().is_some_and(|b| b.num_columns() > 0))
@@ -1001,7 +1002,7 @@ impl<'a> TaskBatchDecoder<'a> {
     }
 
     /// Validates and converts one batch. Its schema is checked again, as a stream may change it.
-    pub fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
+    pub(crate) fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
         let input = &self.acceptor.input;
         let (index, others) = resolve_columns(input, &batch.schema(), self.extras.is_some())?;
         let column = |name: &'static str| index[column_slot(name)].map(|i| batch.column(i));

@@ -47,15 +47,7 @@ pub enum JobError {
     Thread(&'static str),
 }
 
-impl JobError {
-    /// Whether the server (not the client) is at fault.
-    pub fn is_internal(&self) -> bool {
-        !matches!(
-            self,
-            JobError::Invalid(_) | JobError::Exhausted(_) | JobError::NotFound(_)
-        )
-    }
-}
+impl JobError {}
 
 pub(super) fn arrow_error(path: &Path) -> impl FnOnce(ArrowError) -> JobError + '_ {
     move |source| JobError::Arrow {

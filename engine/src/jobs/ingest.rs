@@ -23,7 +23,7 @@ use crate::task::Task;
 
 impl Jobs {
     /// Starts an upload: parses and checks the spec, refuses at once when the server is full.
-    pub fn begin_upload(self: &Arc<Self>, cmd: &[u8]) -> Result<Upload, JobError> {
+    pub(crate) fn begin_upload(self: &Arc<Self>, cmd: &[u8]) -> Result<Upload, JobError> {
         let spec = JobSpec::parse(cmd).map_err(JobError::Invalid)?;
         spec.check(self.engine.catalog())
             .map_err(JobError::Invalid)?;
@@ -209,7 +209,7 @@ pub struct Upload {
 impl Upload {
     /// Hands over the stream's schema or one batch. An error here is final: the ingest thread
     /// has stopped on a bad batch (its error is returned) or on a storage failure.
-    pub async fn send(&mut self, item: Ingest) -> Result<(), JobError> {
+    pub(crate) async fn send(&mut self, item: Ingest) -> Result<(), JobError> {
         let tx = self.tx.clone().expect("open until finish");
         let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
             .await
@@ -235,7 +235,7 @@ impl Upload {
 
     /// Ends the upload: waits for the task file to be complete and fsynced, writes the manifest,
     /// moves the job into place and starts it. When this returns, the job is durable.
-    pub async fn finish(mut self) -> Result<Arc<Job>, JobError> {
+    pub(crate) async fn finish(mut self) -> Result<Arc<Job>, JobError> {
         self.tx = None;
         let tasks = self.join().await?;
         let (jobs, id, dir, spec) = (

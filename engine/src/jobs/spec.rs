@@ -48,7 +48,7 @@ pub struct Overrides {
 
 impl JobSpec {
     /// Parses a spec; an empty body is the empty spec. The error says what is wrong and where.
-    pub fn parse(cmd: &[u8]) -> Result<JobSpec, String> {
+    pub(crate) fn parse(cmd: &[u8]) -> Result<JobSpec, String> {
         if cmd.iter().all(u8::is_ascii_whitespace) {
             return Ok(JobSpec::default());
         }
@@ -86,7 +86,7 @@ impl JobSpec {
     }
 
     /// Checks the default preference against the catalog.
-    pub fn check(&self, catalog: &Catalog) -> Result<(), String> {
+    pub(crate) fn check(&self, catalog: &Catalog) -> Result<(), String> {
         if let Some(p) = &self.defaults.preference {
             let pref: Vec<(String, f64)> = p.iter().map(|(k, v)| (k.clone(), *v)).collect();
             catalog
@@ -97,7 +97,7 @@ impl JobSpec {
     }
 
     /// Fills the fields a task leaves out from the defaults.
-    pub fn apply(&self, task: &mut Task) {
+    pub(crate) fn apply(&self, task: &mut Task) {
         let d = &self.defaults;
         if task.preference.is_empty() {
             if let Some(p) = &d.preference {
@@ -108,7 +108,7 @@ impl JobSpec {
         task.max_turns = task.max_turns.or(d.max_turns);
     }
 
-    pub fn keep_trajectories(&self) -> bool {
+    pub(crate) fn keep_trajectories(&self) -> bool {
         self.overrides.trajectories.unwrap_or(true)
     }
 }
@@ -126,7 +126,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             JobState::Running => "running",
             JobState::Done => "done",

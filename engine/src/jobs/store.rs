@@ -119,7 +119,7 @@ impl Job {
         self.manifest.lock().state
     }
 
-    pub fn status(&self) -> JobStatus {
+    pub(crate) fn status(&self) -> JobStatus {
         let m = self.manifest.lock().clone();
         let c = self.tally.lock();
         JobStatus {
@@ -146,7 +146,7 @@ impl Job {
 
     /// The figures of the rows committed so far, over the time since the job was accepted
     /// (until it ended).
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         let m = self.manifest.lock().clone();
         let end = m.finished_ms.unwrap_or_else(now_ms);
         let wall_s = end.saturating_sub(m.created_ms) as f64 / 1000.0;
@@ -154,14 +154,14 @@ impl Job {
     }
 
     /// The committed result segments, in commit order: what a reader may stream now.
-    pub fn result_segments(&self) -> Result<Vec<PathBuf>, JobError> {
+    pub(crate) fn result_segments(&self) -> Result<Vec<PathBuf>, JobError> {
         Ok(committed_segments(&self.results_path())?)
     }
 
     /// Asks the job to stop: live episodes end `cancelled`, tasks not started are written
     /// `cancelled` without running. The request is made durable first. Returns the state, which
     /// stays `running` until every row is written. Blocking (it fsyncs).
-    pub fn cancel(&self) -> Result<JobState, JobError> {
+    pub(crate) fn cancel(&self) -> Result<JobState, JobError> {
         let mut m = self.manifest.lock();
         if m.state == JobState::Running && !m.cancel_requested {
             let mut next = m.clone();
@@ -283,11 +283,11 @@ impl Jobs {
         Ok(this)
     }
 
-    pub fn engine(&self) -> &Engine {
+    pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    pub fn get(&self, id: &str) -> Result<Arc<Job>, JobError> {
+    pub(crate) fn get(&self, id: &str) -> Result<Arc<Job>, JobError> {
         self.jobs
             .read()
             .get(id)
@@ -301,7 +301,7 @@ impl Jobs {
     }
 
     /// Tasks accepted and not finished, over all jobs.
-    pub fn pending(&self) -> u64 {
+    pub(crate) fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
     }
 

@@ -52,7 +52,7 @@ pub struct KvCache {
 
 impl KvCache {
     /// An empty cache for a model with the given geometry.
-    pub fn new(
+    pub(crate) fn new(
         n_layers: usize,
         n_kv_heads: usize,
         head_dim: usize,
@@ -91,17 +91,12 @@ impl KvCache {
         self.prefix.as_ref().map_or(0, |p| p.len)
     }
 
-    /// The shared prefix this cache continues, if any.
-    pub fn prefix(&self) -> Option<&Arc<KvCache>> {
-        self.prefix.as_ref()
-    }
-
     /// Number of cached positions (the position the next token gets).
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether no position is cached.
+    /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -146,13 +141,13 @@ impl KvCache {
     /// Sizes the own buffers to hold exactly `positions` positions in all (the prefix
     /// included), so that appending up to that many allocates nothing more. Never drops cached
     /// positions: the capacity is at least what is cached.
-    pub fn reserve_exact(&mut self, positions: usize) -> Result<()> {
+    pub(crate) fn reserve_exact(&mut self, positions: usize) -> Result<()> {
         let own = positions.max(self.len) - self.prefix_len();
         self.resize_own(own)
     }
 
     /// Reallocates the own buffers to fit exactly the cached positions, returning memory.
-    pub fn shrink_to_fit(&mut self) -> Result<()> {
+    pub(crate) fn shrink_to_fit(&mut self) -> Result<()> {
         self.resize_own(self.len - self.prefix_len())
     }
 

@@ -95,7 +95,7 @@ pub enum Model {
 
 impl Model {
     /// Loads the weights described by `ct` from `reader` onto `device`.
-    pub fn from_gguf<R: Read + Seek>(
+    pub(crate) fn from_gguf<R: Read + Seek>(
         ct: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
@@ -104,7 +104,7 @@ impl Model {
     }
 
     /// [`Model::from_gguf`] with explicit options.
-    pub fn from_gguf_with<R: Read + Seek>(
+    pub(crate) fn from_gguf_with<R: Read + Seek>(
         ct: &gguf_file::Content,
         reader: &mut R,
         device: &Device,
@@ -150,7 +150,7 @@ impl Model {
     }
 
     /// The device the weights live on.
-    pub fn device(&self) -> &Device {
+    pub(crate) fn device(&self) -> &Device {
         match self {
             Self::Gemma3(m) => &m.device,
             Self::Qwen3(m) => &m.device,

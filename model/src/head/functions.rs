@@ -218,11 +218,11 @@ impl std::fmt::Debug for FunctionGrammar {
 
 impl FunctionGrammar {
     /// A matcher at the start of a call (before `<tool_call>`).
-    pub fn matcher(&self) -> Matcher {
+    pub(crate) fn matcher(&self) -> Matcher {
         self.template.deep_clone()
     }
 
-    pub fn limits(&self) -> FunctionLimits {
+    pub(crate) fn limits(&self) -> FunctionLimits {
         self.limits
     }
 }

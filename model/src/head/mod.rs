@@ -71,11 +71,6 @@ pub struct CallGrammar {
     expected_cost: Vec<f64>,
 }
 
-/// The text of the call of `tool` with `alias`: Hermes' one spelling ([`crate::hermes::call_text`]).
-pub fn call_text(tool: &str, alias: &str) -> String {
-    crate::hermes::model_call_text(tool, alias)
-}
-
 impl std::fmt::Debug for CallGrammar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CallGrammar")
@@ -567,7 +562,7 @@ fn shape_for_sampling(logits: &mut [f32], s: &Sampling) {
 
 /// Picks a token from a whole-vocabulary row with the turn's sampling (no grammar); `None`
 /// if every entry is masked.
-pub fn sample_token(logits: &mut [f32], s: &Sampling, rng: &mut impl Rng) -> Option<u32> {
+pub(crate) fn sample_token(logits: &mut [f32], s: &Sampling, rng: &mut impl Rng) -> Option<u32> {
     if s.temperature <= 0.0 {
         return argmax(logits).map(|i| i as u32);
     }

@@ -61,7 +61,7 @@ impl NativeRuntime {
     }
 
     /// Loads a GGUF file and starts a runtime on it.
-    pub fn load(path: &Path, limits: RuntimeLimits) -> Result<Arc<NativeRuntime>, String> {
+    pub(crate) fn load(path: &Path, limits: RuntimeLimits) -> Result<Arc<NativeRuntime>, String> {
         let (model, tokenizer) =
             Model::load(path).map_err(|e| format!("cannot load {}: {e:#}", path.display()))?;
         Ok(Self::start(model, tokenizer, limits))
@@ -132,16 +132,6 @@ impl NativeModels {
         let r = NativeRuntime::load(&canonical, limits)?;
         self.loaded.push((canonical, r.clone()));
         Ok(r)
-    }
-
-    /// Registers an already started runtime under `path` (tests build models in memory).
-    pub fn insert(&mut self, path: PathBuf, runtime: Arc<NativeRuntime>) {
-        self.loaded.push((path, runtime));
-    }
-
-    /// Every runtime, for reports.
-    pub fn runtimes(&self) -> impl Iterator<Item = &Arc<NativeRuntime>> {
-        self.loaded.iter().map(|(_, r)| r)
     }
 }
 

@@ -141,7 +141,7 @@ pub struct NativeRunner {
 }
 
 impl NativeRunner {
-    pub fn new(
+    pub(crate) fn new(
         model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
         kv_cache_bytes: u64,

@@ -220,18 +220,13 @@ impl Tokenizer {
     }
 
     /// The chat template stored in the file (`tokenizer.chat_template`), if any.
-    pub fn chat_template(&self) -> Option<&str> {
+    pub(crate) fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
 
     /// Number of tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
-    }
-
-    /// The beginning-of-sequence token, if the vocabulary has one.
-    pub fn bos_id(&self) -> Option<u32> {
-        self.bos
     }
 
     /// The end-of-sequence token, if the vocabulary has one.
@@ -341,7 +336,7 @@ impl Tokenizer {
     /// The bytes that token `id` stands for (llama.cpp's `token_to_piece`).
     ///
     /// Control tokens render as their text only when `render_special` is set.
-    pub fn token_to_piece(&self, id: u32, render_special: bool) -> Vec<u8> {
+    pub(crate) fn token_to_piece(&self, id: u32, render_special: bool) -> Vec<u8> {
         let Some(text) = self.tokens.get(id as usize) else {
             return Vec::new();
         };
