@@ -10,6 +10,9 @@ to the module it names, and builds two graphs:
   nodes; a file and its folder are one node);
 - inside each folder, between its children (`backend/openai.rs` and `backend/sim.rs`).
 
+Test code is left out: it composes the layers (a test module at the end of a file, which clippy's
+`items_after_test_module` keeps last, and files declared `#[cfg(test)] mod name;`).
+
 A cycle in either graph is printed with the files and lines that make it, and the exit status
 is 1. `--graph` prints the top-level edges of each crate.
 
@@ -66,6 +69,26 @@ def strip(text: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
+
+
+TEST_MOD_INLINE = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+\w+\s*\{")
+TEST_MOD_FILE = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([a-z]+\))?\s+)?mod\s+(\w+)\s*;")
+
+
+def without_tests(text: str) -> str:
+    """`text` up to its test module, which is the last item of a file."""
+    m = TEST_MOD_INLINE.search(text)
+    return text[:m.start()] if m else text
+
+
+def test_files(src: Path, files) -> set:
+    """Files that are whole test modules (`#[cfg(test)] mod name;`)."""
+    out = set()
+    for f in files:
+        here = f.parent if f.name in ("mod.rs", "lib.rs", "main.rs") else f.with_suffix("")
+        for name in TEST_MOD_FILE.findall(f.read_text()):
+            out |= {here / f"{name}.rs", here / name / "mod.rs"}
+    return out
 
 
 def module_of(src: Path, file: Path) -> list[str]:
@@ -144,11 +167,14 @@ def main() -> int:
         inner = defaultdict(lambda: defaultdict(list))  # (folder, a) -> (folder, b) -> [where]
         files = [root] + [f for f in sorted(src.rglob("*.rs")) if f != root]
         known = {tuple(module_of(src, f)) for f in files}
+        tests = test_files(src, files)
         for file in files:
+            if file in tests:
+                continue
             module = module_of(src, file)
             if not module:
                 continue
-            text = strip(file.read_text())
+            text = strip(without_tests(file.read_text()))
             for line, target in targets(module, text):
                 # The longest prefix of the target that is a module of the crate.
                 while target and tuple(target) not in known:

@@ -96,12 +96,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
     }
     let tasks = match &args.tasks_file {
         Some(path) => {
-            let catalog = tutti_engine::Catalog::new(&cfg);
-            let check = |t: &tutti_engine::Task| {
-                catalog
-                    .check_preference(&t.preference)
-                    .map_err(|m| tutti_engine::io::FieldError::new("preference", m))
-            };
+            let check = tutti_engine::io::preference_check(&cfg);
             Some(tutti_engine::io::read_tasks(path, &check)?)
         }
         None => None,
@@ -193,13 +188,12 @@ fn ingest(args: &BenchArgs) -> Result<ExitCode> {
         Some(p) => tutti_engine::Config::load(p)?,
         None => tutti_engine::config::bundled("control-plane").expect("bundled"),
     };
-    let catalog = tutti_engine::Catalog::new(&cfg);
     let workload = WorkloadSpec {
         tasks: args.tasks,
         seed: args.seed,
         ..WorkloadSpec::default()
     };
-    let tasks = bench::generate(&workload, &catalog);
+    let tasks = bench::generate(&workload, &cfg);
     let dir = tempfile::Builder::new().prefix("tutti-ingest-").tempdir()?;
     let report = crate::runtime()?.block_on(bench::flight_ingest(
         &cfg,

@@ -9,11 +9,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use tutti_engine::io::{near_task_column, read_task_file, FieldError};
+use tutti_engine::io::{near_task_column, preference_check, read_task_file};
 use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
 use tutti_engine::jobs::run_job;
 use tutti_engine::preflight;
-use tutti_engine::Catalog;
 use tutti_engine::Tally;
 use tutti_engine::{Engine, EngineOptions, Status};
 
@@ -95,16 +94,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         retry,
     };
     let cfg = crate::load_config(args.config.as_ref(), "default")?;
-    let catalog = Catalog::new(&cfg);
-    let check = |t: &tutti_engine::Task| {
-        catalog
-            .check_preference(&t.preference)
-            .map_err(|message| FieldError {
-                field: "preference".into(),
-                message,
-            })
-    };
-    let file = read_task_file(&args.tasks, &check)?;
+    let file = read_task_file(&args.tasks, &preference_check(&cfg))?;
     let extras = file.extra_columns();
     if !extras.is_empty() && !verbosity.quiet {
         let named: Vec<String> = extras

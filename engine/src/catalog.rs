@@ -16,7 +16,7 @@ const DEFAULT_PROMPT: &str = "Problem: {problem}\n{context}";
 
 /// One valid tool call: a tool and one alias of its `model` enum.
 #[derive(Debug, Clone)]
-pub struct CatalogAction {
+pub(crate) struct CatalogAction {
     pub tool: usize,
     pub tool_name: Arc<str>,
     pub alias: Arc<str>,
@@ -28,7 +28,7 @@ pub struct CatalogAction {
 }
 
 #[derive(Debug, Clone)]
-pub struct CatalogTool {
+pub(crate) struct CatalogTool {
     pub name: Arc<str>,
     pub description: String,
     pub prompt: String,
@@ -40,7 +40,7 @@ pub struct CatalogTool {
 }
 
 #[derive(Debug, Clone)]
-pub struct CatalogBackend {
+pub(crate) struct CatalogBackend {
     pub name: Arc<str>,
     pub pricing: Pricing,
     /// The backend and alias that serve this backend's calls while its breaker is open.
@@ -67,7 +67,7 @@ pub(crate) struct Preference {
 }
 
 #[derive(Debug)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     pub tools: Vec<CatalogTool>,
     pub actions: Vec<CatalogAction>,
     pub backends: Vec<CatalogBackend>,
@@ -86,7 +86,7 @@ pub struct Catalog {
 
 impl Catalog {
     /// Builds the catalog of a validated config.
-    pub fn new(cfg: &Config) -> Catalog {
+    pub(crate) fn new(cfg: &Config) -> Catalog {
         let backends: Vec<CatalogBackend> = cfg
             .backends
             .iter()
@@ -201,7 +201,7 @@ impl Catalog {
     }
 
     /// Checks a task's preference keys: each must be an alias of the catalog, `cost` or `latency`.
-    pub fn check_preference(&self, pref: &[(String, f64)]) -> Result<(), String> {
+    pub(crate) fn check_preference(&self, pref: &[(String, f64)]) -> Result<(), String> {
         for (key, w) in pref {
             if !w.is_finite() {
                 return Err(format!("weight of `{key}` is not a finite number"));

@@ -270,7 +270,7 @@ impl Engine {
         Ok(engine)
     }
 
-    pub fn catalog(&self) -> &Catalog {
+    pub(crate) fn catalog(&self) -> &Catalog {
         &self.env.catalog
     }
 
@@ -283,7 +283,7 @@ impl Engine {
     }
 
     /// The in-process model's counters, when the orchestrator is native.
-    pub fn native_stats(&self) -> Option<&tutti_model::runtime::runner::NativeStats> {
+    pub fn native_stats(&self) -> Option<&tutti_model::runtime::NativeStats> {
         self.env.executor.native_stats()
     }
 

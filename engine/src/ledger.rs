@@ -25,7 +25,7 @@ pub(crate) enum Served {
 
 /// Prices of one backend (or of the orchestrator's own tokens).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Pricing {
+pub(crate) struct Pricing {
     pub in_per_mtok: f64,
     pub out_per_mtok: f64,
     pub per_call: f64,

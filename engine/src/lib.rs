@@ -41,7 +41,6 @@ pub use backend::openai::OpenAiBackend;
 pub use backend::retrieval::RetrievalIndex;
 pub use backend::{Backend, BackendError, BatchItem, CacheKey, Request, Response};
 pub use cache::{CacheStats, CachedResult, ResultCache};
-pub use catalog::Catalog;
 pub use config::Config;
 pub use engine::{Engine, EngineError, EngineOptions};
 pub use environment::SessionCounts;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tutti_model::head::Sampling;
-use tutti_model::runtime::runner::NativeInput;
+use tutti_model::runtime::NativeInput;
 use tutti_model::runtime::{NativeRuntime, RuntimeLimits};
 use tutti_model::scheduler::BatchLimits;
 use tutti_model::testing::{tiny_model, TinyConfig};

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{Backend, BackendError, BatchItem, Request, Response};
 use crate::config::ModelBackendConfig;
 use tutti_model::head::Sampling;
-use tutti_model::runtime::runner::NativeInput;
+use tutti_model::runtime::NativeInput;
 use tutti_model::runtime::{NativeRuntime, PromptRenderer};
 
 pub(crate) struct NativeBackend {

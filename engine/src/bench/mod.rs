@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::CacheStats;
+use crate::catalog::Catalog;
 use crate::config::{CachePolicy, Config};
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::ledger::LedgerSummary;
@@ -22,7 +23,13 @@ use crate::task::Task;
 
 pub use ingest::{flight_ingest, IngestReport};
 pub use native::{run as native_decode, NativeDecodeReport, NativeDecodeSpec};
-pub use workload::{generate, sample, WorkloadSpec};
+use workload::generate_for;
+pub use workload::{sample, WorkloadSpec};
+
+/// A seeded ToolOrchestra-shaped workload over `cfg`'s catalog (see [`WorkloadSpec`]).
+pub fn generate(spec: &WorkloadSpec, cfg: &Config) -> Vec<Task> {
+    generate_for(spec, &Catalog::new(cfg))
+}
 
 pub use crate::report::Latency;
 
@@ -195,7 +202,7 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
     let catalog = crate::catalog::Catalog::new(cfg);
     let tasks = match &spec.tasks {
         Some(given) => given.clone(),
-        None => generate(&spec.workload, &catalog),
+        None => generate_for(&spec.workload, &catalog),
     };
     let workload_tasks = tasks.len();
     let baseline_tasks = spec.baseline_tasks.map(|k| {

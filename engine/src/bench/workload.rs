@@ -39,7 +39,7 @@ impl Default for WorkloadSpec {
 }
 
 /// Generates the workload; the same spec always gives the same tasks.
-pub fn generate(spec: &WorkloadSpec, catalog: &Catalog) -> Vec<Task> {
+pub(crate) fn generate_for(spec: &WorkloadSpec, catalog: &Catalog) -> Vec<Task> {
     let mut rng = SmallRng::seed_from_u64(spec.seed);
     let n = spec.tasks;
     let repeats = ((n as f64) * spec.repeat_share.clamp(0.0, 0.99)).round() as usize;
@@ -122,8 +122,8 @@ mod tests {
             repeat_share: 0.3,
             ..Default::default()
         };
-        let a = generate(&spec, &c);
-        assert_eq!(a, generate(&spec, &c));
+        let a = generate_for(&spec, &c);
+        assert_eq!(a, generate_for(&spec, &c));
         let repeats = a.iter().filter(|t| t.metadata.is_some()).count();
         assert_eq!(repeats, 300);
         let distinct: std::collections::HashSet<&str> =
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn sample_is_seeded_and_a_subset() {
         let c = crate::catalog::sim_catalog();
-        let tasks = generate(
+        let tasks = generate_for(
             &WorkloadSpec {
                 tasks: 100,
                 ..Default::default()

@@ -63,7 +63,7 @@ pub(crate) trait Executor: Send + Sync {
         None
     }
     /// The in-process model's counters, for the native executor.
-    fn native_stats(&self) -> Option<&tutti_model::runtime::runner::NativeStats> {
+    fn native_stats(&self) -> Option<&tutti_model::runtime::NativeStats> {
         None
     }
 }

@@ -24,8 +24,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::io::results::read_result_batches;
 use crate::io::schema::result_schema;
+use crate::jobs::ingest::Ingest;
 use crate::jobs::JobState;
-use crate::jobs::{Ingest, Job, JobError, Jobs};
+use crate::jobs::{Job, JobError, Jobs};
 
 /// The actions of DoAction, as ListActions describes them.
 pub(crate) const ACTIONS: [(&str, &str); 3] = [

@@ -16,13 +16,11 @@ pub(crate) mod results;
 pub(crate) mod schema;
 pub(crate) mod tasks;
 
-pub use openai_batch::BatchEndpoint;
 pub use results::{
-    batch_to_results, read_results, results_to_batch, InputColumns, OutputFormat, OutputShape,
-    Reopen, ResultStore, ResultsError, StoreError,
+    read_results, InputColumns, OutputFormat, OutputShape, Reopen, ResultStore, StoreError,
 };
 pub use schema::{result_schema, task_schema};
 pub use tasks::{
-    near_task_column, read_task_file, read_tasks, tasks_to_batch, write_tasks_jsonl,
-    write_tasks_parquet, FieldError, InputError, Location, Position, TaskBatchDecoder, TaskFile,
+    near_task_column, preference_check, read_task_file, read_tasks, tasks_to_batch,
+    write_tasks_jsonl, write_tasks_parquet, FieldError, InputError, TaskFile,
 };

@@ -42,7 +42,7 @@ use super::schema::{
 use crate::task::{CallRecord, Message, Role, Status, TaskResult};
 
 /// Builds a batch in [`result_schema`] from result rows, a column at a time.
-pub fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
+pub(crate) fn results_to_batch(rows: &[TaskResult]) -> RecordBatch {
     let strings = |f: fn(&TaskResult) -> &str| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
     };
@@ -160,7 +160,7 @@ fn status_names() -> String {
 
 /// Reads result rows back from a batch in [`result_schema`] (columns are found by name): the
 /// inverse of [`results_to_batch`].
-pub fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsError> {
+pub(crate) fn batch_to_results(batch: &RecordBatch) -> Result<Vec<TaskResult>, ResultsError> {
     let batch = conform(batch)?;
     let col = |i: usize| batch.column(i);
     let text = |i: usize| col(i).as_string::<i32>();

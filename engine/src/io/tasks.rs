@@ -33,6 +33,17 @@ use super::openai_batch::{BatchEndpoint, BatchLine};
 use super::schema::{result_schema, task_schema, type_name, Id, INPUT_INDEX, TASK_COLUMNS};
 use crate::task::Task;
 
+/// The check of every task's preference against `cfg`'s catalog: each key must be an alias,
+/// `cost` or `latency`, each weight a finite number. For [`read_task_file`] and [`read_tasks`].
+pub fn preference_check(cfg: &crate::config::Config) -> impl Fn(&Task) -> Result<(), FieldError> {
+    let catalog = crate::catalog::Catalog::new(cfg);
+    move |t: &Task| {
+        catalog
+            .check_preference(&t.preference)
+            .map_err(|message| FieldError::new("preference", message))
+    }
+}
+
 /// A problem with one field of one task, found by a caller's check (for example a preference key
 /// that is not an alias of the catalog). The reader adds the file and line or row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -939,7 +950,7 @@ fn column_slot(name: &str) -> usize {
 
 /// Validates Arrow batches of tasks: a Parquet file's, or a Flight upload's. Row numbers and the
 /// duplicate-id check run across all batches given to one decoder.
-pub struct TaskBatchDecoder<'a> {
+pub(crate) struct TaskBatchDecoder<'a> {
     acceptor: Acceptor<'a>,
     rows: usize,
     /// With [`with_extras`](TaskBatchDecoder::with_extras): the columns beyond the task schema

@@ -190,14 +190,14 @@ impl Jobs {
 }
 
 /// What the service hands the ingest thread.
-pub enum Ingest {
+pub(crate) enum Ingest {
     Schema(SchemaRef),
     Batch(RecordBatch),
 }
 
 /// An upload in progress: batches go to its ingest thread; [`finish`](Upload::finish) makes the
 /// job durable and starts it. Dropped unfinished, it leaves nothing behind.
-pub struct Upload {
+pub(crate) struct Upload {
     jobs: Arc<Jobs>,
     id: String,
     dir: PathBuf,

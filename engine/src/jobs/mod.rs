@@ -16,7 +16,6 @@ pub(crate) mod spec;
 pub(crate) mod store;
 
 pub use error::JobError;
-pub use ingest::{Ingest, Upload};
 pub use runner::{run_job, TaskSource};
-pub use spec::{JobSpec, JobState, Manifest};
-pub use store::{Job, JobStatus, Jobs, ServerLimits};
+pub use spec::JobState;
+pub use store::{Job, Jobs, ServerLimits};

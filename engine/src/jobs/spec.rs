@@ -12,7 +12,7 @@ use crate::task::Task;
 /// limits belong to the server's config, not to a client.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobSpec {
+pub(crate) struct JobSpec {
     /// A label for listings; need not be unique.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -27,7 +27,7 @@ pub struct JobSpec {
 /// Defaults for the optional task fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TaskDefaults {
+pub(crate) struct TaskDefaults {
     /// Weight per alias (or `cost` / `latency`), for tasks without a preference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<BTreeMap<String, f64>>,
@@ -40,7 +40,7 @@ pub struct TaskDefaults {
 /// Per-job settings a client may choose.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// Keep each episode's messages (`trajectory`) in its result row; default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trajectories: Option<bool>,
@@ -137,7 +137,7 @@ impl JobState {
 
 /// A job's durable record, `manifest.json` in its directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub id: String,
     pub spec: JobSpec,
     /// Accepted tasks.

@@ -75,7 +75,7 @@ pub struct Job {
 
 /// A job as clients see it.
 #[derive(Debug, Clone, Serialize)]
-pub struct JobStatus {
+pub(crate) struct JobStatus {
     pub job_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

@@ -8,7 +8,9 @@
 //! [`PromptRenderer`] turns a conversation into tokens with the model's chat template, with the
 //! first message's turn as a prefix shared by every conversation that starts the same way.
 
-pub mod runner;
+mod runner;
+
+pub use runner::{Generated, NativeInput, NativeOutput, NativeStats};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use serde_json::Value;
 use crate::chat_template::ChatTemplate;
 use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
 use crate::{Model, Tokenizer};
-use runner::{NativeInput, NativeOutput, NativeRunner, NativeStats};
+use runner::NativeRunner;
 
 /// KV memory of a native runtime when the config sets no `kv_cache_bytes`.
 pub const DEFAULT_KV_CACHE_BYTES: u64 = 1 << 30;

@@ -62,7 +62,7 @@ pub type NativeOutput = Result<Generated, String>;
 
 /// The scheduler's handle on a sequence; its state lives in the runner, where eviction can
 /// reach the caches of sequences that are not running.
-pub struct NativeSeq {
+pub(super) struct NativeSeq {
     key: u64,
 }
 
@@ -125,7 +125,7 @@ struct SeqState {
     last_used: u64,
 }
 
-pub struct NativeRunner {
+pub(super) struct NativeRunner {
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     budget: u64,

@@ -24,6 +24,8 @@
 
 #[cfg(test)]
 mod head_tests;
+#[cfg(test)]
+mod policy_tests;
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -43,7 +45,7 @@ use crate::task::stable_hash;
 use tutti_model::head::functions::{FunctionGrammar, FunctionLimits, Vocabulary};
 use tutti_model::head::Sampling;
 use tutti_model::head::{CallGrammar, CallPolicy, CatalogCall};
-use tutti_model::runtime::runner::{NativeInput, NativeStats};
+use tutti_model::runtime::{NativeInput, NativeStats};
 use tutti_model::runtime::{
     NativeModels, NativeRuntime, PromptRenderer, RuntimeLimits, DEFAULT_KV_CACHE_BYTES,
 };

@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use crate::catalog::Catalog;
+use crate::config::{Config, ExecutorKind};
+use crate::engine::{Engine, EngineOptions};
+use crate::task::{Status, Task, TaskResult};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tutti_engine::config::{Config, ExecutorKind};
-use tutti_engine::Catalog;
-use tutti_engine::{Engine, EngineOptions};
-use tutti_engine::{Status, Task, TaskResult};
 use tutti_model::testing::{tiny_gguf, TinyConfig};
 
 /// Episodes per run: one run without preference, one with; 1,000 episodes in all.
