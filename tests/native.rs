@@ -16,6 +16,11 @@ fn reference_model() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install the reference model {} (scripts/setup-model.sh)",
+            p.display()
+        );
         eprintln!(
             "skipping: reference model {} not found (scripts/setup-model.sh installs it)",
             p.display()

@@ -25,5 +25,8 @@ pub mod scheduler;
 pub mod testing;
 pub mod tokenizer;
 
+#[cfg(test)]
+mod tests;
+
 pub use forward::{argmax_rows, KvCache, LoadOptions, Model, ModelInfo, Rows, SeqStep, StepOutput};
 pub use tokenizer::Tokenizer;

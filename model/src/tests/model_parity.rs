@@ -2,10 +2,9 @@
 //! of sequences of different lengths gives the same logits as running each sequence alone,
 //! one token at a time.
 
-mod common;
 
-use tutti_model::testing::{tiny_model, TinyConfig};
-use tutti_model::{Model, SeqStep};
+use crate::testing::{tiny_model, TinyConfig};
+use crate::{Model, SeqStep};
 
 /// Logits of every position of `tokens`, run alone and one token per step.
 fn one_at_a_time(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -128,7 +127,7 @@ fn tiny_gemma3_batch_matches_single() {
 
 #[test]
 fn reference_gemma3_batch_matches_single() {
-    let Some((model, tok)) = common::reference() else {
+    let Some((model, tok)) = super::common::reference() else {
         return;
     };
     let prompts = [
@@ -186,7 +185,7 @@ fn truncate_and_recompute_gives_same_logits() {
 #[test]
 fn continuing_a_shared_prefix_gives_the_same_logits() {
     use std::sync::Arc;
-    use tutti_model::KvCache;
+    use crate::KvCache;
     for cfg in [TinyConfig::gemma3(), TinyConfig::qwen3()] {
         let (model, _) = tiny_model(&cfg).unwrap();
         let seqs = sequences(&[9, 6, 4], model.info().vocab, 4);

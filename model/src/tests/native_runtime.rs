@@ -6,11 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tutti_model::head::Sampling;
-use tutti_model::runtime::NativeInput;
-use tutti_model::runtime::{NativeRuntime, RuntimeLimits};
-use tutti_model::scheduler::BatchLimits;
-use tutti_model::testing::{tiny_model, TinyConfig};
+use crate::head::Sampling;
+use crate::runtime::NativeInput;
+use crate::runtime::{NativeRuntime, RuntimeLimits};
+use crate::scheduler::BatchLimits;
+use crate::testing::{tiny_model, TinyConfig};
 
 /// Episodes of `turns` turns: each turn's context is the last one's, the text it generated
 /// (re-tokenized) and a few "tool result" tokens; between turns the episode waits, as on a

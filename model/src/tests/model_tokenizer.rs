@@ -1,16 +1,15 @@
 //! Tokenizer tests: the reference Gemma 3 vocabulary and the tiny built-in vocabularies.
 
-mod common;
 
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use std::io::Cursor;
-use tutti_model::testing::{tiny_gguf, tiny_model, TinyConfig};
-use tutti_model::Tokenizer;
+use crate::testing::{tiny_gguf, tiny_model, TinyConfig};
+use crate::Tokenizer;
 
 #[test]
 fn gemma3_reference_prompt() {
-    let Some((_, tok)) = common::reference() else {
+    let Some((_, tok)) = super::common::reference() else {
         return;
     };
     assert_eq!(tok.vocab_size(), 262_144);
@@ -72,7 +71,7 @@ const LLAMA_CPP_TOKENIZATIONS: &[(&str, &[u32])] = &[
 
 #[test]
 fn gemma3_matches_llama_cpp_tokenize() {
-    let Some((_, tok)) = common::reference() else {
+    let Some((_, tok)) = super::common::reference() else {
         return;
     };
     for (text, want) in LLAMA_CPP_TOKENIZATIONS {
@@ -82,7 +81,7 @@ fn gemma3_matches_llama_cpp_tokenize() {
 
 #[test]
 fn gemma3_round_trip() {
-    let Some((_, tok)) = common::reference() else {
+    let Some((_, tok)) = super::common::reference() else {
         return;
     };
     for text in [
@@ -103,7 +102,7 @@ fn gemma3_round_trip() {
 
 #[test]
 fn gemma3_special_tokens() {
-    let Some((_, tok)) = common::reference() else {
+    let Some((_, tok)) = super::common::reference() else {
         return;
     };
     let turn = tok.token_id("<start_of_turn>").expect("gemma chat marker");

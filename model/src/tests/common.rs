@@ -1,11 +1,11 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the model tests.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use tutti_model::{Model, Tokenizer};
+use crate::{Model, Tokenizer};
 
 /// Path of the reference Gemma 3 270M file (override with `TUTTI_GEMMA3_GGUF`).
-pub fn reference_path() -> PathBuf {
+pub(super) fn reference_path() -> PathBuf {
     std::env::var_os("TUTTI_GEMMA3_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -14,14 +14,20 @@ pub fn reference_path() -> PathBuf {
         })
 }
 
-/// The reference model and tokenizer, loaded once per test binary; `None` (and a note on
-/// stderr) when the file is missing, so the suite still passes without it.
-pub fn reference() -> Option<&'static (Model, Tokenizer)> {
+/// The reference model and tokenizer, loaded once per test binary. When the file is missing:
+/// off CI, `None` (and a note on stderr), so the suite passes without it; in CI (`CI` set), a
+/// failure, since `.ci/run` installs it.
+pub(super) fn reference() -> Option<&'static (Model, Tokenizer)> {
     static MODEL: OnceLock<Option<(Model, Tokenizer)>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
             let path = reference_path();
             if !path.exists() {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI must install the reference model {} (scripts/setup-model.sh)",
+                    path.display()
+                );
                 eprintln!("skipping: reference model {} not found", path.display());
                 return None;
             }

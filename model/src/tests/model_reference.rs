@@ -7,11 +7,10 @@
 //! string is asserted, and as a weaker check that survives a change of kernels, every
 //! llama.cpp token must be within a small margin of this implementation's best token.
 
-mod common;
 
 use candle_core::D;
 use std::time::Instant;
-use tutti_model::{argmax_rows, LoadOptions, Model, SeqStep, Tokenizer};
+use crate::{argmax_rows, LoadOptions, Model, SeqStep, Tokenizer};
 
 const PROMPT: &str = "The capital of France is";
 /// llama.cpp's greedy completion (24 tokens) as text.
@@ -26,7 +25,7 @@ const MAX_GAP_NATS: f32 = 0.25;
 
 /// Greedy-decodes `n` tokens after `prompt`, one decode step per token.
 fn greedy(n: usize) -> Option<(Vec<u32>, f64)> {
-    let (model, tok) = common::reference()?;
+    let (model, tok) = super::common::reference()?;
     let prompt = tok.encode(PROMPT, true, true);
     let mut cache = model.new_cache();
     let mut next = prompt.clone();
@@ -56,7 +55,7 @@ fn greedy(n: usize) -> Option<(Vec<u32>, f64)> {
 
 #[test]
 fn expected_ids_spell_expected_text() {
-    let Some((_, tok)) = common::reference() else {
+    let Some((_, tok)) = super::common::reference() else {
         return;
     };
     assert_eq!(tok.decode(&EXPECTED_IDS, false), EXPECTED);
@@ -93,7 +92,7 @@ fn gap_to_llama_cpp(model: &Model, tok: &Tokenizer) -> f32 {
 
 #[test]
 fn llama_cpp_greedy_path_is_near_greedy_here() {
-    let Some((model, tok)) = common::reference() else {
+    let Some((model, tok)) = super::common::reference() else {
         return;
     };
     let gap = gap_to_llama_cpp(model, tok);
@@ -103,13 +102,13 @@ fn llama_cpp_greedy_path_is_near_greedy_here() {
 
 #[test]
 fn requantized_model_stays_near_llama_cpp() {
-    if common::reference().is_none() {
+    if super::common::reference().is_none() {
         return;
     }
     let options = LoadOptions {
         requantize_q5_to_q8: true,
     };
-    let (model, tok) = Model::load_with(common::reference_path(), &options).unwrap();
+    let (model, tok) = Model::load_with(super::common::reference_path(), &options).unwrap();
     let gap = gap_to_llama_cpp(&model, &tok);
     eprintln!("requantized: largest gap to llama.cpp's greedy token: {gap:.3} nats");
     assert!(gap <= MAX_GAP_NATS, "gap {gap}");
@@ -130,7 +129,7 @@ fn greedy_matches_llama_cpp_exactly() {
     let Some((generated, tokens_per_sec)) = greedy(24) else {
         return;
     };
-    let (_, tok) = common::reference().unwrap();
+    let (_, tok) = super::common::reference().unwrap();
     eprintln!("greedy: {:?}", tok.decode(&generated, false));
     eprintln!("single-sequence decode: {tokens_per_sec:.1} tokens/s");
     assert_eq!(generated, EXPECTED_IDS);
