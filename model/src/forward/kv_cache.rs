@@ -87,23 +87,18 @@ impl KvCache {
     }
 
     /// Positions read from the shared prefix (0 without one).
-    pub fn prefix_len(&self) -> usize {
+    pub(crate) fn prefix_len(&self) -> usize {
         self.prefix.as_ref().map_or(0, |p| p.len)
     }
 
     /// Number of cached positions (the position the next token gets).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether nothing is cached yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Bytes allocated by this cache's own buffers (capacity, not just the used part; a shared
     /// prefix is not counted).
-    pub fn size_bytes(&self) -> usize {
+    pub(crate) fn size_bytes(&self) -> usize {
         self.layers
             .iter()
             .flatten()
@@ -112,18 +107,19 @@ impl KvCache {
     }
 
     /// Bytes taken by the cached positions of this cache's own buffers.
-    pub fn used_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn used_bytes(&self) -> usize {
         (self.len - self.prefix_len()) * self.bytes_per_position()
     }
 
     /// Bytes one cached position takes across all layers (keys and values).
-    pub fn bytes_per_position(&self) -> usize {
+    pub(crate) fn bytes_per_position(&self) -> usize {
         2 * self.layers.len() * self.n_kv_heads * self.head_dim * self.dtype.size_in_bytes()
     }
 
     /// Forgets every position after the first `len` (no-op when already shorter). Cutting into
     /// a shared prefix drops the prefix and every position: the cache starts over empty.
-    pub fn truncate(&mut self, len: usize) {
+    pub(crate) fn truncate(&mut self, len: usize) {
         if len < self.prefix_len() {
             self.clear();
         } else {
@@ -132,7 +128,7 @@ impl KvCache {
     }
 
     /// Forgets every position (and the shared prefix) and frees the buffers.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.len = 0;
         self.prefix = None;
         self.layers.iter_mut().for_each(|l| *l = None);
@@ -177,7 +173,8 @@ impl KvCache {
     }
 
     /// An independent deep copy of the cached positions (a shared prefix stays shared).
-    pub fn fork(&self) -> Result<Self> {
+    #[cfg(test)]
+    pub(crate) fn fork(&self) -> Result<Self> {
         let own = self.len - self.prefix_len();
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {

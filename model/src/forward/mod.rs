@@ -130,7 +130,10 @@ impl Model {
     }
 
     /// [`Model::load`] with explicit options.
-    pub fn load_with(path: impl AsRef<Path>, options: &LoadOptions) -> Result<(Self, Tokenizer)> {
+    pub(crate) fn load_with(
+        path: impl AsRef<Path>,
+        options: &LoadOptions,
+    ) -> Result<(Self, Tokenizer)> {
         let path = path.as_ref();
         let mut file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

@@ -43,7 +43,11 @@ pub struct NativeRuntime {
 
 impl NativeRuntime {
     /// Starts a runtime around a loaded model.
-    pub fn start(model: Model, tokenizer: Tokenizer, limits: RuntimeLimits) -> Arc<NativeRuntime> {
+    pub(crate) fn start(
+        model: Model,
+        tokenizer: Tokenizer,
+        limits: RuntimeLimits,
+    ) -> Arc<NativeRuntime> {
         let tokenizer = Arc::new(tokenizer);
         let stats = Arc::new(NativeStats::default());
         let runner = NativeRunner::new(

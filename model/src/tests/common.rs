@@ -1,8 +1,8 @@
 //! Helpers shared by the model tests.
 
+use crate::{Model, Tokenizer};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use crate::{Model, Tokenizer};
 
 /// Path of the reference Gemma 3 270M file (override with `TUTTI_GEMMA3_GGUF`).
 pub(super) fn reference_path() -> PathBuf {

@@ -2,7 +2,6 @@
 //! of sequences of different lengths gives the same logits as running each sequence alone,
 //! one token at a time.
 
-
 use crate::testing::{tiny_model, TinyConfig};
 use crate::{Model, SeqStep};
 
@@ -184,8 +183,8 @@ fn truncate_and_recompute_gives_same_logits() {
 /// continued by reference; the shared cache is also read by a second sequence in the same step.
 #[test]
 fn continuing_a_shared_prefix_gives_the_same_logits() {
-    use std::sync::Arc;
     use crate::KvCache;
+    use std::sync::Arc;
     for cfg in [TinyConfig::gemma3(), TinyConfig::qwen3()] {
         let (model, _) = tiny_model(&cfg).unwrap();
         let seqs = sequences(&[9, 6, 4], model.info().vocab, 4);

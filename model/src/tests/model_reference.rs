@@ -7,10 +7,9 @@
 //! string is asserted, and as a weaker check that survives a change of kernels, every
 //! llama.cpp token must be within a small margin of this implementation's best token.
 
-
+use crate::{argmax_rows, LoadOptions, Model, SeqStep, Tokenizer};
 use candle_core::D;
 use std::time::Instant;
-use crate::{argmax_rows, LoadOptions, Model, SeqStep, Tokenizer};
 
 const PROMPT: &str = "The capital of France is";
 /// llama.cpp's greedy completion (24 tokens) as text.

@@ -1,11 +1,10 @@
 //! Tokenizer tests: the reference Gemma 3 vocabulary and the tiny built-in vocabularies.
 
-
+use crate::testing::{tiny_gguf, tiny_model, TinyConfig};
+use crate::Tokenizer;
 use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use std::io::Cursor;
-use crate::testing::{tiny_gguf, tiny_model, TinyConfig};
-use crate::Tokenizer;
 
 #[test]
 fn gemma3_reference_prompt() {

@@ -128,7 +128,7 @@ fn string_array(ct: &gguf_file::Content, key: &str) -> Result<Vec<String>> {
 
 impl Tokenizer {
     /// Builds the tokenizer from the `tokenizer.ggml.*` metadata of a GGUF file.
-    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
+    pub(crate) fn from_gguf(ct: &gguf_file::Content) -> Result<Self> {
         let model = meta(ct, "tokenizer.ggml.model")
             .context("missing tokenizer.ggml.model")?
             .to_string()?
