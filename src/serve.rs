@@ -89,15 +89,11 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
-        let resumed = jobs
-            .list()
-            .iter()
-            .filter(|j| j.state() == tutti_engine::jobs::JobState::Running)
-            .count();
+        let (all, resumed) = jobs.counts();
         eprintln!(
             "tutti: serving Arrow Flight on grpc://{addr} (data dir {}, {} jobs, {resumed} resumed{})",
             args.data_dir.display(),
-            jobs.list().len(),
+            all,
             if token.is_some() { ", bearer token required" } else { "" }
         );
         let shutdown = async {

@@ -788,9 +788,9 @@ impl Config {
 }
 
 /// The schemes an OpenAI-compatible server's base URL may have.
-pub const HTTP: &[&str] = &["http", "https"];
+pub(crate) const HTTP: &[&str] = &["http", "https"];
 /// The schemes an OpenEnv server's base URL may have (its sessions are WebSockets).
-pub const HTTP_OR_WS: &[&str] = &["http", "https", "ws", "wss"];
+pub(crate) const HTTP_OR_WS: &[&str] = &["http", "https", "ws", "wss"];
 
 /// The bundled configs: name -> text. `default` is what `tutti run` uses without `--config`; the
 /// others are benchmark profiles.
@@ -814,7 +814,7 @@ pub fn bundled(name: &str) -> Option<Config> {
 }
 
 /// The tool that ends an episode with its answer.
-pub const ANSWER_TOOL: &str = "answer";
+pub(crate) const ANSWER_TOOL: &str = "answer";
 
 /// Checks that `url` is an absolute URL with a host and one of `schemes`; the message says what
 /// to write instead (`127.0.0.1:8080/v1` is not a URL: it needs `http://`).

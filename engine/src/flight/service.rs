@@ -25,8 +25,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::io::results::read_result_batches;
 use crate::io::schema::result_schema;
 use crate::jobs::ingest::Ingest;
+use crate::jobs::store::Job;
 use crate::jobs::JobState;
-use crate::jobs::{Job, JobError, Jobs};
+use crate::jobs::{JobError, Jobs};
 
 /// The actions of DoAction, as ListActions describes them.
 pub(crate) const ACTIONS: [(&str, &str); 3] = [

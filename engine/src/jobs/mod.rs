@@ -18,4 +18,4 @@ pub(crate) mod store;
 pub use error::JobError;
 pub use runner::{run_job, TaskSource};
 pub use spec::JobState;
-pub use store::{Job, Jobs, ServerLimits};
+pub use store::{Jobs, ServerLimits};

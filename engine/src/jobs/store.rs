@@ -62,7 +62,7 @@ impl Default for ServerLimits {
 }
 
 /// One job: its record, its counts, and the token that cancels it.
-pub struct Job {
+pub(crate) struct Job {
     pub id: String,
     pub(super) dir: PathBuf,
     pub(super) manifest: Mutex<Manifest>,
@@ -115,7 +115,7 @@ impl Job {
         self.dir.join("tasks.arrow")
     }
 
-    pub fn state(&self) -> JobState {
+    pub(crate) fn state(&self) -> JobState {
         self.manifest.lock().state
     }
 
@@ -295,8 +295,18 @@ impl Jobs {
             .ok_or_else(|| JobError::NotFound(id.to_string()))
     }
 
+    /// How many jobs there are, and how many of them are running.
+    pub fn counts(&self) -> (usize, usize) {
+        let jobs = self.jobs.read();
+        let running = jobs
+            .values()
+            .filter(|j| j.state() == JobState::Running)
+            .count();
+        (jobs.len(), running)
+    }
+
     /// Every job, oldest first (ids are time-ordered).
-    pub fn list(&self) -> Vec<Arc<Job>> {
+    pub(crate) fn list(&self) -> Vec<Arc<Job>> {
         self.jobs.read().values().cloned().collect()
     }
 
