@@ -23,7 +23,7 @@ pub mod runtime;
 pub mod scheduler;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod tokenizer;
+mod tokenizer;
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 /// Identifies one sequence (one episode's context) to the scheduler.
-pub type SeqId = u64;
+pub(crate) type SeqId = u64;
 
 /// Executes batched steps. Implemented by the sim executor and the native model runtime.
 pub trait StepRunner: Send + 'static {

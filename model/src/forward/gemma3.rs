@@ -46,7 +46,7 @@ struct Block {
 }
 
 /// A loaded Gemma 3 model.
-pub struct Gemma3 {
+pub(super) struct Gemma3 {
     pub(crate) info: ModelInfo,
     pub(crate) device: Device,
     embed: Arc<QTensor>,

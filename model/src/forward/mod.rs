@@ -85,8 +85,10 @@ pub struct LoadOptions {
     pub requantize_q5_to_q8: bool,
 }
 
-/// A loaded model of one of the supported architectures.
-pub enum Model {
+/// A loaded model of one of the supported architectures (`gemma3`, `qwen3`).
+pub struct Model(Arch);
+
+enum Arch {
     /// Gemma 3 (text).
     Gemma3(gemma3::Gemma3),
     /// Qwen 3 (dense).
@@ -118,8 +120,11 @@ impl Model {
             options: options.clone(),
         };
         match meta.arch.as_str() {
-            "gemma3" => Ok(Self::Gemma3(gemma3::Gemma3::load(&meta, &mut weights)?)),
-            "qwen3" => Ok(Self::Qwen3(qwen3::Qwen3::load(&meta, &mut weights)?)),
+            "gemma3" => Ok(Model(Arch::Gemma3(gemma3::Gemma3::load(
+                &meta,
+                &mut weights,
+            )?))),
+            "qwen3" => Ok(Model(Arch::Qwen3(qwen3::Qwen3::load(&meta, &mut weights)?))),
             other => bail!("unsupported architecture {other:?}"),
         }
     }
@@ -146,17 +151,17 @@ impl Model {
 
     /// Facts about the model.
     pub fn info(&self) -> &ModelInfo {
-        match self {
-            Self::Gemma3(m) => &m.info,
-            Self::Qwen3(m) => &m.info,
+        match &self.0 {
+            Arch::Gemma3(m) => &m.info,
+            Arch::Qwen3(m) => &m.info,
         }
     }
 
     /// The device the weights live on.
     pub(crate) fn device(&self) -> &Device {
-        match self {
-            Self::Gemma3(m) => &m.device,
-            Self::Qwen3(m) => &m.device,
+        match &self.0 {
+            Arch::Gemma3(m) => &m.device,
+            Arch::Qwen3(m) => &m.device,
         }
     }
 
@@ -204,9 +209,9 @@ impl Model {
     }
 
     fn head(&self) -> &ops::OutputHead {
-        match self {
-            Self::Gemma3(m) => &m.head,
-            Self::Qwen3(m) => &m.head,
+        match &self.0 {
+            Arch::Gemma3(m) => &m.head,
+            Arch::Qwen3(m) => &m.head,
         }
     }
 
@@ -242,9 +247,9 @@ impl Model {
             spans,
         };
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
-        let out = match self {
-            Self::Gemma3(m) => m.hidden(&batch, &mut caches),
-            Self::Qwen3(m) => m.hidden(&batch, &mut caches),
+        let out = match &self.0 {
+            Arch::Gemma3(m) => m.hidden(&batch, &mut caches),
+            Arch::Qwen3(m) => m.hidden(&batch, &mut caches),
         };
         for c in caches.iter_mut() {
             if out.is_ok() {

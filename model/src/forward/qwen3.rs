@@ -30,7 +30,7 @@ struct Block {
 }
 
 /// A loaded Qwen 3 model.
-pub struct Qwen3 {
+pub(super) struct Qwen3 {
     pub(crate) info: ModelInfo,
     pub(crate) device: Device,
     embed: Arc<QTensor>,

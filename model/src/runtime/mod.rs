@@ -10,7 +10,8 @@
 
 mod runner;
 
-pub use runner::{Generated, NativeInput, NativeOutput, NativeStats};
+use runner::NativeOutput;
+pub use runner::{Generated, NativeInput, NativeStats};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,9 +23,6 @@ use crate::chat_template::ChatTemplate;
 use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
 use crate::{Model, Tokenizer};
 use runner::NativeRunner;
-
-/// KV memory of a native runtime when the config sets no `kv_cache_bytes`.
-pub const DEFAULT_KV_CACHE_BYTES: u64 = 1 << 30;
 
 /// The batching limits of a runtime, from `[orchestrator]`.
 #[derive(Debug, Clone, Copy)]

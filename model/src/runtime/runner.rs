@@ -58,7 +58,7 @@ pub struct Generated {
     pub completion_tokens: u64,
 }
 
-pub type NativeOutput = Result<Generated, String>;
+pub(super) type NativeOutput = Result<Generated, String>;
 
 /// The scheduler's handle on a sequence; its state lives in the runner, where eviction can
 /// reach the caches of sequences that are not running.

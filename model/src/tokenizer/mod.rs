@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 /// GGUF token type, as stored in `tokenizer.ggml.token_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenType {
+pub(crate) enum TokenType {
     /// An ordinary text piece.
     Normal,
     /// The unknown token.

@@ -46,11 +46,12 @@ use tutti_model::head::functions::{FunctionGrammar, FunctionLimits, Vocabulary};
 use tutti_model::head::Sampling;
 use tutti_model::head::{CallGrammar, CallPolicy, CatalogCall};
 use tutti_model::runtime::{NativeInput, NativeStats};
-use tutti_model::runtime::{
-    NativeModels, NativeRuntime, PromptRenderer, RuntimeLimits, DEFAULT_KV_CACHE_BYTES,
-};
+use tutti_model::runtime::{NativeModels, NativeRuntime, PromptRenderer, RuntimeLimits};
 use tutti_model::scheduler::{BatchLimits, SchedulerStats};
 use tutti_model::Tokenizer;
+
+/// KV memory of a native runtime when the config sets no `kv_cache_bytes`.
+const DEFAULT_KV_CACHE_BYTES: u64 = 1 << 30;
 
 /// The batching limits of a native runtime, from `[orchestrator]`.
 pub(crate) fn runtime_limits(cfg: &Config) -> RuntimeLimits {
