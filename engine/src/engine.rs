@@ -301,3 +301,97 @@ impl Engine {
         self.cache.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{config, Scripted};
+    use std::sync::atomic::Ordering;
+    use tutti_model::hermes::model_call_text;
+
+    fn tasks(ids: &[&str]) -> Vec<Task> {
+        ids.iter()
+            .map(|id| Task {
+                id: id.to_string(),
+                prompt: "What is 2 + 2?".into(),
+                ..Task::default()
+            })
+            .collect()
+    }
+
+    async fn run(engine: &Engine, tasks: Vec<Task>, cancel: CancellationToken) -> Vec<TaskResult> {
+        let (tx, mut rx) = mpsc::channel(tasks.len().max(1));
+        let n = tasks.len();
+        engine.run(futures::stream::iter(tasks), tx, cancel).await;
+        let mut rows = Vec::new();
+        while let Some(r) = rx.recv().await {
+            rows.push(r);
+        }
+        assert_eq!(rows.len(), n, "one row per task");
+        rows
+    }
+
+    fn answer() -> Vec<String> {
+        vec![model_call_text("answer", "a-1")]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_live_tasks_bounds_the_episodes_in_flight() {
+        let cfg = config("max_live_tasks = 3");
+        let scripted = Arc::new(Scripted::new(&answer()));
+        let engine =
+            Engine::with_executor(&cfg, EngineOptions::default(), scripted.clone()).unwrap();
+        let ids: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let rows = run(&engine, tasks(&ids), CancellationToken::new()).await;
+        assert!(rows.iter().all(|r| r.status == Status::Answered));
+        assert_eq!(scripted.most_live.load(Ordering::SeqCst), 3);
+        assert_eq!(engine.ledger().tasks.get("answered"), Some(&20));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_job_writes_every_task_cancelled_without_a_turn() {
+        let scripted = Arc::new(Scripted::new(&answer()));
+        let engine =
+            Engine::with_executor(&config(""), EngineOptions::default(), scripted.clone()).unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let rows = run(&engine, tasks(&["a", "b", "c"]), cancel).await;
+        assert!(rows
+            .iter()
+            .all(|r| r.status == Status::Cancelled && r.turns == 0));
+        assert_eq!(scripted.most_live.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_episode_fails_its_task_and_the_job_goes_on() {
+        let engine = Engine::with_executor(
+            &config(""),
+            EngineOptions::default(),
+            Arc::new(Scripted::new(&answer())),
+        )
+        .unwrap();
+        let mut rows = run(
+            &engine,
+            tasks(&["a", "panic", "b"]),
+            CancellationToken::new(),
+        )
+        .await;
+        rows.sort_by(|x, y| x.id.cmp(&y.id));
+        let statuses: Vec<(&str, Status)> =
+            rows.iter().map(|r| (r.id.as_str(), r.status)).collect();
+        assert_eq!(
+            statuses,
+            [
+                ("a", Status::Answered),
+                ("b", Status::Answered),
+                ("panic", Status::Failed)
+            ]
+        );
+        let error = rows[2].error.as_deref().unwrap();
+        assert!(
+            error.starts_with("internal error: the episode panicked: a scripted panic"),
+            "{error}"
+        );
+    }
+}

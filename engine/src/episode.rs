@@ -795,85 +795,9 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::engine::{Engine, EngineOptions};
-    use crate::executor::{Decision, ExecError, Executor};
-    use futures::future::BoxFuture;
+    use crate::test_support::{config, Scripted};
     use tokio::sync::mpsc;
     use tutti_model::hermes::model_call_text;
-
-    /// An orchestrator that writes the same scripted reply at each turn of every task; the turn
-    /// after the script's end writes nothing usable.
-    struct Scripted(Vec<String>);
-
-    impl Executor for Scripted {
-        fn open(&self) -> u64 {
-            0
-        }
-        fn decide<'a>(
-            &'a self,
-            _seq: u64,
-            view: TurnView<'a>,
-        ) -> BoxFuture<'a, Result<Decision, ExecError>> {
-            let text = self.0.get(view.turn as usize).cloned().unwrap_or_default();
-            Box::pin(async move {
-                if text == "FAIL" {
-                    return Err(ExecError("the model server went away".into()));
-                }
-                Ok(Decision {
-                    text,
-                    prompt_tokens: 10,
-                    completion_tokens: 5,
-                })
-            })
-        }
-        fn release(&self, _seq: u64) {}
-    }
-
-    /// Two tools on one simulated backend, and a second answering backend that costs $1 a call.
-    fn config(extra: &str) -> Config {
-        let text = format!(
-            r#"
-[orchestrator]
-executor = "sim"
-max_turns = 4
-max_malformed_calls = 2
-{extra}
-[orchestrator.sim]
-output_tokens = {{ p50 = 10, p99 = 10 }}
-
-[simulation]
-time_scale = 0.0
-
-[[tools]]
-name = "answer"
-aliases = ["a-1", "a-dear"]
-
-[[tools]]
-name = "search"
-aliases = ["s-1"]
-
-[aliases]
-a-1 = "m"
-a-dear = "dear"
-s-1 = "m"
-
-[[backends]]
-name = "m"
-kind = "sim"
-[backends.sim]
-latency_ms = {{ p50 = 1, p99 = 2 }}
-output_tokens = {{ p50 = 5, p99 = 9 }}
-
-[[backends]]
-name = "dear"
-kind = "sim"
-price_per_call = 1.0
-[backends.sim]
-latency_ms = {{ p50 = 1, p99 = 2 }}
-output_tokens = {{ p50 = 5, p99 = 9 }}
-"#
-        );
-        Config::parse(&text, "episode-test.toml").unwrap()
-    }
 
     fn call(tool: &str, alias: &str) -> String {
         format!("Let me see. {}", model_call_text(tool, alias))
@@ -881,7 +805,7 @@ output_tokens = {{ p50 = 5, p99 = 9 }}
 
     /// Runs one task with the scripted replies; returns its row.
     async fn run(cfg: &Config, replies: &[String], task: Task, cancel: bool) -> TaskResult {
-        let executor = Arc::new(Scripted(replies.to_vec()));
+        let executor = Arc::new(Scripted::new(replies));
         let engine = Engine::with_executor(cfg, EngineOptions::default(), executor).unwrap();
         let (tx, mut rx) = mpsc::channel(4);
         let token = CancellationToken::new();

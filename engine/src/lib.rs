@@ -36,6 +36,8 @@ mod limits;
 mod policy;
 mod report;
 mod task;
+#[cfg(test)]
+mod test_support;
 
 pub use backend::openai::OpenAiBackend;
 pub use backend::retrieval::RetrievalIndex;

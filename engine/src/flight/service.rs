@@ -431,3 +431,49 @@ impl FlightService for JobService {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor;
+    use tonic::Code;
+
+    #[test]
+    fn job_errors_map_to_the_grpc_status_of_whose_fault_it_is() {
+        let code = |e: JobError| Status::from(e).code();
+        assert_eq!(code(JobError::Invalid("x".into())), Code::InvalidArgument);
+        assert_eq!(
+            code(JobError::Exhausted("x".into())),
+            Code::ResourceExhausted
+        );
+        assert_eq!(code(JobError::NotFound("x".into())), Code::NotFound);
+        assert_eq!(code(JobError::Thread("ingest")), Code::Internal);
+    }
+
+    fn with_header(value: Option<&str>) -> Request<()> {
+        let mut req = Request::new(());
+        if let Some(v) = value {
+            req.metadata_mut()
+                .insert("authorization", v.parse().unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn the_bearer_token_is_required_exactly_when_one_is_set() {
+        let mut open = Auth::new(None);
+        assert!(open.call(with_header(None)).is_ok());
+
+        let mut auth = Auth::new(Some("s3cret".into()));
+        assert!(auth.call(with_header(Some("Bearer s3cret"))).is_ok());
+        for wrong in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret!"),
+            Some("s3cret"),
+        ] {
+            let status = auth.call(with_header(wrong)).unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "{wrong:?}");
+        }
+    }
+}

@@ -107,3 +107,72 @@ pub async fn run_job(
         .map_err(|_| JobError::Thread("task reader"))??;
     Ok(store)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineOptions;
+    use crate::io::results::read_results;
+    use crate::test_support::{config, Scripted};
+    use tutti_model::hermes::model_call_text;
+
+    fn tasks(n: usize) -> Vec<Task> {
+        (0..n)
+            .map(|i| Task {
+                id: format!("t{i}"),
+                prompt: format!("task {i}"),
+                ..Task::default()
+            })
+            .collect()
+    }
+
+    /// Runs `tasks` with `done` already committed; returns the rows committed now and the ids
+    /// the callback saw.
+    async fn run(tasks: Vec<Task>, done: &[&str], keep: bool) -> (Vec<TaskResult>, Vec<String>) {
+        let engine = Engine::with_executor(
+            &config(""),
+            EngineOptions::default(),
+            Arc::new(Scripted::new(&[model_call_text("answer", "a-1")])),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.parquet");
+        let (store, _) = ResultStore::open(&out, false).unwrap();
+        let done: HashSet<String> = done.iter().map(|s| s.to_string()).collect();
+        let mut seen = Vec::new();
+        let store = run_job(
+            &engine,
+            tasks,
+            done,
+            store,
+            keep,
+            CancellationToken::new(),
+            |rows: &[TaskResult]| seen.extend(rows.iter().map(|r| r.id.clone())),
+        )
+        .await
+        .unwrap();
+        store.finish().unwrap();
+        (read_results(&out).unwrap(), seen)
+    }
+
+    #[tokio::test]
+    async fn committed_ids_are_skipped_and_every_other_task_is_committed_once() {
+        let (rows, mut seen) = run(tasks(50), &["t3", "t10", "t49"], true).await;
+        assert_eq!(rows.len(), 47);
+        seen.sort();
+        let mut expected: Vec<String> = (0..50)
+            .map(|i| format!("t{i}"))
+            .filter(|id| !["t3", "t10", "t49"].contains(&id.as_str()))
+            .collect();
+        expected.sort();
+        assert_eq!(seen, expected);
+        assert!(rows.iter().all(|r| r.trajectory.is_some()));
+    }
+
+    #[tokio::test]
+    async fn without_trajectories_rows_are_written_without_them() {
+        let (rows, _) = run(tasks(5), &[], false).await;
+        assert_eq!(rows.len(), 5);
+        assert!(rows.iter().all(|r| r.trajectory.is_none()));
+    }
+}
