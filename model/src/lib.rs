@@ -16,6 +16,7 @@
 #![warn(unreachable_pub)]
 
 pub mod chat_template;
+mod error;
 mod forward;
 pub mod head;
 pub mod hermes;
@@ -28,5 +29,6 @@ mod tokenizer;
 #[cfg(test)]
 mod tests;
 
+pub use error::ModelError;
 pub use forward::{argmax_rows, KvCache, LoadOptions, Model, ModelInfo, Rows, SeqStep, StepOutput};
 pub use tokenizer::Tokenizer;

@@ -1,9 +1,9 @@
 //! Tiny random models for tests: complete GGUF files (weights and tokenizer metadata) built
 //! in memory, loaded through the same code path as real files.
 
+use crate::error::Result;
 use crate::tokenizer::byte_to_char;
 use crate::{Model, Tokenizer};
-use anyhow::Result;
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use gguf_file::Value;

@@ -140,7 +140,7 @@ pub(crate) fn build(
             let runtime = native
                 .models
                 .get(std::path::Path::new(path), native.limits)
-                .map_err(err)?;
+                .map_err(|e| err(e.to_string()))?;
             Ok(Arc::new(
                 self::native::NativeBackend::new(&cfg.name, m, runtime, sim.seed).map_err(err)?,
             ))

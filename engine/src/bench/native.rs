@@ -131,7 +131,7 @@ fn step(model: &Model, feeds: &[Vec<u32>], caches: &mut [KvCache]) -> anyhow::Re
             cache: c,
         })
         .collect();
-    argmax_rows(&model.step(&mut seqs, false)?.last)
+    Ok(argmax_rows(&model.step(&mut seqs, false)?.last)?)
 }
 
 /// Times decode steps at `n` live sequences: the median step, in seconds. The sequences share

@@ -10,7 +10,7 @@
 use super::ggml;
 use super::ops::SeqSpan;
 use super::KvCache;
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;

@@ -18,7 +18,7 @@ pub use ops::argmax_rows;
 
 use crate::tokenizer::Tokenizer;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use ops::SeqSpan;

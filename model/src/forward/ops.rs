@@ -3,7 +3,7 @@
 
 use super::qmatmul::GgmlMatMul;
 use super::{ggml, LoadOptions, Rows, StepOutput};
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use rayon::prelude::*;

@@ -25,7 +25,7 @@
 //! activation rows into reusable per-thread buffers and splits the weight rows over the rayon
 //! threads, each writing its columns of the result directly.
 
-use anyhow::{bail, Result};
+use crate::error::{bail, Result};
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;

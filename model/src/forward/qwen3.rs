@@ -9,7 +9,7 @@ use super::ops::{
     embed, split_heads, Activation, GatedMlp, Linear, Meta, OutputHead, RmsNorm, Rope, Weights,
 };
 use super::{Batch, KvCache, ModelInfo};
-use anyhow::Result;
+use crate::error::Result;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use std::io::{Read, Seek};

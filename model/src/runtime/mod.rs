@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
+use crate::error::{Context, Result};
 use crate::scheduler::{self, BatchLimits, SchedulerHandle, SchedulerStats};
 use crate::{Model, Tokenizer};
 use runner::NativeRunner;
@@ -65,9 +66,9 @@ impl NativeRuntime {
     }
 
     /// Loads a GGUF file and starts a runtime on it.
-    pub(crate) fn load(path: &Path, limits: RuntimeLimits) -> Result<Arc<NativeRuntime>, String> {
+    pub(crate) fn load(path: &Path, limits: RuntimeLimits) -> Result<Arc<NativeRuntime>> {
         let (model, tokenizer) =
-            Model::load(path).map_err(|e| format!("cannot load {}: {e:#}", path.display()))?;
+            Model::load(path).with_context(|| format!("cannot load {}", path.display()))?;
         Ok(Self::start(model, tokenizer, limits))
     }
 
@@ -119,14 +120,10 @@ pub struct NativeModels {
 
 impl NativeModels {
     /// The runtime of `path`, loading it on first use.
-    pub fn get(
-        &mut self,
-        path: &Path,
-        limits: RuntimeLimits,
-    ) -> Result<Arc<NativeRuntime>, String> {
-        let canonical = std::fs::canonicalize(path).map_err(|e| {
+    pub fn get(&mut self, path: &Path, limits: RuntimeLimits) -> Result<Arc<NativeRuntime>> {
+        let canonical = std::fs::canonicalize(path).with_context(|| {
             format!(
-                "model file {}: {e} (scripts/setup-model.sh installs the reference model)",
+                "model file {} (scripts/setup-model.sh installs the reference model)",
                 path.display()
             )
         })?;

@@ -4,7 +4,7 @@
 //! mapped byte by byte to GPT-2's printable "byte-level" characters and then merged pair
 //! by pair, lowest merge rank first (ties: leftmost first).
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -82,7 +82,9 @@ impl Bpe {
             "llama-bpe" | "llama3" | "smaug-bpe" => LLAMA3_PATTERN,
             _ => GPT2_PATTERN,
         };
-        let pre = fancy_regex::Regex::new(pattern).context("pre-tokenizer regex")?;
+        let pre = fancy_regex::Regex::new(pattern)
+            .map_err(Box::new)
+            .context("pre-tokenizer regex")?;
         let mut table = HashMap::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             let (l, r) = m

@@ -16,7 +16,7 @@ mod spm;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use bpe::byte_to_char;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use candle_core::quantized::gguf_file;
 use std::collections::HashMap;
 
