@@ -51,7 +51,7 @@ impl Executor for Scripted {
             self.live.fetch_sub(1, Ordering::SeqCst);
             assert!(!panics, "a scripted panic");
             if text == "FAIL" {
-                return Err(ExecError("the model server went away".into()));
+                return Err(ExecError::Invalid("the model server went away".into()));
             }
             Ok(Decision {
                 text,

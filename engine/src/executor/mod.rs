@@ -43,9 +43,27 @@ pub(crate) struct Decision {
     pub completion_tokens: u64,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("orchestrator executor: {0}")]
-pub struct ExecError(pub String);
+/// Why the orchestrator could not be built or could not take a turn; the underlying error, when
+/// there is one, is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The configuration or the task does not let the orchestrator run (the message says why).
+    #[error("orchestrator executor: {0}")]
+    Invalid(String),
+    /// The orchestrator's server failed the turn.
+    #[error("orchestrator executor: {0}")]
+    Server(#[source] crate::backend::BackendError),
+    /// The in-process model could not be loaded or run.
+    #[error("orchestrator executor: {what}: {source}")]
+    Model {
+        what: String,
+        #[source]
+        source: tutti_model::ModelError,
+    },
+    /// The scheduler thread of the model has stopped.
+    #[error("orchestrator executor: {0}")]
+    Scheduler(#[source] tutti_model::scheduler::SchedulerGone),
+}
 
 pub(crate) trait Executor: Send + Sync {
     /// A new sequence for an episode.

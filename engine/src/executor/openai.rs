@@ -54,7 +54,7 @@ impl OpenAiExecutor {
             o.endpoint_env.as_deref(),
             crate::config::HTTP,
         )
-        .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
+        .map_err(|e| ExecError::Invalid(format!("orchestrator: {e}")))?;
         let client = OpenAiClient::new(
             "orchestrator",
             &endpoint,
@@ -63,11 +63,11 @@ impl OpenAiExecutor {
             o.retries,
             Duration::from_millis(200),
         )
-        .map_err(ExecError)?;
+        .map_err(ExecError::Invalid)?;
         let template = match (&o.chat_template, o.api) {
-            (Some(t), _) => Some(ChatTemplate::new(t).map_err(ExecError)?),
+            (Some(t), _) => Some(ChatTemplate::new(t).map_err(ExecError::Invalid)?),
             (None, OpenAiApi::Completions) => {
-                return Err(ExecError(
+                return Err(ExecError::Invalid(
                     "`orchestrator.api = \"completions\"` needs `orchestrator.chat_template`"
                         .into(),
                 ))
@@ -133,7 +133,7 @@ impl OpenAiExecutor {
             .in_flight
             .acquire()
             .await
-            .map_err(|_| ExecError("executor closed".into()))?;
+            .map_err(|_| ExecError::Invalid("executor closed".into()))?;
         let (path, mut body) = match self.api {
             OpenAiApi::Chat if !view.functions.is_empty() => {
                 let tools: Vec<Value> = self
@@ -152,7 +152,9 @@ impl OpenAiExecutor {
             ),
             OpenAiApi::Completions => {
                 let template = self.template.as_ref().expect("checked in new");
-                let prompt = template.render_messages(&messages).map_err(ExecError)?;
+                let prompt = template
+                    .render_messages(&messages)
+                    .map_err(ExecError::Invalid)?;
                 ("completions", json!({"prompt": prompt}))
             }
         };
@@ -170,7 +172,7 @@ impl OpenAiExecutor {
             .client
             .post(path, &body)
             .await
-            .map_err(|e| ExecError(e.to_string()))?;
+            .map_err(ExecError::Server)?;
         let text = match self.api {
             OpenAiApi::Chat => {
                 let msg = v.pointer("/choices/0/message").unwrap_or(&Value::Null);

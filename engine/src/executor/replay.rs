@@ -42,13 +42,13 @@ impl Executor for ReplayExecutor {
     ) -> BoxFuture<'a, Result<Decision, ExecError>> {
         let out = (|| {
             let text = view.task.replay.as_deref().ok_or_else(|| {
-                ExecError(format!("task `{}` has no `replay` calls", view.task.id))
+                ExecError::Invalid(format!("task `{}` has no `replay` calls", view.task.id))
             })?;
             // Validated when the task was read; parsed again per turn, as the executor keeps no
             // state (replays are short).
-            let calls = parse_calls(text).map_err(|e| ExecError(format!("replay {e}")))?;
+            let calls = parse_calls(text).map_err(|e| ExecError::Invalid(format!("replay {e}")))?;
             let call = calls.get(view.turn as usize).ok_or_else(|| {
-                ExecError(format!(
+                ExecError::Invalid(format!(
                     "the replay has {} calls and the episode asked for call {}",
                     calls.len(),
                     view.turn + 1

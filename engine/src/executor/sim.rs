@@ -227,7 +227,7 @@ impl Executor for SimExecutor {
             self.handle
                 .turn(seq, input)
                 .await
-                .map_err(|e| ExecError(e.to_string()))
+                .map_err(ExecError::Scheduler)
         })
     }
 

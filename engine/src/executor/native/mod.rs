@@ -115,23 +115,26 @@ impl NativeExecutor {
     ) -> Result<NativeExecutor, ExecError> {
         let o = &cfg.orchestrator;
         let path = o.model.as_deref().ok_or_else(|| {
-            ExecError("the native executor needs `orchestrator.model`, a GGUF file".into())
+            ExecError::Invalid("the native executor needs `orchestrator.model`, a GGUF file".into())
         })?;
         let runtime = models
             .get(Path::new(path), runtime_limits(cfg))
-            .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
+            .map_err(|source| ExecError::Model {
+                what: "orchestrator".into(),
+                source,
+            })?;
         let prompt = PromptRenderer::new(
             o.chat_template.as_deref(),
             runtime.tokenizer(),
             "orchestrator",
         )
-        .map_err(ExecError)?;
+        .map_err(ExecError::Invalid)?;
         let grammar = match cfg.environment {
             Some(_) => None,
             None => {
                 let grammar = catalog_grammar(&catalog, runtime.tokenizer());
                 if !grammar.spellable() {
-                    return Err(ExecError(format!(
+                    return Err(ExecError::Invalid(format!(
                         "orchestrator: the vocabulary of {path} cannot spell every tool call of \
                          the catalog (a tool or alias name uses characters it has no token for)"
                     )));
@@ -143,7 +146,7 @@ impl NativeExecutor {
             None => None,
             Some(e) => {
                 let vocabulary = Vocabulary::new(runtime.tokenizer())
-                    .map_err(|e| ExecError(format!("orchestrator: {e}")))?;
+                    .map_err(|e| ExecError::Invalid(format!("orchestrator: {e}")))?;
                 let limits = FunctionLimits {
                     max_call_tokens: e.max_call_tokens as usize,
                     max_string_chars: e.max_string_chars as u64,
@@ -174,7 +177,7 @@ impl NativeExecutor {
     /// The compiled tool list of `functions`, compiled now on first sight.
     fn tool_list(&self, functions: &[Value]) -> Result<Arc<ToolList>, ExecError> {
         let Some((vocabulary, limits)) = &self.functions else {
-            return Err(ExecError(
+            return Err(ExecError::Invalid(
                 "function tools need an [environment] in the config".into(),
             ));
         };
@@ -185,7 +188,7 @@ impl NativeExecutor {
         }
         let grammar = vocabulary
             .functions(functions, *limits)
-            .map_err(|e| ExecError(format!("the environment's tools: {e}")))?;
+            .map_err(|e| ExecError::Invalid(format!("the environment's tools: {e}")))?;
         let list = Arc::new(ToolList {
             system: tutti_model::hermes::tools_prompt(functions),
             grammar: Arc::new(grammar),
@@ -227,7 +230,9 @@ impl NativeExecutor {
     async fn turn(&self, seq: u64, view: TurnView<'_>) -> Result<Decision, ExecError> {
         let (messages, policy) = if view.functions.is_empty() {
             let grammar = self.grammar.clone().ok_or_else(|| {
-                ExecError("a turn without the environment's tools under an [environment]".into())
+                ExecError::Invalid(
+                    "a turn without the environment's tools under an [environment]".into(),
+                )
             })?;
             let policy = CallPolicy::new(
                 grammar,
@@ -245,7 +250,7 @@ impl NativeExecutor {
         let (tokens, shared_prefix) = self
             .prompt
             .tokens(self.runtime.tokenizer(), &messages, shared)
-            .map_err(ExecError)?;
+            .map_err(ExecError::Invalid)?;
         let out = self
             .runtime
             .turn(
@@ -266,7 +271,7 @@ impl NativeExecutor {
                 },
             )
             .await
-            .map_err(ExecError)?;
+            .map_err(ExecError::Invalid)?;
         Ok(Decision {
             text: out.text,
             prompt_tokens: out.prompt_tokens,
