@@ -339,15 +339,20 @@ fn validate(task: &Task) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// A caller's check of one task (preference keys against a catalog, a size limit).
+type TaskCheck<'a> = &'a dyn Fn(&Task) -> Result<(), FieldError>;
+
 /// Runs the shared checks and remembers ids to catch duplicates.
 struct Acceptor<'a> {
     input: String,
-    check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
+    /// `None` for rows validated when they were accepted (a job's stored task file): they are
+    /// only decoded, with no check and no id kept.
+    check: Option<TaskCheck<'a>>,
     first_seen: HashMap<String, Position>,
 }
 
 impl<'a> Acceptor<'a> {
-    fn new(input: String, check: &'a dyn Fn(&Task) -> Result<(), FieldError>) -> Acceptor<'a> {
+    fn new(input: String, check: Option<TaskCheck<'a>>) -> Acceptor<'a> {
         Acceptor {
             input,
             check,
@@ -363,13 +368,16 @@ impl<'a> Acceptor<'a> {
     }
 
     fn accept(&mut self, task: &Task, position: Position) -> Result<(), InputError> {
+        let Some(check) = self.check else {
+            return Ok(());
+        };
         let field_error = |e: FieldError| InputError::Field {
             at: self.at(position),
             field: e.field,
             message: e.message,
         };
         validate(task).map_err(field_error)?;
-        (self.check)(task).map_err(field_error)?;
+        check(task).map_err(field_error)?;
         match self.first_seen.entry(task.id.clone()) {
             Entry::Occupied(first) => Err(InputError::DuplicateId {
                 at: Location {
@@ -481,7 +489,7 @@ fn read_jsonl(
         input: input.clone(),
         source,
     };
-    let mut acceptor = Acceptor::new(input.clone(), check);
+    let mut acceptor = Acceptor::new(input.clone(), Some(check));
     let mut mode = LineMode::default();
     let mut tasks = Vec::new();
     // The keys of each line beyond the task's, as a JSON object per task.
@@ -966,7 +974,7 @@ impl<'a> TaskBatchDecoder<'a> {
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
-        TaskBatchDecoder::build(input.into(), schema, check, false)
+        TaskBatchDecoder::build(input.into(), schema, Some(check), false)
     }
 
     /// A decoder that keeps the columns beyond the task schema (for [`into_extras`]) where
@@ -978,13 +986,23 @@ impl<'a> TaskBatchDecoder<'a> {
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
-        TaskBatchDecoder::build(input.into(), schema, check, true)
+        TaskBatchDecoder::build(input.into(), schema, Some(check), true)
+    }
+
+    /// A decoder of rows this server validated when it accepted them (a job's stored task
+    /// file): they are only decoded, without the checks or the set of ids seen, so a job is
+    /// validated once, at ingest.
+    pub(crate) fn accepted(
+        input: impl Into<String>,
+        schema: &Schema,
+    ) -> Result<TaskBatchDecoder<'static>, InputError> {
+        TaskBatchDecoder::build(input.into(), schema, None, false)
     }
 
     fn build(
         input: String,
         schema: &Schema,
-        check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
+        check: Option<TaskCheck<'a>>,
         extras: bool,
     ) -> Result<TaskBatchDecoder<'a>, InputError> {
         resolve_columns(&input, schema, extras)?;
@@ -2044,6 +2062,22 @@ mod tests {
             e.to_string(),
             "job 7: row 4: duplicate id `t-2` (first seen on row 2)"
         );
+    }
+
+    #[test]
+    fn an_accepted_task_file_is_decoded_without_checking_it_again() {
+        let refuse_all = |_: &Task| Err(FieldError::new("preference", "refused"));
+        let tasks = sample_tasks();
+        let batch = tasks_to_batch(&tasks);
+        let mut checked = TaskBatchDecoder::new("job 7", &task_schema(), &refuse_all).unwrap();
+        assert!(checked.decode(&batch).is_err());
+        // Rows accepted at ingest: no check, and no ids kept across batches.
+        let mut accepted = TaskBatchDecoder::accepted("job 7", &task_schema()).unwrap();
+        assert_eq!(accepted.decode(&batch).unwrap(), tasks);
+        assert_eq!(accepted.decode(&batch).unwrap(), tasks);
+        // The schema is still checked: a file that is not a task file is refused.
+        let other = Schema::new(vec![Field::new("prompt", DataType::Utf8, false)]);
+        assert!(TaskBatchDecoder::accepted("job 7", &other).is_err());
     }
 
     #[test]

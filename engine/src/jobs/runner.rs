@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use arrow::ipc::reader::FileReader;
 use tokio::sync::mpsc;
@@ -18,7 +17,7 @@ use super::spec::JobSpec;
 use crate::engine::Engine;
 use crate::io::durable::fs_error;
 use crate::io::results::{commit_stream, ResultStore, COMMIT_ROWS};
-use crate::io::tasks::{FieldError, TaskBatchDecoder};
+use crate::io::tasks::TaskBatchDecoder;
 use crate::task::{Task, TaskResult};
 
 /// Where a job's tasks come from. Reading is blocking (files); [`run_job`] runs it on a blocking
@@ -41,11 +40,11 @@ impl TaskSource for Vec<Task> {
 }
 
 /// A served job's accepted tasks: its Arrow IPC task file, with the job spec's defaults applied.
+/// The rows were validated at ingest; here they are only decoded.
 pub(super) struct JobTasks {
     pub path: PathBuf,
     /// Names the job in errors.
     pub label: String,
-    pub engine: Arc<Engine>,
     pub spec: JobSpec,
 }
 
@@ -54,18 +53,12 @@ impl TaskSource for JobTasks {
         let path = &self.path;
         let file = File::open(path).map_err(fs_error("open", path))?;
         let reader = FileReader::try_new(BufReader::new(file), None).map_err(arrow_error(path))?;
-        let catalog = self.engine.catalog();
-        let check = |t: &Task| {
-            catalog
-                .check_preference(&t.preference)
-                .map_err(|message| FieldError::new("preference", message))
-        };
         let stored = |source| JobError::Tasks {
             path: path.clone(),
             source: Box::new(source),
         };
         let mut decoder =
-            TaskBatchDecoder::new(&self.label, &reader.schema(), &check).map_err(stored)?;
+            TaskBatchDecoder::accepted(&self.label, &reader.schema()).map_err(stored)?;
         for batch in reader {
             let batch = batch.map_err(arrow_error(path))?;
             for mut task in decoder.decode(&batch).map_err(stored)? {
@@ -114,6 +107,7 @@ mod tests {
     use crate::engine::EngineOptions;
     use crate::io::results::read_results;
     use crate::test_support::{config, Scripted};
+    use std::sync::Arc;
     use tutti_model::hermes::model_call_text;
 
     fn tasks(n: usize) -> Vec<Task> {

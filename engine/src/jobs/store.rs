@@ -349,7 +349,6 @@ impl Jobs {
         let tasks = JobTasks {
             path: job.tasks_path(),
             label: format!("job {}", job.id),
-            engine: self.engine.clone(),
             spec,
         };
         let committed = {
