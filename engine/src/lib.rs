@@ -1,12 +1,12 @@
 //! tutti's engine: the catalog, episodes, executors, backends, coalescer, cache and ledger (the
 //! core), and the edges that bring tasks in and results out: [`io`] (task and result files),
 //! [`jobs`] (the one runner of `tutti run` and served jobs, and the job store), [`flight`] (the
-//! Arrow Flight service over the jobs) and [`bench`] (benchmarks). The model itself lives in
+//! Arrow Flight service over the jobs) and [`bench`](mod@bench) (benchmarks). The model itself lives in
 //! `tutti-model`.
 //!
 //! The path of a task: [`io`] reads and validates it, [`jobs::run_job`] skips what is already
 //! committed and hands the rest to the [`Engine`], which runs an episode per task: the executor
-//! decides a turn, the call is resolved through the [`Catalog`] and sent to its backend through
+//! decides a turn, the call is resolved through the `Catalog` and sent to its backend through
 //! a coalescer (batching, single-flight, the [`ResultCache`]), and everything is accounted in the
 //! [`Ledger`]. Results go back through [`jobs`] and [`io`].
 //!

@@ -5,7 +5,7 @@
 //! `<tool_call>{"name": "T", "arguments": {"k": "v", "n": 1}}</tool_call>` — `name` first, `": "`
 //! after each key and `", "` between members, arguments in the order given. The native policy
 //! head, the `openai` executor's grammar, the prompts and the replayed calls all use
-//! [`call_text`]; [`parse`] reads that and any other valid JSON of the same shape.
+//! `call_text`; [`parse`] reads that and any other valid JSON of the same shape.
 
 use std::io;
 

@@ -2,13 +2,13 @@
 //! Lines, Parquet or Arrow batches with validation that names the line or row and the field, and
 //! durable, resumable result output (Parquet or JSON Lines).
 //!
-//! - [`schema`]: [`task_schema`] and [`result_schema`], defined once (DESIGN.md, "Arrow schemas").
-//! - [`tasks`]: [`read_tasks`] for `tutti run TASKS`, [`TaskBatchDecoder`] for Arrow batches
+//! - `schema`: [`task_schema`] and [`result_schema`], defined once (DESIGN.md, "Arrow schemas").
+//! - `tasks`: [`read_tasks`] for `tutti run TASKS`, `TaskBatchDecoder` for Arrow batches
 //!   (Flight uploads), and writers that make task files for tests and benchmarks.
-//! - [`results`]: [`results_to_batch`] / [`batch_to_results`], and [`ResultStore`], which commits
+//! - `results`: `results_to_batch` / `batch_to_results`, and [`ResultStore`], which commits
 //!   results in segments while a job runs so that a killed run resumes without loss or duplicates,
 //!   then merges them into Parquet or JSON Lines with the input's index and extra columns.
-//! - [`openai_batch`]: OpenAI batch JSON Lines requests in and output lines out.
+//! - `openai_batch`: OpenAI batch JSON Lines requests in and output lines out.
 
 pub(crate) mod durable;
 pub(crate) mod openai_batch;

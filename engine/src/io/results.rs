@@ -458,7 +458,7 @@ impl InputColumns {
 }
 
 /// Durable, resumable result output: rows are committed in segment files beside the output while
-/// a job runs, then merged into the output by [`finish`](ResultStore::finish). See the module docs
+/// a job runs, then merged into the output by `finish`. See the module docs
 /// for the protocol.
 #[derive(Debug)]
 pub struct ResultStore {
@@ -487,7 +487,7 @@ impl ResultStore {
         ResultStore::open_with(out, &reopen)
     }
 
-    /// [`open`](ResultStore::open), where a task whose latest row has a status in
+    /// `open`, where a task whose latest row has a status in
     /// `reopen.retry` does not count as done: it runs again, and its new row replaces the old
     /// one when the output is merged.
     pub fn open_with(
@@ -617,7 +617,7 @@ impl ResultStore {
         self.finish_with(&OutputShape::default())
     }
 
-    /// [`finish`](ResultStore::finish), writing the output in `shape`: with the input's columns
+    /// `finish`, writing the output in `shape`: with the input's columns
     /// joined on, and for JSON Lines, OpenAI batch lines where asked. Rows of a previous JSON
     /// Lines output are kept as they were written.
     pub fn finish_with(self, shape: &OutputShape) -> Result<u64, StoreError> {

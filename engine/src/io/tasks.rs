@@ -217,7 +217,7 @@ impl TaskFile {
 /// (`.parquet`), chosen by extension; the path `-` reads JSON Lines from standard input.
 /// Columns (JSON Lines: keys) beyond the task schema's are kept, to be passed through to the
 /// results; a JSON Lines file whose first line has a `custom_id` is read as OpenAI batch input
-/// (see [`super::openai_batch`]).
+/// (see `super::openai_batch`).
 ///
 /// Besides the schema, each task must have a non-empty id unique in the file, `max_turns >= 1` and
 /// a finite `budget_usd >= 0`; then `check` validates it against the caller's catalog. The first

@@ -2,12 +2,12 @@
 //! `tutti run` and for the jobs `tutti serve` accepts alike. Nothing here knows Flight; the
 //! Flight service is a thin adapter over [`Jobs`].
 //!
-//! - [`runner`]: [`run_job`], the one runner: reads the tasks, skips the ids already committed,
+//! - `runner`: [`run_job`], the one runner: reads the tasks, skips the ids already committed,
 //!   drives the engine and commits results in groups.
-//! - [`store`]: [`Jobs`], the data directory of a server: manifests, counts rebuilt from committed
+//! - `store`: [`Jobs`], the data directory of a server: manifests, counts rebuilt from committed
 //!   results at start-up, resume of unfinished jobs, cancel.
-//! - [`ingest`]: [`Upload`], validation and durable acceptance of uploaded batches.
-//! - [`spec`]: a job's spec (name, defaults, overrides) and its manifest.
+//! - `ingest`: `Upload`, validation and durable acceptance of uploaded batches.
+//! - `spec`: a job's spec (name, defaults, overrides) and its manifest.
 
 pub(crate) mod error;
 pub(crate) mod ingest;

@@ -73,7 +73,7 @@ impl TaskSource for JobTasks {
 }
 
 /// Runs the tasks of `source` whose ids are not in `done` on `engine`, and commits their results
-/// to `store` as they finish (every [`COMMIT_ROWS`] rows or 250 ms), calling `committed` with
+/// to `store` as they finish (every `COMMIT_ROWS` rows or 250 ms), calling `committed` with
 /// each group once it is durable. Without `keep_trajectories` each row's trajectory is dropped
 /// before it is written. `cancel` ends live episodes `cancelled` and writes the tasks not yet
 /// started as `cancelled`. Returns the store once every result is committed.

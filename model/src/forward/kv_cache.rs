@@ -34,7 +34,7 @@ pub(crate) struct Segment<'a> {
 /// The key/value cache of one sequence across all layers.
 ///
 /// Not `Clone`: the buffers are written in place, so a shallow copy would alias; use
-/// [`KvCache::fork`] for an independent copy (e.g. to share a prompt prefix).
+/// `KvCache::fork` for an independent copy (e.g. to share a prompt prefix).
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<Option<LayerKv>>,

@@ -97,6 +97,7 @@ enum Arch {
 
 impl Model {
     /// Loads the weights described by `ct` from `reader` onto `device`.
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn from_gguf<R: Read + Seek>(
         ct: &gguf_file::Content,
         reader: &mut R,

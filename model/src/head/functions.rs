@@ -4,7 +4,7 @@
 //! [llguidance](https://github.com/guidance-ai/llguidance), the constrained-decoding library
 //! llama.cpp and vLLM use, compiles one Lark grammar per tool list,
 //! `"<tool_call>" ( "{\"name\": \"T\", \"arguments\": " %json{schema of T} "}" | … ) "</tool_call>"`,
-//! in Hermes' one spelling ([`crate::hermes::call_text`]: no free whitespace, `": "` and `", "`),
+//! in Hermes' one spelling (`crate::hermes::call_text`: no free whitespace, `": "` and `", "`),
 //! and gives the set of tokens that may come next at every step. Where that set is small (tool
 //! names, enums, punctuation) only its rows of the output projection are computed.
 //!

@@ -1,5 +1,5 @@
 //! The in-process model runtime: a [`NativeRuntime`] is one loaded GGUF model behind the
-//! continuous-batching scheduler ([`crate::scheduler`]), whose [`runner::NativeRunner`] keeps
+//! continuous-batching scheduler ([`crate::scheduler`]), whose `runner::NativeRunner` keeps
 //! each sequence's tokens and KV cache, batches the decode steps of every live sequence, and
 //! runs the policy head ([`crate::head`]) where a turn must end in a valid call. Everything that
 //! names the same model file shares one runtime ([`NativeModels`]), so an orchestrator's turns
