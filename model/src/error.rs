@@ -18,6 +18,13 @@ pub enum ModelError {
     /// The tokenizer's pre-tokenizer pattern.
     #[error(transparent)]
     Regex(#[from] Box<fancy_regex::Error>),
+    /// A chat template that does not parse or fails to render (`what` says which).
+    #[error("chat_template {what}: {source}")]
+    Template {
+        what: &'static str,
+        #[source]
+        source: minijinja::Error,
+    },
     /// What was being done when `source` happened.
     #[error("{what}: {source}")]
     Context {

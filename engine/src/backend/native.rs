@@ -39,7 +39,8 @@ impl NativeBackend {
             cfg.chat_template.as_deref(),
             runtime.tokenizer(),
             &format!("backend `{name}`"),
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         Ok(NativeBackend {
             name: name.into(),
             runtime,
@@ -70,7 +71,7 @@ impl Backend for NativeBackend {
                     };
                     let messages = [json!({"role": "user", "content": r.prompt})];
                     let result = match prompt.tokens(runtime.tokenizer(), &messages, 0) {
-                        Err(e) => Err(failed(e)),
+                        Err(e) => Err(failed(e.to_string())),
                         Ok((tokens, _)) => runtime
                             .complete(NativeInput {
                                 tokens,

@@ -203,7 +203,7 @@ impl OpenAiBackend {
         )?
         .with_ledger(ledger, index);
         let template = match (&cfg.chat_template, cfg.api) {
-            (Some(t), _) => Some(Arc::new(ChatTemplate::new(t)?)),
+            (Some(t), _) => Some(Arc::new(ChatTemplate::new(t).map_err(|e| e.to_string())?)),
             (None, OpenAiApi::Completions) => {
                 return Err(
                     "the `completions` api needs a `chat_template` to render prompts".into(),
@@ -339,7 +339,7 @@ async fn completions(
     };
     let prompts: Result<Vec<String>, String> = requests
         .iter()
-        .map(|r| template.render(&r.prompt))
+        .map(|r| template.render(&r.prompt).map_err(|e| e.to_string()))
         .collect();
     let prompts = match prompts {
         Ok(p) => p,

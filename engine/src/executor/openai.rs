@@ -65,7 +65,9 @@ impl OpenAiExecutor {
         )
         .map_err(ExecError::Invalid)?;
         let template = match (&o.chat_template, o.api) {
-            (Some(t), _) => Some(ChatTemplate::new(t).map_err(ExecError::Invalid)?),
+            (Some(t), _) => {
+                Some(ChatTemplate::new(t).map_err(|e| ExecError::Invalid(e.to_string()))?)
+            }
             (None, OpenAiApi::Completions) => {
                 return Err(ExecError::Invalid(
                     "`orchestrator.api = \"completions\"` needs `orchestrator.chat_template`"
@@ -154,7 +156,7 @@ impl OpenAiExecutor {
                 let template = self.template.as_ref().expect("checked in new");
                 let prompt = template
                     .render_messages(&messages)
-                    .map_err(ExecError::Invalid)?;
+                    .map_err(|e| ExecError::Invalid(e.to_string()))?;
                 ("completions", json!({"prompt": prompt}))
             }
         };

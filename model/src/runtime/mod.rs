@@ -144,15 +144,15 @@ pub struct PromptRenderer {
 
 impl PromptRenderer {
     /// The template of the config, else the one in the model file.
-    pub fn new(configured: Option<&str>, tokenizer: &Tokenizer, who: &str) -> Result<Self, String> {
-        let source = configured.or(tokenizer.chat_template()).ok_or_else(|| {
+    pub fn new(configured: Option<&str>, tokenizer: &Tokenizer, who: &str) -> Result<Self> {
+        let source = configured.or(tokenizer.chat_template()).with_context(|| {
             format!(
                 "{who}: the model file has no chat template (tokenizer.chat_template); \
                  set `chat_template` in the config"
             )
         })?;
         Ok(PromptRenderer {
-            template: ChatTemplate::new(source)?,
+            template: ChatTemplate::new(source).with_context(|| who.to_string())?,
         })
     }
 
@@ -164,7 +164,7 @@ impl PromptRenderer {
         tokenizer: &Tokenizer,
         messages: &[Value],
         shared_messages: usize,
-    ) -> Result<(Vec<u32>, usize), String> {
+    ) -> Result<(Vec<u32>, usize)> {
         let text = self.template.render_messages(messages)?;
         if shared_messages > 0 {
             let head = self

@@ -128,7 +128,7 @@ impl NativeExecutor {
             runtime.tokenizer(),
             "orchestrator",
         )
-        .map_err(ExecError::Invalid)?;
+        .map_err(|e| ExecError::Invalid(e.to_string()))?;
         let grammar = match cfg.environment {
             Some(_) => None,
             None => {
@@ -250,7 +250,10 @@ impl NativeExecutor {
         let (tokens, shared_prefix) = self
             .prompt
             .tokens(self.runtime.tokenizer(), &messages, shared)
-            .map_err(ExecError::Invalid)?;
+            .map_err(|source| ExecError::Model {
+                what: "the prompt".into(),
+                source,
+            })?;
         let out = self
             .runtime
             .turn(
