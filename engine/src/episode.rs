@@ -756,16 +756,14 @@ async fn act_in_env(
             setup.user_tool
         ));
     };
-    let content = content.clone();
+    conversation.push(("agent", content.clone()));
     if setup.record_messages {
-        let step = session.message("assistant", &content);
+        let step = session.message("assistant", content);
         let stepped = env_step(env, setup, cancel, &mut t.ledger, "message", step).await;
         if !matches!(stepped, Stepped::Observed(_)) {
-            conversation.push(("agent", content));
             return stepped;
         }
     }
-    conversation.push(("agent", content));
     let Some((backend, alias)) = &setup.user else {
         return Stepped::Observed("(the user did not reply)".into());
     };

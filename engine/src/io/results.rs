@@ -319,12 +319,8 @@ pub enum StoreError {
         line: usize,
         message: String,
     },
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FsError),
     #[error("{}: {source}", path.display())]
     Parquet { path: PathBuf, source: ParquetError },
     #[error("{}: {source}", path.display())]
@@ -335,16 +331,6 @@ pub enum StoreError {
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| fs_error(action, path)(source).into()
-}
-
-impl From<FsError> for StoreError {
-    fn from(e: FsError) -> Self {
-        StoreError::Io {
-            action: e.action,
-            path: e.path,
-            source: e.source,
-        }
-    }
 }
 
 fn parquet_error<'a>(path: &'a Path) -> impl FnOnce(ParquetError) -> StoreError + 'a {
