@@ -11,7 +11,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend;
+use crate::backend::{self, HostBackends};
 use crate::cache::{CacheStats, ResultCache};
 use crate::catalog::Catalog;
 use crate::coalesce::{Coalescer, CoalescerLimits};
@@ -36,13 +36,16 @@ pub enum EngineError {
 }
 
 /// Choices that are not part of the config.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineOptions {
     /// Keep each episode's messages in its result (bulk runs do; benchmarks need not).
     pub record_trajectories: bool,
     /// Count distinct requests (the ledger's `unique_calls`), so a benchmark can check that the
     /// cache bills each once. It keeps a key per distinct call, so long-lived servers leave it off.
     pub count_unique_calls: bool,
+    /// Builds the backends whose runtime this process must host (`vllm-rs`: a Python
+    /// interpreter). Without it, a config with such a backend is refused at start-up.
+    pub host: Option<Arc<dyn HostBackends>>,
 }
 
 impl Default for EngineOptions {
@@ -50,7 +53,18 @@ impl Default for EngineOptions {
         EngineOptions {
             record_trajectories: true,
             count_unique_calls: false,
+            host: None,
         }
+    }
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("record_trajectories", &self.record_trajectories)
+            .field("count_unique_calls", &self.count_unique_calls)
+            .field("host", &self.host.as_ref().map(|_| "..."))
+            .finish()
     }
 }
 
@@ -117,6 +131,7 @@ impl Engine {
             let native = backend::NativeSource {
                 models: &mut models,
                 limits,
+                host: opts.host.as_deref(),
             };
             let backend = backend::build(b, &cfg.simulation, ledger.clone(), i, native)?;
             coalescers.push(Coalescer::start(

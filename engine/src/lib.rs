@@ -41,7 +41,7 @@ mod test_support;
 
 pub use backend::openai::OpenAiBackend;
 pub use backend::retrieval::RetrievalIndex;
-pub use backend::{Backend, BackendError, BatchItem, CacheKey, Request, Response};
+pub use backend::{Backend, BackendError, BatchItem, CacheKey, HostBackends, Request, Response};
 pub use cache::{CacheStats, CachedResult, ResultCache};
 pub use config::Config;
 pub use engine::{Engine, EngineError, EngineOptions};

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
-use crate::config::{BackendConfig, BackendSettings, SimulationConfig};
+use crate::config::{BackendConfig, BackendSettings, ModelBackendConfig, SimulationConfig};
 use crate::ledger::Ledger;
 use tutti_model::runtime::{NativeModels, RuntimeLimits};
 
@@ -109,10 +109,22 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Where in-process models come from, for `native` backends.
+/// Builds the backends of kinds whose runtime the engine does not carry itself. `vllm-rs` drives
+/// vllm-rs's engine in-process through Python, and only a process that hosts an interpreter has
+/// one: the Python module (`bindings/python`) implements this and passes it in
+/// [`EngineOptions::host`](crate::EngineOptions::host).
+pub trait HostBackends: Send + Sync {
+    /// The backend of the `vllm-rs` entry `name`, or why it cannot run here (no GPU, vllm-rs
+    /// not installed, the model does not load): refused at start-up, before any task runs.
+    fn vllm_rs(&self, name: &str, config: &ModelBackendConfig) -> Result<Arc<dyn Backend>, String>;
+}
+
+/// Where in-process models come from: `native` backends load theirs here; hosted kinds
+/// (`vllm-rs`) are built by the host, when there is one.
 pub(crate) struct NativeSource<'a> {
     pub models: &'a mut NativeModels,
     pub limits: RuntimeLimits,
+    pub host: Option<&'a dyn HostBackends>,
 }
 
 /// Builds the backend a config entry describes; `index` is its number in the ledger.
@@ -152,14 +164,16 @@ pub(crate) fn build(
         // coalescer: no alias may name it (validated), so this backend only keeps the indices of
         // the backends aligned.
         BackendSettings::Openenv(_) => Ok(Arc::new(SessionsOnly)),
-        BackendSettings::VllmRs(_) => Err(BuildError {
-            name: cfg.name.clone(),
-            message: format!(
-                "backends of kind `{}` are not built yet in this version of tutti; \
-                 `openai`, `native`, `python`, `retrieval` and `sim` are available",
-                cfg.kind().as_str()
-            ),
-        }),
+        BackendSettings::VllmRs(m) => match native.host {
+            Some(host) => host.vllm_rs(&cfg.name, m).map_err(err),
+            None => Err(err(
+                "kind `vllm-rs` runs vllm-rs's engine in-process through Python, and this \
+                 process hosts no Python interpreter: run this config from the Python module \
+                 (`pip install ./bindings/python`, then `tutti.Engine(config).run(tasks)`), or \
+                 serve the model with `vllm serve` and use kind `openai`"
+                    .into(),
+            )),
+        },
     }
 }
 

@@ -127,6 +127,7 @@ pub(crate) async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunRe
         EngineOptions {
             record_trajectories: false,
             count_unique_calls: true,
+            host: None,
         },
     )?;
     let n = tasks.len() as u64;

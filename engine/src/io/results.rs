@@ -406,23 +406,28 @@ impl InputColumns {
             .enumerate()
             .map(|(i, id)| (id.to_string(), i as i64))
             .collect();
+        let schema = InputColumns::joined_schema(extras.as_ref().map(|e| e.schema()).as_ref());
+        InputColumns {
+            index,
+            extras,
+            schema,
+        }
+    }
+
+    /// The schema of result rows joined to an input whose extra columns have `extras`.
+    pub(crate) fn joined_schema(extras: Option<&SchemaRef>) -> SchemaRef {
         let mut fields: Vec<FieldRef> = result_schema().fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(INPUT_INDEX, DataType::Int64, true)));
-        if let Some(extras) = &extras {
+        if let Some(extras) = extras {
             // Nullable: a row whose id the input does not have gets nulls.
             fields.extend(
                 extras
-                    .schema()
                     .fields()
                     .iter()
                     .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
             );
         }
-        InputColumns {
-            index,
-            extras,
-            schema: Arc::new(Schema::new(fields)),
-        }
+        Arc::new(Schema::new(fields))
     }
 
     /// A batch in [`result_schema`] with `input_index` and the extra columns appended.

@@ -172,8 +172,7 @@ pub enum InputError {
 
 impl InputError {
     /// Where in the input the problem is, when it is about one task.
-    #[cfg(test)]
-    pub(crate) fn location(&self) -> Option<&Location> {
+    pub fn location(&self) -> Option<&Location> {
         match self {
             InputError::MalformedJson { at, .. }
             | InputError::NotAnObject { at, .. }
@@ -183,6 +182,26 @@ impl InputError {
             | InputError::ReservedField { at, .. }
             | InputError::Field { at, .. }
             | InputError::DuplicateId { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
+    /// The field or column at fault, when the problem is with one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            InputError::UnknownField { field, .. }
+            | InputError::ReservedField { field, .. }
+            | InputError::Field { field, .. } => Some(field),
+            InputError::MissingField { field, .. } | InputError::NullField { field, .. } => {
+                Some(field)
+            }
+            InputError::UnknownColumn { column, .. }
+            | InputError::ReservedColumn { column, .. }
+            | InputError::DuplicateColumn { column, .. } => Some(column),
+            InputError::MissingColumn { column, .. } | InputError::ColumnType { column, .. } => {
+                Some(column)
+            }
+            InputError::DuplicateId { .. } => Some("id"),
             _ => None,
         }
     }
@@ -1028,6 +1047,12 @@ impl<'a> TaskBatchDecoder<'a> {
                 input: self.acceptor.input,
                 source,
             })
+    }
+
+    /// The columns beyond the task schema of each batch decoded, a batch each (zero-copy
+    /// projections; zero columns when the input has none).
+    pub(crate) fn into_extra_batches(self) -> Vec<RecordBatch> {
+        self.extras.unwrap_or_default()
     }
 
     /// Validates and converts one batch. Its schema is checked again, as a stream may change it.

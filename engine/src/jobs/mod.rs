@@ -7,6 +7,8 @@
 //! - `store`: [`Jobs`], the data directory of a server: manifests, counts rebuilt from committed
 //!   results at start-up, resume of unfinished jobs, cancel.
 //! - `ingest`: `Upload`, validation and durable acceptance of uploaded batches.
+//! - `table`: [`TaskTable`], tasks held in memory as Arrow batches (the Python module's
+//!   tables), validated once and decoded a chunk at a time, with results joined back to them.
 //! - `spec`: a job's spec (name, defaults, overrides) and its manifest.
 
 pub(crate) mod error;
@@ -14,8 +16,10 @@ pub(crate) mod ingest;
 pub(crate) mod runner;
 pub(crate) mod spec;
 pub(crate) mod store;
+pub(crate) mod table;
 
 pub use error::JobError;
 pub use runner::{run_job, TaskSource};
 pub use spec::JobState;
 pub use store::{Jobs, ServerLimits};
+pub use table::TaskTable;
