@@ -76,7 +76,7 @@ fn load_config(kind: &str, value: &str) -> Result<Config, String> {
         "path" => Config::load(Path::new(value)).map_err(|e| error(&e)),
         "profile" => config::bundled(value).ok_or_else(|| {
             format!(
-                "no bundled config `{value}`; the bundled ones are {}",
+                "no bundled config `{value}` (and no such file); the bundled ones are {}",
                 profile_names().join(", ")
             )
         }),

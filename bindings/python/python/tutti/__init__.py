@@ -48,7 +48,8 @@ def _config_source(config: Config):
             "config must be a bundled config's name, a path, TOML text or a dict; "
             f"got {type(config).__name__}"
         )
-    if config in PROFILES:
+    looks_like_a_path = os.sep in config or config.endswith(".toml") or os.path.exists(config)
+    if config in PROFILES or not ("\n" in config or "=" in config or looks_like_a_path):
         return "profile", config
     if "\n" in config or ("=" in config and not os.path.exists(config)):
         return "toml", config
