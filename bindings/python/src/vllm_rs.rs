@@ -85,7 +85,7 @@ impl Glue {
             let answers = out
                 .bind(py)
                 .extract::<Vec<(String, u64, u64)>>()
-                .map_err(|e| message(py, &PyErr::from(e)))?;
+                .map_err(|e| message(py, &e))?;
             Ok(answers
                 .into_iter()
                 .map(|(text, input_tokens, output_tokens)| Response {

@@ -170,10 +170,10 @@ impl TaskTable {
                     None => (extras.len(), 0),
                 })
                 .collect();
-            for c in 0..width {
+            for (c, null) in nulls.iter().enumerate() {
                 let mut sources: Vec<&dyn Array> =
                     extras.iter().map(|b| b.column(c).as_ref()).collect();
-                sources.push(nulls[c].as_ref());
+                sources.push(null.as_ref());
                 columns.push(interleave(&sources, &at)?);
             }
         }
