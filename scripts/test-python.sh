@@ -10,7 +10,9 @@ if [ ! -x "$venv/bin/maturin" ]; then
     bash scripts/setup-python.sh "$venv"
 fi
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --bin tutti
+# The `tutti` binary the tests start, built as `cargo test --workspace` builds it (the same
+# features, so nothing is built again after the README's test command).
+cargo test --workspace --no-run -q
 dist=$(mktemp -d)
 trap 'rm -rf "$dist"' EXIT
 (cd bindings/python && "$venv/bin/maturin" build --profile dev --strip -o "$dist")
