@@ -430,13 +430,24 @@ fn a_vllm_rs_backend_is_refused_at_start_up_by_the_command_which_hosts_no_python
     let text = std::fs::read_to_string(sim_config(dir.path(), 0.001, 16)).unwrap();
     let gpt5 = "name = \"gpt-5\"\nkind = \"sim\"\nmodel = \"gpt-5\"";
     assert!(text.contains(gpt5));
-    let text = text.replace(gpt5, "name = \"gpt-5\"\nkind = \"vllm-rs\"\nmodel = \"/models/gpt\"");
+    let text = text.replace(
+        gpt5,
+        "name = \"gpt-5\"\nkind = \"vllm-rs\"\nmodel = \"/models/gpt\"",
+    );
     let (head, tail) = text.split_once("name = \"gpt-5\"").unwrap();
     // Its `[backends.sim]` table belongs to the sim kind: drop it.
     let (sim_table, rest) = tail.split_once("\n[[backends]]").unwrap();
-    let kept: String = sim_table.split("[backends.sim]").next().unwrap().to_string();
+    let kept: String = sim_table
+        .split("[backends.sim]")
+        .next()
+        .unwrap()
+        .to_string();
     let config = dir.path().join("vllm-rs.toml");
-    std::fs::write(&config, format!("{head}name = \"gpt-5\"{kept}\n[[backends]]{rest}")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{head}name = \"gpt-5\"{kept}\n[[backends]]{rest}"),
+    )
+    .unwrap();
 
     let out = dir.path().join("o.parquet");
     let (o, err) = run(&mut tutti_run(&tasks, &out, &config));
