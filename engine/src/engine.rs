@@ -69,7 +69,7 @@ impl std::fmt::Debug for EngineOptions {
 }
 
 /// The result of a task that ran no turn: it ended with `status` and `error`.
-fn ended_early(
+pub(crate) fn ended_early(
     id: String,
     metadata: Option<String>,
     status: Status,

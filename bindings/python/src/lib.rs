@@ -18,6 +18,13 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _tutti(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The engine's logs, on standard error, when asked for: `TUTTI_LOG=tutti_engine=debug`.
+    if let Ok(filter) = std::env::var("TUTTI_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<engine::PyRun>()?;
     m.add_class::<client::PyClient>()?;

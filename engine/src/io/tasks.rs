@@ -368,6 +368,8 @@ struct Acceptor<'a> {
     /// only decoded, with no check and no id kept.
     check: Option<TaskCheck<'a>>,
     first_seen: HashMap<String, Position>,
+    /// Off where the caller checks ids itself (`jobs::TaskTable`, by hash).
+    track_ids: bool,
 }
 
 impl<'a> Acceptor<'a> {
@@ -376,6 +378,7 @@ impl<'a> Acceptor<'a> {
             input,
             check,
             first_seen: HashMap::new(),
+            track_ids: true,
         }
     }
 
@@ -397,6 +400,9 @@ impl<'a> Acceptor<'a> {
         };
         validate(task).map_err(field_error)?;
         check(task).map_err(field_error)?;
+        if !self.track_ids {
+            return Ok(());
+        }
         match self.first_seen.entry(task.id.clone()) {
             Entry::Occupied(first) => Err(InputError::DuplicateId {
                 at: Location {
@@ -1047,6 +1053,13 @@ impl<'a> TaskBatchDecoder<'a> {
                 input: self.acceptor.input,
                 source,
             })
+    }
+
+    /// Leaves the duplicate-id check to the caller, which must make it: a table held in memory
+    /// checks its ids by hash (`jobs::TaskTable`), in a fraction of the memory of a set of ids.
+    pub(crate) fn without_id_set(mut self) -> Self {
+        self.acceptor.track_ids = false;
+        self
     }
 
     /// The columns beyond the task schema of each batch decoded, a batch each (zero-copy

@@ -21,7 +21,7 @@ use super::error::JobError;
 use super::runner::TaskSource;
 use crate::io::results::{results_to_batch, InputColumns};
 use crate::io::schema::TASK_COLUMNS;
-use crate::io::tasks::{FieldError, InputError, TaskBatchDecoder};
+use crate::io::tasks::{FieldError, InputError, Location, Position, TaskBatchDecoder};
 use crate::task::{Task, TaskResult};
 
 /// Rows decoded at a time: the most `Task`s that exist at once for one table, besides those in
@@ -65,7 +65,8 @@ impl TaskTable {
             input: label.clone(),
             source,
         };
-        let mut decoder = TaskBatchDecoder::with_extras(label.clone(), &reader.schema(), check)?;
+        let mut decoder =
+            TaskBatchDecoder::with_extras(label.clone(), &reader.schema(), check)?.without_id_set();
         let mut chunks = Vec::new();
         let mut starts = Vec::new();
         let mut rows = 0;
@@ -83,6 +84,7 @@ impl TaskTable {
                 offset += len;
             }
         }
+        check_unique_ids(&label, &chunks, &starts)?;
         let extras = decoder.into_extra_batches();
         let extra_schema = extras
             .first()
@@ -181,6 +183,77 @@ impl TaskTable {
     }
 }
 
+/// Refuses an id that appears twice, as a decoder's set of ids would (naming the first row that
+/// repeats an id, and where the id was first seen), from a sorted list of (hash, row): 12 bytes
+/// a row where a set of every id would hold each id again.
+fn check_unique_ids(
+    label: &str,
+    chunks: &[RecordBatch],
+    starts: &[usize],
+) -> Result<(), InputError> {
+    let arrow_error = |source| InputError::Arrow {
+        input: label.to_string(),
+        source,
+    };
+    let mut ids: Vec<StringArray> = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let column = chunk.column(chunk.schema().index_of("id").map_err(arrow_error)?);
+        let column = cast(column, &DataType::Utf8).map_err(arrow_error)?;
+        ids.push(
+            column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to utf8")
+                .clone(),
+        );
+    }
+    let id_at = |row: usize| {
+        let chunk = starts.partition_point(|s| *s <= row) - 1;
+        ids[chunk].value(row - starts[chunk])
+    };
+    let mut hashed: Vec<(u64, u32)> = Vec::with_capacity(starts.last().map_or(0, |s| s + 4096));
+    for (c, column) in ids.iter().enumerate() {
+        for i in 0..column.len() {
+            let row = u32::try_from(starts[c] + i).map_err(|_| InputError::Arrow {
+                input: label.to_string(),
+                source: ArrowError::InvalidArgumentError("more than 4 billion tasks".into()),
+            })?;
+            hashed.push((xxhash_rust::xxh3::xxh3_64(column.value(i).as_bytes()), row));
+        }
+    }
+    hashed.sort_unstable();
+    // The earliest row that repeats an earlier one's id, with that earlier row.
+    let mut repeat: Option<(usize, usize)> = None;
+    for group in hashed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
+        // Rows ascend within a group; ids of one hash are almost always equal.
+        for (k, &(_, row)) in group.iter().enumerate().skip(1) {
+            let row = row as usize;
+            let first = group[..k]
+                .iter()
+                .map(|&(_, r)| r as usize)
+                .find(|&r| id_at(r) == id_at(row));
+            if let Some(first) = first {
+                if repeat.is_none_or(|(earliest, _)| row < earliest) {
+                    repeat = Some((row, first));
+                }
+                break;
+            }
+        }
+    }
+    match repeat {
+        // Rows are 1-based in messages.
+        Some((row, first)) => Err(InputError::DuplicateId {
+            at: Location {
+                input: label.to_string(),
+                position: Position::Row(row + 1),
+            },
+            id: id_at(row).to_string(),
+            first: Position::Row(first + 1),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl TaskSource for TaskTable {
     fn each(self, each: &mut dyn FnMut(Task) -> bool) -> Result<(), JobError> {
         let inner = &self.inner;
@@ -216,5 +289,98 @@ impl TaskSource for TaskTable {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ended_early;
+    use crate::task::Status;
+    use arrow::array::{AsArray, Int32Array};
+    use arrow::datatypes::{Field, Int64Type};
+
+    fn table(ids: Vec<String>) -> RecordBatch {
+        let n = ids.len();
+        let prompts: StringArray = (0..n).map(|i| Some(format!("prompt {i}"))).collect();
+        let extra: Int32Array = (0..n as i32).map(|i| Some(i * 10)).collect();
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new("prompt", DataType::Utf8, false),
+                Field::new("extra", DataType::Int32, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(prompts),
+                Arc::new(extra),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn read(batches: Vec<RecordBatch>) -> Result<TaskTable, InputError> {
+        let schema = batches[0].schema();
+        let reader =
+            arrow::record_batch::RecordBatchIterator::new(batches.into_iter().map(Ok), schema);
+        TaskTable::read("tasks", reader, &|_| Ok(()))
+    }
+
+    #[test]
+    fn a_repeated_id_is_named_at_its_second_row_across_chunks_and_batches() {
+        let mut ids: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
+        ids[9_000] = "t5".into();
+        ids[9_500] = "t7".into();
+        let batch = table(ids);
+        let e = read(vec![batch.slice(0, 6_000), batch.slice(6_000, 4_000)])
+            .err()
+            .expect("refused");
+        assert_eq!(
+            e.to_string(),
+            "tasks: row 9001: duplicate id `t5` (first seen on row 6)"
+        );
+        assert_eq!(e.field(), Some("id"));
+    }
+
+    #[test]
+    fn tasks_come_out_in_order_and_results_join_their_row_and_extra_columns() {
+        let batch = table((0..9_000).map(|i| format!("t{i}")).collect());
+        let table = read(vec![batch.slice(0, 5_000), batch.slice(5_000, 4_000)]).unwrap();
+        assert_eq!(table.len(), 9_000);
+        let mut seen = Vec::new();
+        table
+            .clone()
+            .each(&mut |t| {
+                seen.push(t.id);
+                true
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 9_000);
+        assert_eq!(seen[8_999], "t8999");
+
+        let result = |id: &str| ended_early(id.into(), None, Status::Answered, None);
+        let joined = table
+            .join(&[result("t8000"), result("t3"), result("stranger")])
+            .unwrap();
+        assert_eq!(joined.schema(), table.result_schema());
+        let index = joined
+            .column_by_name("input_index")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(
+            index.iter().collect::<Vec<_>>(),
+            [Some(8_000), Some(3), None]
+        );
+        let extra = joined
+            .column_by_name("extra")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        assert_eq!(
+            extra.iter().collect::<Vec<_>>(),
+            [Some(80_000), Some(30), None]
+        );
+        // Joined once: the row is forgotten after its result.
+        let again = table.join(&[result("t3")]).unwrap();
+        assert!(again.column_by_name("input_index").unwrap().is_null(0));
     }
 }
