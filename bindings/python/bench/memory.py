@@ -1,6 +1,7 @@
 """What handing a task table to tutti costs in memory (zero-copy check), one figure per line.
 
     python bindings/python/bench/memory.py [ROWS] [long|short]   # default 1,000,000, long
+    TUTTI_BENCH_CONFIG=my.toml python bindings/python/bench/memory.py  # another config
 
 Builds a table of ROWS tasks in Arrow memory (no Python objects per row), then runs it on the
 simulated workload (SIMULATION: `toolorchestra-sim`, every model simulated) with `run_iter`,
@@ -16,6 +17,7 @@ row-by-row conversion would hold) is measured last, in the same way.
 
 import gc
 import json
+import os
 import sys
 import time
 
@@ -56,7 +58,7 @@ def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     long = (sys.argv[2] if len(sys.argv) > 2 else "long") == "long"
     tasks = task_table(rows, long)
-    engine = tutti.Engine("toolorchestra-sim", trajectories=False)
+    engine = tutti.Engine(os.environ.get("TUTTI_BENCH_CONFIG", "toolorchestra-sim"), trajectories=False)
     gc.collect()
     before = status_kib("VmRSS")
     reset_peak()
