@@ -120,8 +120,9 @@ sys.path.insert(0, {tests!r})
 from conftest import task_table
 engine = tutti.Engine({config!r})
 run = engine.run_iter(task_table(1000), progress=False)
-print("running", flush=True)
 try:
+    # Inside the try: an interrupt right after the line is printed is caught too.
+    print("running", flush=True)
     rows = sum(b.num_rows for b in run)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
