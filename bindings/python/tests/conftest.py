@@ -5,6 +5,7 @@ binary of the same checkout for the comparisons with the command line and for `t
 import os
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -76,6 +77,8 @@ def server(tmp_path):
                 break
         if url is None:
             pytest.fail(f"tutti serve did not start (exit {proc.wait()})")
+        # Keep reading what the server says, so that a full pipe never blocks it.
+        threading.Thread(target=proc.stderr.read, daemon=True).start()
         yield url
     finally:
         proc.terminate()
