@@ -188,8 +188,11 @@ impl PyEngine {
         let (tx, rx) = crossbeam_channel::unbounded::<RecordBatch>();
         let engine = self.engine.clone();
         let run_cancel = cancel.clone();
+        // Cancelled once the run ends too, so that `runs` forgets it at the next start.
+        let ended = cancel.clone().drop_guard();
         let write_output = scratch.is_none();
         let handle = self.rt().spawn(async move {
+            let _ended = ended;
             let started = Instant::now();
             let mut tally = Tally::default();
             let mut join_error = None;
