@@ -2,8 +2,8 @@
 # Every device check, on the GPU machine, from the binaries `scripts/build-device.sh` made here:
 # the CUDA kernels against their CPU references (TUTTI_REQUIRE_GPU: a missing GPU fails instead
 # of skipping) and the policy-head figures. Prints everything; exits non-zero when a test fails.
+# Run from the repository root (the binaries are looked for in target/device/).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 # NVRTC from the machine's Python wheels (PyTorch brings them) or a CUDA toolkit.
 dirs=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)
