@@ -81,7 +81,7 @@ extern "C" __global__ void kv_store(const float* k, const float* v, bf16_t* k_ca
 // blocks of `block_size` positions listed in block_tables[q_seq[t]][..max_blocks]. Grouped
 // queries: head h reads KV head h / (n_heads / n_kv_heads). q, out: [token][head][head_dim],
 // head_dim <= 256 and a multiple of 32. Grid (tokens, heads), 4 warps of online softmax, merged.
-extern "C" __global__ void paged_attention(const float* q, const bf16_t* k_cache,
+extern "C" __global__ void __launch_bounds__(128) paged_attention(const float* q, const bf16_t* k_cache,
                                            const bf16_t* v_cache, const int* block_tables,
                                            int max_blocks, const int* q_seq, const int* q_len,
                                            float* out, int n_heads, int n_kv_heads, int head_dim,

@@ -208,7 +208,8 @@ __device__ unsigned select_threshold(const float* row, int n, float goal, bool b
 // p, renormalised; entries tied at the cut are all kept) and inverse-CDF sampling with
 // uniforms[s]. The row is overwritten with its probabilities. chosen[s] = -1 when every entry is
 // masked.
-extern "C" __global__ void sample_full(float* logits, int vocab, const float* temperature,
+// Launched with 1024 threads: the bound keeps the compiler within 64 registers a thread.
+extern "C" __global__ void __launch_bounds__(1024) sample_full(float* logits, int vocab, const float* temperature,
                                        const int* top_k, const float* top_p,
                                        const float* uniforms, int* chosen) {
     __shared__ float reduce[WARP];

@@ -392,14 +392,25 @@ fn full_vocabulary_sampling_equals_the_cpu_for_equal_seeds() {
         let (t, k, p) = settings[s];
         let mut row = logits[s * vocab..][..vocab].to_vec();
         let (want, near_edge) = sample_token_cpu(&mut row, t, k as usize, p, uniforms[s]);
+        let gpu_row = &probs[s * vocab..][..vocab];
         if t > 0.0 {
-            close(
-                "probabilities",
-                &probs[s * vocab..][..vocab],
-                &row,
-                1e-6,
-                1e-3,
+            // The top-p cut compares a running mass with p; the GPU sums in another order, so
+            // an entry whose mass lands the sum within rounding of p may fall on either side:
+            // at most one such entry, and then the renormalised row differs, so the row is not
+            // compared further.
+            let differ = gpu_row
+                .iter()
+                .zip(&row)
+                .filter(|(g, c)| (**g > 0.0) != (**c > 0.0))
+                .count();
+            assert!(
+                differ <= 1,
+                "sequence {s}: {differ} entries kept by only one side"
             );
+            if differ == 1 {
+                continue;
+            }
+            close("probabilities", gpu_row, &row, 1e-6, 1e-3);
         }
         if !near_edge {
             assert_eq!(

@@ -229,7 +229,10 @@ impl Gpu {
 
     /// Copies a device buffer back (waits for the stream).
     pub fn download<T: DeviceRepr>(&self, device: &CudaSlice<T>) -> Result<Vec<T>, GpuError> {
-        Ok(self.stream.clone_dtoh(device)?)
+        let host = self.stream.clone_dtoh(device)?;
+        // A copy into pageable memory returns once done; the wait makes that explicit.
+        self.stream.synchronize()?;
+        Ok(host)
     }
 
     /// Waits for every launch so far.
