@@ -37,29 +37,23 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `shared` holds 32 floats; the call synchronises the block.
-__device__ float block_sum(float v, float* shared) {
+// Sum (or, with MAX, maximum) over the block (blockDim.x a multiple of 32, at most 1024); every
+// thread gets the result. `shared` holds 32 floats; the call synchronises the block.
+template <bool MAX>
+__device__ float block_reduce(float v, float* shared) {
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    v = warp_sum(v);
+    v = MAX ? warp_max(v) : warp_sum(v);
     __syncthreads();
     if (lane == 0) shared[warp] = v;
     __syncthreads();
     int warps = blockDim.x / WARP;
-    v = lane < warps ? shared[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < warps ? shared[lane] : (MAX ? NEG_INF : 0.0f);
+    return MAX ? warp_max(v) : warp_sum(v);
 }
 
-__device__ float block_max(float v, float* shared) {
-    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    int warps = blockDim.x / WARP;
-    v = lane < warps ? shared[lane] : NEG_INF;
-    return warp_max(v);
-}
+__device__ float block_sum(float v, float* shared) { return block_reduce<false>(v, shared); }
+
+__device__ float block_max(float v, float* shared) { return block_reduce<true>(v, shared); }
 
 // A float's bits turned into an unsigned key with the same order (larger float, larger key).
 __device__ __forceinline__ unsigned order_key(float x) {

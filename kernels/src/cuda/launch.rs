@@ -1,7 +1,7 @@
 //! Typed launches: each method checks the buffers' lengths against the shapes it is given, then
 //! launches one kernel of `kernels/cuda/` with the argument list its signature declares.
 
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
 use super::{Gpu, GpuError};
 
@@ -100,6 +100,21 @@ fn config(grid: (u32, u32), block: u32) -> LaunchConfig {
 
 /// Warps per block of the projection kernels (one output per warp).
 const WARPS_PER_BLOCK: usize = 8;
+
+/// Launches an elementwise kernel, one thread per element: `args` holds every argument but the
+/// last, the element count `n`, which is pushed here.
+///
+/// # Safety
+/// `args` must be the kernel's arguments before `n`, with buffers of at least `n` elements.
+unsafe fn launch_elementwise(args: LaunchArgs<'_>, n: usize) -> Result<(), GpuError> {
+    let n_i = int("n", n)?;
+    // Shortens the builder's lifetime to this call's, so that it can take `n_i`.
+    let mut args: LaunchArgs<'_> = args;
+    args.arg(&n_i);
+    // SAFETY: the caller's arguments, then `n`.
+    unsafe { args.launch(config((blocks(n, 256), 1), 256)) }?;
+    Ok(())
+}
 
 impl Gpu {
     /// `y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * (w + w_offset)` for `rows` rows of `dim`.
@@ -370,19 +385,12 @@ impl Gpu {
         need("gated gate", gate, n)?;
         need("gated up", up, n)?;
         need("gated out", out, n)?;
-        let n_i = int("n", n)?;
-        let f = self.function(if gelu { "gelu_mul" } else { "silu_mul" });
-        // SAFETY: the arguments are those of `silu_mul` / `gelu_mul`, lengths checked.
-        unsafe {
+        let mut args =
             self.stream
-                .launch_builder(f)
-                .arg(gate)
-                .arg(up)
-                .arg(out)
-                .arg(&n_i)
-                .launch(config((blocks(n, 256), 1), 256))?;
-        }
-        Ok(())
+                .launch_builder(self.function(if gelu { "gelu_mul" } else { "silu_mul" }));
+        args.arg(gate).arg(up).arg(out);
+        // SAFETY: the arguments of `silu_mul` / `gelu_mul` before `n`, lengths checked.
+        unsafe { launch_elementwise(args, n) }
     }
 
     /// `x += y` over `n` elements.
@@ -394,18 +402,10 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         need("add x", x, n)?;
         need("add y", y, n)?;
-        let n_i = int("n", n)?;
-        let f = self.function("add_inplace");
-        // SAFETY: the arguments are those of `add_inplace`, lengths checked.
-        unsafe {
-            self.stream
-                .launch_builder(f)
-                .arg(x)
-                .arg(y)
-                .arg(&n_i)
-                .launch(config((blocks(n, 256), 1), 256))?;
-        }
-        Ok(())
+        let mut args = self.stream.launch_builder(self.function("add_inplace"));
+        args.arg(x).arg(y);
+        // SAFETY: the arguments of `add_inplace` before `n`, lengths checked.
+        unsafe { launch_elementwise(args, n) }
     }
 
     /// `y = bf16(x)` over `n` elements (round to nearest even).
@@ -417,18 +417,12 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         need("to_bf16 x", x, n)?;
         need("to_bf16 y", y, n)?;
-        let n_i = int("n", n)?;
-        let f = self.function("f32_to_bf16_rows");
-        // SAFETY: the arguments are those of `f32_to_bf16_rows`, lengths checked.
-        unsafe {
-            self.stream
-                .launch_builder(f)
-                .arg(x)
-                .arg(y)
-                .arg(&n_i)
-                .launch(config((blocks(n, 256), 1), 256))?;
-        }
-        Ok(())
+        let mut args = self
+            .stream
+            .launch_builder(self.function("f32_to_bf16_rows"));
+        args.arg(x).arg(y);
+        // SAFETY: the arguments of `f32_to_bf16_rows` before `n`, lengths checked.
+        unsafe { launch_elementwise(args, n) }
     }
 
     /// Stores each token's keys and values (`[tokens][kv_dim]`) into its slot of the bf16 caches

@@ -92,6 +92,8 @@ pub enum GpuError {
     MissingKernel(&'static str),
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),
+    #[error("NVRTC: {0}")]
+    Nvrtc(String),
     #[error("{0}")]
     Shape(String),
 }
@@ -117,7 +119,7 @@ pub fn nvrtc_version() -> Result<(i32, i32), GpuError> {
     // SAFETY: the library is present; the call writes two integers.
     let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
     if r != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
-        return Err(GpuError::Shape(format!("nvrtcVersion failed: {r:?}")));
+        return Err(GpuError::Nvrtc(format!("nvrtcVersion failed: {r:?}")));
     }
     Ok((major, minor))
 }
