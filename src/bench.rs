@@ -58,6 +58,12 @@ pub struct BenchArgs {
     /// native-decode: tasks of the job that counts shared-prefix prefills.
     #[arg(long, default_value_t = 16)]
     job_tasks: usize,
+    /// Also write a report into this folder: index.html (opens offline) and PNG/SVG figures.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Serve Prometheus metrics of tutti's run at http://ADDR/metrics while it lasts.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn main(args: BenchArgs) -> Result<ExitCode> {
@@ -114,8 +120,43 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             ..WorkloadSpec::default()
         },
         baseline_tasks: args.baseline.then_some(args.baseline_tasks),
+        observe: args.metrics_listen.map(|addr| {
+            bench::EngineHook(std::sync::Arc::new(move |engine| {
+                let jobs = std::sync::Arc::new(NoJobs);
+                let observer = tutti_engine::http::Observer::new(engine, jobs);
+                tokio::spawn(async move {
+                    let forever = tokio_util::sync::CancellationToken::new();
+                    if let Err(e) = crate::serve_http(addr, observer, "metrics", forever).await {
+                        eprintln!("tutti: error: {e:#}");
+                    }
+                });
+            }))
+        }),
     };
     let report = crate::runtime()?.block_on(bench::run_bench(&cfg, &spec))?;
+    if let Some(dir) = &args.report {
+        let title = format!("tutti bench: {}", report.profile);
+        let mut notes = vec![format!(
+            "{} tasks{}; {}",
+            report.workload_tasks,
+            if report.simulated {
+                " (simulated backends or orchestrator: a workload model, not real models)"
+            } else {
+                ""
+            },
+            tutti_engine::bench::describe_config(&cfg)
+        )];
+        if let Some(b) = &report.baseline {
+            notes.push(format!("Baseline: {}.", b.description));
+        }
+        let files =
+            tutti_engine::figures::write_report(dir, &title, &bench::figures(&report), &notes)?;
+        eprintln!(
+            "tutti: report in {} ({} figures)",
+            files.index.display(),
+            files.figures.len()
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -286,4 +327,13 @@ fn native_decode(args: &BenchArgs) -> Result<ExitCode> {
         p.tasks, p.prefix_prefills, p.prefix_tokens, p.prefix_hits
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A benchmark has no jobs to show: its metrics are the engine's alone.
+struct NoJobs;
+
+impl tutti_engine::metrics::JobSource for NoJobs {
+    fn jobs(&self) -> Vec<tutti_engine::metrics::JobProgress> {
+        Vec::new()
+    }
 }

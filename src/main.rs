@@ -3,6 +3,7 @@
 mod bench;
 mod client;
 mod generate;
+mod report;
 mod run;
 mod serve;
 
@@ -63,6 +64,9 @@ enum Command {
     Cancel(client::JobArgs),
     /// List the server's jobs.
     Jobs(client::JobsArgs),
+    /// Write a run's results as an HTML page with figures (latency CDF, calls and dollars per
+    /// alias, cache savings).
+    Report(report::ReportArgs),
     /// Raw completion with an in-process GGUF model (no chat template): a smoke test.
     Generate(generate::GenerateArgs),
 }
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => client::cancel(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Generate(args) => generate::main(args),
+        Command::Report(args) => report::main(args),
     };
     match result {
         Ok(code) => code,
@@ -135,6 +140,30 @@ fn load_config(path: Option<&PathBuf>, default_profile: &str) -> Result<Config> 
         None => tutti_engine::config::bundled(default_profile)
             .with_context(|| format!("no bundled profile `{default_profile}`")),
     }
+}
+
+/// Binds `addr` and serves the HTTP routes (`/metrics`, the live page, `/api/jobs`) on the current
+/// runtime until `shutdown` is cancelled; prints the address. Returns the bound address.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    observer: tutti_engine::http::Observer,
+    what: &str,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
+    let bound = listener.local_addr()?;
+    eprintln!("tutti: {what} on http://{bound}/");
+    tokio::spawn(async move {
+        if let Err(e) = observer
+            .serve(listener, async move { shutdown.cancelled().await })
+            .await
+        {
+            tracing::error!("the HTTP server on {bound} stopped: {e}");
+        }
+    });
+    Ok(bound)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

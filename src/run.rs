@@ -3,15 +3,18 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use tutti_engine::io::{near_task_column, preference_check, read_task_file};
 use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
 use tutti_engine::jobs::run_job;
+use tutti_engine::metrics::{JobProgress, JobSource};
 use tutti_engine::preflight;
 use tutti_engine::Tally;
 use tutti_engine::{Engine, EngineOptions, Status};
@@ -66,6 +69,10 @@ pub struct RunArgs {
     /// Print one JSON summary object on stdout.
     #[arg(long)]
     json: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the run lasts (and the live page at
+    /// http://ADDR/); port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
@@ -156,18 +163,29 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     let (store, done) = ResultStore::open_with(&args.output, &reopen)?;
 
     let show_progress = !verbosity.quiet;
+    let job = Arc::new(RunJob::new(&args.output, total, skipped));
+    let metrics_listen = args.metrics_listen;
+    let job_label = args.output.display().to_string();
     let summary = rt.block_on(async move {
-        let engine = Engine::new(&cfg, EngineOptions::default())?;
+        let engine = Arc::new(Engine::new(&cfg, EngineOptions::default())?);
         let cancel = CancellationToken::new();
         let mut progress = Progress::new(total, skipped, show_progress);
         let mut tally = Tally::default();
         let started = Instant::now();
+        let stop_http = CancellationToken::new();
+        if let Some(addr) = metrics_listen {
+            let observer = tutti_engine::http::Observer::new(engine.clone(), job.clone());
+            crate::serve_http(addr, observer, "metrics", stop_http.clone()).await?;
+        }
         let committed = |rows: &[tutti_engine::TaskResult]| {
             rows.iter().for_each(|r| tally.add(r));
+            job.commit(rows);
             progress.advance(rows.len() as u64)
         };
         let store = {
-            let run = run_job(&engine, tasks, done, store, true, cancel.clone(), committed);
+            let span = tracing::info_span!("tutti.job", job = %job_label);
+            let run = run_job(&engine, tasks, done, store, true, cancel.clone(), committed)
+                .instrument(span);
             tokio::pin!(run);
             tokio::select! {
                 store = &mut run => store?,
@@ -182,6 +200,8 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
             }
         };
         engine.flush();
+        job.finish();
+        stop_http.cancel();
         progress.finish();
         let rows = tokio::task::spawn_blocking(move || store.finish_with(&shape))
             .await
@@ -254,6 +274,59 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
 }
 
 /// A progress bar on a terminal, plain periodic lines otherwise.
+/// The one job of `tutti run`, as the metrics and the live page show it.
+struct RunJob {
+    progress: Mutex<JobProgress>,
+    tally: Mutex<Tally>,
+}
+
+impl RunJob {
+    fn new(output: &std::path::Path, total: u64, skipped: u64) -> RunJob {
+        RunJob {
+            progress: Mutex::new(JobProgress {
+                job_id: output.display().to_string(),
+                name: None,
+                state: "running".into(),
+                tasks: total,
+                done: skipped,
+                counts: Default::default(),
+                cost_usd: 0.0,
+                created_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                error: None,
+                errors: Vec::new(),
+            }),
+            tally: Mutex::new(Tally::default()),
+        }
+    }
+
+    fn commit(&self, rows: &[tutti_engine::TaskResult]) {
+        let mut p = self.progress.lock().expect("not poisoned");
+        for r in rows {
+            *p.counts.entry(r.status.as_str().to_string()).or_default() += 1;
+            p.cost_usd += r.cost_usd;
+        }
+        p.done += rows.len() as u64;
+        if rows.iter().any(|r| r.status == Status::Failed) {
+            let mut tally = self.tally.lock().expect("not poisoned");
+            rows.iter().for_each(|r| tally.add(r));
+            p.errors = tally.report(0.0).failures;
+            p.errors.truncate(5);
+        }
+    }
+
+    fn finish(&self) {
+        self.progress.lock().expect("not poisoned").state = "done".into();
+    }
+}
+
+impl JobSource for RunJob {
+    fn jobs(&self) -> Vec<JobProgress> {
+        vec![self.progress.lock().expect("not poisoned").clone()]
+    }
+}
+
 struct Progress {
     bar: Option<ProgressBar>,
     show: bool,

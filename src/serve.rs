@@ -39,6 +39,14 @@ pub struct ServeArgs {
     /// Largest prompt of one task, in bytes.
     #[arg(long, default_value_t = ServerLimits::default().max_prompt_bytes)]
     max_prompt_bytes: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port). Read-only and
+    /// without a token: bind it where job ids, counts and error messages may be seen.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve the live job page at http://ADDR/ (and /metrics, /api/jobs there too). Read-only and
+    /// without a token, like --metrics-listen.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
 }
 
 /// The bearer token: from `--token-file`, else from TUTTI_TOKEN.
@@ -85,6 +93,14 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
         let engine = Arc::new(Engine::new(&cfg, EngineOptions::default())?);
         let jobs = Jobs::open(&args.data_dir, engine.clone(), limits)
             .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
+        let stop_http = tokio_util::sync::CancellationToken::new();
+        let observer = tutti_engine::http::Observer::new(engine.clone(), jobs.clone());
+        if let Some(addr) = args.metrics_listen {
+            crate::serve_http(addr, observer.clone(), "metrics", stop_http.clone()).await?;
+        }
+        if let Some(addr) = args.http {
+            crate::serve_http(addr, observer, "the live job page", stop_http.clone()).await?;
+        }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -107,6 +123,7 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
             eprintln!("tutti: shutting down; unfinished jobs resume at the next start");
         };
         serve(listener, jobs, Auth::new(token), shutdown).await?;
+        stop_http.cancel();
         engine.flush();
         anyhow::Ok(())
     })?;

@@ -113,3 +113,120 @@ fn flight_ingest_reports_rows_per_second() {
     assert!(r["mib_per_s"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["task_file_bytes"].as_u64().unwrap() > 0, "{r}");
 }
+
+/// Whether a TrueType font for the figures is installed; CI installs one (fonts-dejavu-core).
+fn font() -> bool {
+    let found = std::env::var_os("TUTTI_FONT").is_some()
+        || [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).is_file());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install a font (apt-get install fonts-dejavu-core)"
+        );
+        eprintln!("skipped: no font for the figures (apt-get install fonts-dejavu-core)");
+    }
+    found
+}
+
+/// Each named figure exists as a non-empty PNG and SVG, and the page shows it.
+fn check_figures(dir: &std::path::Path, names: &[&str]) -> String {
+    let page = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "the page loads nothing from the network"
+    );
+    for name in names {
+        let png = std::fs::read(dir.join(format!("{name}.png"))).unwrap();
+        assert!(
+            png.len() > 1000 && png.starts_with(b"\x89PNG"),
+            "{name}.png"
+        );
+        let svg = std::fs::read_to_string(dir.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("</svg>"), "{name}.svg");
+        assert!(
+            page.contains(&format!("src=\"{name}.svg\"")),
+            "{name} on the page"
+        );
+    }
+    page
+}
+
+#[test]
+fn bench_with_baseline_writes_a_report_page_with_every_figure() {
+    if !font() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (o, err) = run(tutti().args([
+        "bench",
+        "--tasks",
+        "400",
+        "--repeat-share",
+        "0.3",
+        "--baseline",
+        "--baseline-tasks",
+        "20",
+        "--report",
+        out.to_str().unwrap(),
+    ]));
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("tutti: report in"), "{err}");
+    let page = check_figures(
+        &out,
+        &[
+            "latency_cdf",
+            "throughput",
+            "batch_size",
+            "alias_calls",
+            "alias_cost",
+            "savings",
+        ],
+    );
+    assert!(
+        page.contains("baseline (naive harness)"),
+        "both runs side by side"
+    );
+    assert!(
+        page.contains("simulated"),
+        "the page says the backends were simulated"
+    );
+}
+
+#[test]
+fn a_results_file_becomes_a_report_with_the_figures_it_has_data_for() {
+    if !font() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    write_tasks(&tasks, 30);
+    let results = dir.path().join("results.parquet");
+    let (o, err) = run(&mut tutti_run(
+        &tasks,
+        &results,
+        &repo("configs/toolorchestra-sim.toml"),
+    ));
+    assert!(o.status.success(), "{err}");
+    let out = dir.path().join("report");
+    let (o, err) = run(tutti().arg("report").arg(&results).arg("-o").arg(&out));
+    assert!(o.status.success(), "{err}");
+    let page = check_figures(
+        &out,
+        &["latency_cdf", "alias_calls", "alias_cost", "savings"],
+    );
+    assert!(!out.join("throughput.png").exists());
+    assert!(
+        page.contains("No throughput figure"),
+        "the page says why it is missing"
+    );
+    // A file that is not results gets a clear error naming it.
+    let (o, err) = run(tutti().arg("report").arg(&tasks).arg("-o").arg(&out));
+    assert!(!o.status.success());
+    assert!(err.contains("tasks.jsonl"), "{err}");
+}

@@ -157,6 +157,11 @@ impl Coalescer {
         }
     }
 
+    /// Whether the backend's circuit breaker is open (calls fail fast or go to the fallback).
+    pub(crate) fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
     /// Makes one call: from the cache, by joining an identical call in flight, or in a batch.
     pub(crate) async fn call(&self, request: Request) -> CallOutcome {
         let key = self.key(&request);

@@ -10,6 +10,7 @@ use futures::{FutureExt, Stream, StreamExt};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::{self, HostBackends};
 use crate::cache::{CacheStats, ResultCache};
@@ -114,6 +115,7 @@ pub struct Engine {
     cache: Arc<ResultCache>,
     /// `max_live_tasks` permits, shared by every job this engine runs at once.
     live: Arc<Semaphore>,
+    max_live: usize,
 }
 
 impl Engine {
@@ -206,6 +208,7 @@ impl Engine {
             env: Arc::new(env),
             cache,
             live: Arc::new(Semaphore::new(o.max_live_tasks)),
+            max_live: o.max_live_tasks,
         })
     }
 
@@ -249,7 +252,9 @@ impl Engine {
             let results = results.clone();
             let cancel = cancel.clone();
             let running = running.clone();
-            tokio::spawn(async move {
+            // The episode's span: a child of the job's span, the caller's current one.
+            let span = tracing::info_span!("tutti.episode", task = %task.id);
+            let episode = async move {
                 // A bug that panics inside one episode fails that task, not the job: its row
                 // still comes out, with the panic as its error.
                 let (id, metadata) = (task.id.clone(), task.metadata.clone());
@@ -263,7 +268,8 @@ impl Engine {
                     });
                 let _ = results.send(result).await;
                 drop((permit, running));
-            });
+            };
+            tokio::spawn(episode.instrument(span));
         }
         drop(running);
         let _ = ended.recv().await;
@@ -291,6 +297,25 @@ impl Engine {
 
     pub fn ledger(&self) -> LedgerSummary {
         self.env.ledger.summary()
+    }
+
+    /// Episodes running now, over every job of this engine.
+    pub(crate) fn live_tasks(&self) -> usize {
+        self.max_live - self.live.available_permits()
+    }
+
+    /// The ledger itself, for readers that need more than its summary (the metrics).
+    pub(crate) fn ledger_ref(&self) -> &Ledger {
+        &self.env.ledger
+    }
+
+    /// Whether each backend's circuit breaker is open, in the ledger's backend order.
+    pub(crate) fn breakers_open(&self) -> Vec<bool> {
+        self.env
+            .coalescers
+            .iter()
+            .map(|c| c.breaker_open())
+            .collect()
     }
 
     pub(crate) fn cache_stats(&self) -> CacheStats {

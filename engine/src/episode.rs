@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::{BackendError, Request, Response};
 use crate::catalog::Catalog;
@@ -165,8 +166,14 @@ async fn call_model(
             temperature: *temperature,
         };
         let t0 = Instant::now();
+        let span = tracing::info_span!(
+            "tutti.call",
+            tool = %tool,
+            alias = %target.1,
+            backend = %env.catalog.backends[target.0].name
+        );
         let Some(outcome) = cancel
-            .or_cancelled(env.coalescers[target.0].call(request))
+            .or_cancelled(env.coalescers[target.0].call(request).instrument(span))
             .await
         else {
             return Err(BackendError::Cancelled);
@@ -475,10 +482,15 @@ pub(crate) async fn run_episode(env: &EpisodeEnv, task: Task, cancel: &Cancel) -
     }
     let mut t = Turns::new(env, cancel, task, env.catalog.cheapest_call_usd());
     let mut phase = Phase::Decide;
+    // One span per turn: the orchestrator's decode and the call it makes.
+    let mut turn = tracing::Span::none();
     let (status, answer) = loop {
         phase = match phase {
-            Phase::Decide => decide(&mut t).await,
-            Phase::Act(action) => act(&mut t, action).await,
+            Phase::Decide => {
+                turn = tracing::info_span!("tutti.turn", turn = t.turns + 1);
+                decide(&mut t).instrument(turn.clone()).await
+            }
+            Phase::Act(action) => act(&mut t, action).instrument(turn.clone()).await,
             Phase::Observe(text, tokens) => t.observe(text, tokens),
             Phase::End(status, answer) => break (status, answer),
         };

@@ -3,7 +3,7 @@
 //! An episode keeps its own [`TaskLedger`] (no sharing on the hot path) and folds it into the
 //! job-wide [`Ledger`] once, when it ends. Backends' batch counts go straight to the [`Ledger`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -169,6 +169,18 @@ pub struct Ledger {
     orchestrator_cost_usd: AtomicF64,
     correct: AtomicU64,
     graded: AtomicU64,
+    /// Calls and dollars per alias, folded in as each task ends (a lock per task, not per call).
+    aliases: Mutex<BTreeMap<Arc<str>, AliasSummary>>,
+}
+
+/// The calls made through one alias and what they cost.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct AliasSummary {
+    /// Every call that got an answer.
+    pub calls: u64,
+    /// Calls served from the cache or by joining an identical call in flight.
+    pub cached: u64,
+    pub cost_usd: f64,
 }
 
 impl Ledger {
@@ -196,6 +208,7 @@ impl Ledger {
             orchestrator_cost_usd: AtomicF64::default(),
             correct: AtomicU64::new(0),
             graded: AtomicU64::new(0),
+            aliases: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -272,6 +285,24 @@ impl Ledger {
             self.graded.fetch_add(1, Ordering::Relaxed);
             self.correct.fetch_add(ok as u64, Ordering::Relaxed);
         }
+        if !t.calls.is_empty() {
+            let mut aliases = self.aliases.lock();
+            for c in &t.calls {
+                let a = aliases.entry(c.alias.clone()).or_default();
+                a.calls += 1;
+                a.cached += c.cached as u64;
+                a.cost_usd += c.cost_usd;
+            }
+        }
+    }
+
+    /// Calls and dollars per alias so far, by alias name.
+    pub fn aliases(&self) -> Vec<(String, AliasSummary)> {
+        self.aliases
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     /// A consistent-enough copy of the totals for reports.
@@ -464,6 +495,11 @@ mod tests {
         assert_eq!((s.graded, s.correct), (2, 1));
         assert!((s.coalescing_factor - 2.0).abs() < 1e-12);
         assert_eq!(s.backends[1].failures, 1);
+        let aliases = l.aliases();
+        assert_eq!(aliases.len(), 1);
+        assert_eq!(aliases[0].0, "search-1");
+        assert_eq!((aliases[0].1.calls, aliases[0].1.cached), (4, 2));
+        assert!((aliases[0].1.cost_usd - 0.75).abs() < 1e-12);
     }
 
     #[test]

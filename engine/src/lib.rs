@@ -16,9 +16,12 @@
 
 pub mod bench;
 pub mod config;
+pub mod figures;
 pub mod flight;
+pub mod http;
 pub mod io;
 pub mod jobs;
+pub mod metrics;
 pub mod preflight;
 
 mod backend;
@@ -47,6 +50,6 @@ pub use config::Config;
 pub use engine::{Engine, EngineError, EngineOptions};
 pub use environment::SessionCounts;
 pub use error::chain;
-pub use ledger::{BackendSummary, Ledger, LedgerSummary};
+pub use ledger::{AliasSummary, BackendSummary, Ledger, LedgerSummary};
 pub use report::{Latency, Report, Tally};
 pub use task::{Action, CallRecord, Message, Role, Status, Task, TaskResult};

@@ -137,12 +137,18 @@ impl Tally {
         self.statuses.get(status.as_str()).copied().unwrap_or(0)
     }
 
-    /// The report of these rows, run in `wall_s` seconds.
-    pub fn report(&self, wall_s: f64) -> Report {
-        let per_s = |n: u64| if wall_s > 0.0 { n as f64 / wall_s } else { 0.0 };
+    /// The failure messages of the failed rows, most frequent first, with their counts.
+    pub(crate) fn failures(&self) -> Vec<(String, u64)> {
         let mut failures: Vec<(String, u64)> =
             self.failures.iter().map(|(k, v)| (k.clone(), *v)).collect();
         failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        failures
+    }
+
+    /// The report of these rows, run in `wall_s` seconds.
+    pub fn report(&self, wall_s: f64) -> Report {
+        let per_s = |n: u64| if wall_s > 0.0 { n as f64 / wall_s } else { 0.0 };
+        let failures = self.failures();
         let calls = |f: fn(&CallTally) -> u64| self.backends.values().map(f).sum::<u64>();
         Report {
             tasks: self.tasks,

@@ -77,13 +77,97 @@ pub struct BatchLimits {
     pub max_batched_tokens: usize,
 }
 
-/// Counters the scheduler keeps, for benchmarks and reports.
-#[derive(Debug, Default)]
+/// Counters the scheduler keeps, for benchmarks, reports and the metrics endpoint.
+#[derive(Debug)]
 pub struct SchedulerStats {
     pub steps: AtomicU64,
     pub seq_steps: AtomicU64,
     pub tokens: AtomicU64,
     pub turns: AtomicU64,
+    /// Sequences per step.
+    pub batch_size: Buckets,
+    /// Seconds per step (the runner's work, not the wait for turns).
+    pub step_seconds: Buckets,
+}
+
+impl Default for SchedulerStats {
+    fn default() -> Self {
+        SchedulerStats {
+            steps: AtomicU64::new(0),
+            seq_steps: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            batch_size: Buckets::new(BATCH_SIZE_BOUNDS),
+            step_seconds: Buckets::new(STEP_SECONDS_BOUNDS),
+        }
+    }
+}
+
+/// Upper bounds of the batch-size buckets: powers of two up to the largest `max_seqs` in use.
+pub const BATCH_SIZE_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+/// Upper bounds of the step-time buckets, in seconds: from a simulated step (tens of µs) to a
+/// large native prefill chunk.
+pub const STEP_SECONDS_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A histogram with fixed bucket bounds that many threads observe into without locks: the shape
+/// of a Prometheus histogram (cumulative buckets, a sum and a count), kept here so that the model
+/// crate needs no metrics library.
+#[derive(Debug)]
+pub struct Buckets {
+    bounds: &'static [f64],
+    /// One count per bound plus the overflow (`+Inf`) bucket; not cumulative.
+    counts: Box<[AtomicU64]>,
+    /// The sum of the observed values, as `f64` bits.
+    sum: AtomicU64,
+}
+
+/// A copy of a [`Buckets`]' counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BucketSnapshot {
+    /// `(upper bound, observations <= bound)`, cumulative, ending with `(+Inf, count)`.
+    pub cumulative: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Buckets {
+    pub fn new(bounds: &'static [f64]) -> Buckets {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+        Buckets {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self.bounds.partition_point(|&b| b < v);
+        self.counts[i].fetch_add(1, AtomicOrdering::Relaxed);
+        let _ = self
+            .sum
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + v).to_bits())
+            });
+    }
+
+    pub fn snapshot(&self) -> BucketSnapshot {
+        let mut total = 0;
+        let mut cumulative = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            total += c.load(AtomicOrdering::Relaxed);
+            let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            cumulative.push((bound, total));
+        }
+        BucketSnapshot {
+            cumulative,
+            sum: f64::from_bits(self.sum.load(AtomicOrdering::Relaxed)),
+            count: total,
+        }
+    }
 }
 
 /// The scheduler is gone (its thread ended): no more turns can run.
@@ -369,8 +453,13 @@ impl<R: StepRunner> Scheduler<R> {
             });
         }
         finished.clear();
+        let started = std::time::Instant::now();
         self.runner.step(&mut items, finished);
+        self.stats
+            .step_seconds
+            .observe(started.elapsed().as_secs_f64());
         drop(items);
+        self.stats.batch_size.observe(index.len() as f64);
 
         self.stats.steps.fetch_add(1, AtomicOrdering::Relaxed);
         self.stats
@@ -438,6 +527,20 @@ mod tests {
 
     /// (prefill tokens, decode tokens) of a turn.
     type Input = (usize, usize);
+
+    #[test]
+    fn buckets_count_each_value_in_the_first_bound_at_or_above_it() {
+        let b = Buckets::new(&[1.0, 4.0, 16.0]);
+        for v in [1.0, 2.0, 4.0, 5.0, 100.0] {
+            b.observe(v);
+        }
+        let s = b.snapshot();
+        assert_eq!(
+            s.cumulative,
+            [(1.0, 1), (4.0, 3), (16.0, 4), (f64::INFINITY, 5)]
+        );
+        assert_eq!((s.count, s.sum), (5, 112.0));
+    }
 
     impl StepRunner for Recording {
         type Seq = Seq;

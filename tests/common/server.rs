@@ -24,6 +24,9 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub stderr: mpsc::Receiver<String>,
+    /// `http://ADDR/` of `--metrics-listen` and of `--http`, when given.
+    pub metrics_url: Option<String>,
+    pub page_url: Option<String>,
 }
 
 impl Server {
@@ -55,19 +58,31 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut metrics_url, mut page_url) = (None, None);
         let url = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .expect("the server printed its address");
-            if let Some(rest) = line.split("serving Arrow Flight on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
+            let after = |marker: &str| {
+                line.split(marker)
+                    .nth(1)
+                    .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+            };
+            if let Some(u) = after("tutti: metrics on ") {
+                metrics_url = Some(u);
+            } else if let Some(u) = after("tutti: the live job page on ") {
+                page_url = Some(u);
+            } else if let Some(u) = after("serving Arrow Flight on ") {
+                break u;
             }
         };
         Server {
             child,
             url,
             stderr: rx,
+            metrics_url,
+            page_url,
         }
     }
 

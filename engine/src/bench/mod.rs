@@ -7,16 +7,19 @@ pub(crate) mod ingest;
 pub(crate) mod native;
 pub(crate) mod workload;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tutti_model::scheduler::BucketSnapshot;
 
 use crate::cache::CacheStats;
 use crate::catalog::Catalog;
 use crate::config::{CachePolicy, Config};
 use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::figures::{RunFigures, Savings};
 use crate::ledger::LedgerSummary;
 use crate::report::{Report, Tally};
 use crate::task::Task;
@@ -58,6 +61,15 @@ pub struct RunReport {
     /// Decode steps and the mean number of sequences in a step, for batching executors.
     pub decode_steps: u64,
     pub mean_batch: f64,
+    /// Sequences per decode step (for the report's figure).
+    #[serde(skip)]
+    pub batch_size: Option<BucketSnapshot>,
+    /// When each task ended, in seconds from the start (for the report's figure).
+    #[serde(skip)]
+    pub finished_s: Vec<f64>,
+    /// Each task's latency, in milliseconds (for the report's figure).
+    #[serde(skip)]
+    pub latencies_ms: Vec<u64>,
     /// The figures `tutti run` and `job-stats` report, from the result rows.
     pub report: Report,
 }
@@ -121,29 +133,40 @@ pub(crate) fn naive(cfg: &Config) -> Config {
 }
 
 /// Runs `tasks` on a fresh engine built from `cfg` and measures it. Must run inside a runtime.
-pub(crate) async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunReport, EngineError> {
-    let engine = Engine::new(
+pub(crate) async fn run_workload(
+    cfg: &Config,
+    tasks: Vec<Task>,
+    observe: Option<&EngineHook>,
+) -> Result<RunReport, EngineError> {
+    let engine = Arc::new(Engine::new(
         cfg,
         EngineOptions {
             record_trajectories: false,
             count_unique_calls: true,
             host: None,
         },
-    )?;
+    )?);
+    if let Some(hook) = observe {
+        (hook.0)(engine.clone());
+    }
     let n = tasks.len() as u64;
     let (tx, mut rx) = mpsc::channel::<crate::task::TaskResult>(4096);
     let started = Instant::now();
     let collect = tokio::spawn(async move {
         let mut tally = Tally::default();
+        let mut finished_s = Vec::new();
+        let mut latencies_ms = Vec::new();
         while let Some(r) = rx.recv().await {
             tally.add(&r);
+            finished_s.push(started.elapsed().as_secs_f64());
+            latencies_ms.push(r.latency_ms.max(0) as u64);
         }
-        tally
+        (tally, finished_s, latencies_ms)
     });
     engine
         .run(futures::stream::iter(tasks), tx, CancellationToken::new())
         .await;
-    let tally = collect.await.expect("collector does not panic");
+    let (tally, finished_s, latencies_ms) = collect.await.expect("collector does not panic");
     let wall_s = started.elapsed().as_secs_f64();
     let report = tally.report(wall_s);
     engine.flush();
@@ -182,9 +205,35 @@ pub(crate) async fn run_workload(cfg: &Config, tasks: Vec<Task>) -> Result<RunRe
         } else {
             seq_steps as f64 / steps as f64
         },
+        batch_size: engine.scheduler_stats().map(|s| s.batch_size.snapshot()),
+        finished_s,
+        latencies_ms,
         ledger,
         report,
     })
+}
+
+/// The runs of a benchmark as the report's figures draw them: tutti's run, then the baseline's.
+pub fn figures(b: &BenchReport) -> Vec<RunFigures> {
+    let one = |label: &str, r: &RunReport| RunFigures {
+        label: label.to_string(),
+        report: r.report.clone(),
+        latencies_ms: r.latencies_ms.clone(),
+        finished_s: r.finished_s.clone(),
+        batch_size: r.batch_size.clone(),
+        savings: Some(Savings {
+            billed_calls: r.ledger.billed_calls,
+            cache_hits: r.ledger.cache_hits,
+            joined_calls: r.ledger.joined_calls,
+            spent_usd: r.ledger.cost_usd,
+            saved_usd: r.ledger.saved_usd,
+        }),
+    };
+    let mut runs = vec![one("tutti", &b.run)];
+    if let Some(base) = &b.baseline {
+        runs.push(one("baseline (naive harness)", &base.run));
+    }
+    runs
 }
 
 /// What to benchmark.
@@ -196,6 +245,32 @@ pub struct BenchSpec {
     pub tasks: Option<Vec<Task>>,
     /// Run the naive harness too, on at most this many tasks of the same workload.
     pub baseline_tasks: Option<usize>,
+    /// Called with tutti's engine once it is built, before the workload starts (the command
+    /// serves its metrics with it); not called for the baseline's.
+    pub observe: Option<EngineHook>,
+}
+
+/// A function given the benchmark's engine (see [`BenchSpec::observe`]).
+#[derive(Clone)]
+pub struct EngineHook(pub Arc<dyn Fn(Arc<Engine>) + Send + Sync>);
+
+impl std::fmt::Debug for EngineHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineHook")
+    }
+}
+
+/// One line on the config a benchmark ran: executor, batching and cache.
+pub fn describe_config(cfg: &Config) -> String {
+    let o = &cfg.orchestrator;
+    format!(
+        "orchestrator executor `{:?}`, up to {} tasks live and {} sequences per decode step; {} \
+         backends",
+        o.executor,
+        o.max_live_tasks,
+        o.max_seqs,
+        cfg.backends.len()
+    )
 }
 
 /// Runs a benchmark: the workload on tutti, then optionally the naive harness.
@@ -217,12 +292,12 @@ pub async fn run_bench(cfg: &Config, spec: &BenchSpec) -> Result<BenchReport, En
             },
         )
     });
-    let run = run_workload(cfg, tasks).await?;
+    let run = run_workload(cfg, tasks, spec.observe.as_ref()).await?;
     let peak_rss_bytes = peak_rss_bytes();
     let (baseline, speedup) = match baseline_tasks {
         Some((sampled, subset)) => {
             let k = subset.len();
-            let b = run_workload(&naive(cfg), subset).await?;
+            let b = run_workload(&naive(cfg), subset, None).await?;
             let speedup = Speedup {
                 tasks_per_s: run.tasks_per_s / b.tasks_per_s,
                 turns_per_s: run.turns_per_s / b.turns_per_s,

@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::error::JobError;
 use super::runner::{run_job, JobTasks};
@@ -33,6 +34,7 @@ use crate::io::durable::{fs_error, write_durably, FsError};
 use crate::io::results::{
     batch_to_results, committed_segments, read_result_batches, ResultStore, StoreError,
 };
+use crate::metrics::{JobProgress, JobSource};
 use crate::report::{Report, Tally};
 use crate::task::Status;
 
@@ -60,6 +62,9 @@ impl Default for ServerLimits {
         }
     }
 }
+
+/// Distinct task errors a job's progress shows.
+const ERRORS_SHOWN: usize = 5;
 
 /// One job: its record, its counts, and the token that cancels it.
 pub(crate) struct Job {
@@ -141,6 +146,29 @@ impl Job {
             created_ms: m.created_ms,
             cancel_requested: m.cancel_requested,
             error: self.error.lock().clone(),
+        }
+    }
+
+    /// The job as the metrics and the live page show it.
+    pub(crate) fn progress(&self) -> JobProgress {
+        let status = self.status();
+        let mut errors = self.tally.lock().failures();
+        errors.truncate(ERRORS_SHOWN);
+        JobProgress {
+            job_id: status.job_id,
+            name: status.name,
+            state: status.state.as_str().to_string(),
+            tasks: status.tasks,
+            done: status.rows,
+            counts: status
+                .counts
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            cost_usd: status.cost_usd,
+            created_ms: status.created_ms,
+            error: status.error,
+            errors,
         }
     }
 
@@ -287,6 +315,11 @@ impl Jobs {
         &self.engine
     }
 
+    /// The engine that runs this server's jobs.
+    pub fn engine_arc(&self) -> Arc<Engine> {
+        self.engine.clone()
+    }
+
     pub(crate) fn get(&self, id: &str) -> Result<Arc<Job>, JobError> {
         self.jobs
             .read()
@@ -360,6 +393,7 @@ impl Jobs {
                 pending.fetch_sub(rows.len() as u64, Ordering::Relaxed);
             }
         };
+        let span = tracing::info_span!("tutti.job", job = %job.id);
         run_job(
             &self.engine,
             tasks,
@@ -369,6 +403,7 @@ impl Jobs {
             job.cancel.clone(),
             committed,
         )
+        .instrument(span)
         .await?;
         let finished = job.clone();
         let state = tokio::task::spawn_blocking(move || finished.finish())
@@ -390,5 +425,14 @@ impl Jobs {
             report.cost_usd
         );
         Ok(())
+    }
+}
+
+impl JobSource for Jobs {
+    /// Every job, oldest first.
+    fn jobs(&self) -> Vec<JobProgress> {
+        let mut jobs: Vec<JobProgress> = self.list().iter().map(|j| j.progress()).collect();
+        jobs.sort_by(|a, b| (a.created_ms, &a.job_id).cmp(&(b.created_ms, &b.job_id)));
+        jobs
     }
 }
