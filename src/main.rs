@@ -3,6 +3,8 @@
 mod bench;
 mod client;
 mod generate;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod report;
 mod run;
 mod serve;
@@ -12,6 +14,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 use tutti_engine::Config;
 
 /// Episodes allocate small strings from many threads at once; glibc's allocator serialises them
@@ -103,13 +108,29 @@ fn main() -> ExitCode {
         (false, 1) => "info",
         (false, _) => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TUTTI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TUTTI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(log);
+    #[cfg(feature = "otlp")]
+    let _exporter = match otlp::layer() {
+        Ok(Some((spans, exporter))) => {
+            registry.with(spans).init();
+            Some(exporter)
+        }
+        Ok(None) => {
+            registry.init();
+            None
+        }
+        Err(e) => {
+            eprintln!("tutti: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(not(feature = "otlp"))]
+    registry.init();
     let verbosity = Verbosity { quiet: cli.quiet };
     let result = match cli.command {
         Command::Run(args) => run::main(args, verbosity),
