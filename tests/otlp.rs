@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 
-/// Accepts OTLP exports on loopback: every request's path and body.
-fn collector() -> (u16, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+/// Every request a collector received: its path and body.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Accepts OTLP exports on loopback.
+fn collector() -> (u16, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
