@@ -317,7 +317,7 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Resu
     ConstGauge::new(v as i64).encode(m)
 }
 
-/// A counter with one label, one sample per value. Nothing is written for an empty family.
+/// A counter with one label, one sample per value.
 fn counters<V: EncodeCounterValue + Copy>(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -325,17 +325,11 @@ fn counters<V: EncodeCounterValue + Copy>(
     label: &str,
     values: &[(&str, V)],
 ) -> fmt::Result {
-    if values.is_empty() {
-        return Ok(());
-    }
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (l, v) in values {
-        ConstCounter::new(*v).encode(m.encode_family(&[(label, *l)])?)?;
-    }
-    Ok(())
+    let samples = values.iter().map(|&(l, v)| (l, ConstCounter::new(v)));
+    family(e, name, help, label, samples.collect())
 }
 
-/// A gauge with one label, one sample per value. Nothing is written for an empty family.
+/// A gauge with one label, one sample per value.
 fn gauges<V: EncodeGaugeValue + Copy + fmt::Debug>(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -343,12 +337,25 @@ fn gauges<V: EncodeGaugeValue + Copy + fmt::Debug>(
     label: &str,
     values: &[(&str, V)],
 ) -> fmt::Result {
-    if values.is_empty() {
+    let samples = values.iter().map(|&(l, v)| (l, ConstGauge::new(v)));
+    family(e, name, help, label, samples.collect())
+}
+
+/// A metric family with one label. Nothing is written for an empty family (Prometheus would
+/// show a family with no samples as a metric that exists but was never set).
+fn family<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: Vec<(&str, M)>,
+) -> fmt::Result {
+    let Some((_, first)) = samples.first() else {
         return Ok(());
-    }
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (l, v) in values {
-        m.encode_family(&[(label, *l)])?.encode_gauge(v)?;
+    };
+    let mut m = e.encode_descriptor(name, help, None, first.metric_type())?;
+    for (l, metric) in &samples {
+        metric.encode(m.encode_family(&[(label, *l)])?)?;
     }
     Ok(())
 }
