@@ -120,18 +120,24 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             ..WorkloadSpec::default()
         },
         baseline_tasks: args.baseline.then_some(args.baseline_tasks),
-        observe: args.metrics_listen.map(|addr| {
-            bench::EngineHook(std::sync::Arc::new(move |engine| {
-                let jobs = std::sync::Arc::new(NoJobs);
-                let observer = tutti_engine::http::Observer::new(engine, jobs);
-                tokio::spawn(async move {
+        observe: match args.metrics_listen {
+            None => None,
+            Some(addr) => {
+                // Taken once, by tutti's run; the baseline's engine is not served.
+                let listener = std::sync::Mutex::new(Some(crate::bind_http(addr, "metrics")?));
+                Some(bench::EngineHook(std::sync::Arc::new(move |engine| {
+                    let Some(listener) = listener.lock().expect("not poisoned").take() else {
+                        return;
+                    };
+                    let observer =
+                        tutti_engine::http::Observer::new(engine, std::sync::Arc::new(NoJobs));
                     let forever = tokio_util::sync::CancellationToken::new();
-                    if let Err(e) = crate::serve_http(addr, observer, "metrics", forever).await {
-                        eprintln!("tutti: error: {e:#}");
+                    if let Err(e) = crate::serve_http(listener, observer, "metrics", forever) {
+                        eprintln!("tutti: warning: no metrics: {e:#}");
                     }
-                });
-            }))
-        }),
+                })))
+            }
+        },
     };
     let report = crate::runtime()?.block_on(bench::run_bench(&cfg, &spec))?;
     if let Some(dir) = &args.report {

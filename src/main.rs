@@ -163,17 +163,24 @@ fn load_config(path: Option<&PathBuf>, default_profile: &str) -> Result<Config> 
     }
 }
 
-/// Binds `addr` and serves the HTTP routes (`/metrics`, the live page, `/api/jobs`) on the current
-/// runtime until `shutdown` is cancelled; prints the address. Returns the bound address.
-async fn serve_http(
-    addr: std::net::SocketAddr,
+/// Binds `addr` for the HTTP routes of `what` (metrics, the live page), before any work starts,
+/// so that a port in use stops the command at once.
+fn bind_http(addr: std::net::SocketAddr, what: &str) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves the HTTP routes (`/metrics`, the live page, `/api/jobs`) on `listener` on the current
+/// runtime until `shutdown` is cancelled; prints the address.
+fn serve_http(
+    listener: std::net::TcpListener,
     observer: tutti_engine::http::Observer,
     what: &str,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} for {what}"))?;
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let bound = listener.local_addr()?;
     eprintln!("tutti: {what} on http://{bound}/");
     tokio::spawn(async move {
@@ -184,7 +191,7 @@ async fn serve_http(
             tracing::error!("the HTTP server on {bound} stopped: {e}");
         }
     });
-    Ok(bound)
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -160,11 +160,14 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let metrics_listener = args
+        .metrics_listen
+        .map(|addr| crate::bind_http(addr, "metrics"))
+        .transpose()?;
     let (store, done) = ResultStore::open_with(&args.output, &reopen)?;
 
     let show_progress = !verbosity.quiet;
     let job = Arc::new(RunJob::new(&args.output, total, skipped));
-    let metrics_listen = args.metrics_listen;
     let job_label = args.output.display().to_string();
     let summary = rt.block_on(async move {
         let engine = Arc::new(Engine::new(&cfg, EngineOptions::default())?);
@@ -173,9 +176,9 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         let mut tally = Tally::default();
         let started = Instant::now();
         let stop_http = CancellationToken::new();
-        if let Some(addr) = metrics_listen {
+        if let Some(listener) = metrics_listener {
             let observer = tutti_engine::http::Observer::new(engine.clone(), job.clone());
-            crate::serve_http(addr, observer, "metrics", stop_http.clone()).await?;
+            crate::serve_http(listener, observer, "metrics", stop_http.clone())?;
         }
         let committed = |rows: &[tutti_engine::TaskResult]| {
             rows.iter().for_each(|r| tally.add(r));

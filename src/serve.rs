@@ -88,6 +88,14 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
         max_pending_tasks: args.max_pending_tasks,
         max_prompt_bytes: args.max_prompt_bytes,
     };
+    let metrics_listener = args
+        .metrics_listen
+        .map(|addr| crate::bind_http(addr, "metrics"))
+        .transpose()?;
+    let page_listener = args
+        .http
+        .map(|addr| crate::bind_http(addr, "the live job page"))
+        .transpose()?;
     let rt = crate::runtime()?;
     rt.block_on(async move {
         let engine = Arc::new(Engine::new(&cfg, EngineOptions::default())?);
@@ -95,11 +103,11 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot open the data directory {}", args.data_dir.display()))?;
         let stop_http = tokio_util::sync::CancellationToken::new();
         let observer = tutti_engine::http::Observer::new(engine.clone(), jobs.clone());
-        if let Some(addr) = args.metrics_listen {
-            crate::serve_http(addr, observer.clone(), "metrics", stop_http.clone()).await?;
+        if let Some(listener) = metrics_listener {
+            crate::serve_http(listener, observer.clone(), "metrics", stop_http.clone())?;
         }
-        if let Some(addr) = args.http {
-            crate::serve_http(addr, observer, "the live job page", stop_http.clone()).await?;
+        if let Some(listener) = page_listener {
+            crate::serve_http(listener, observer, "the live job page", stop_http.clone())?;
         }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await

@@ -366,3 +366,24 @@ async fn the_live_page_shows_a_running_job_advancing() {
     assert_eq!(snapshot["jobs"][0]["job_id"], job.as_str());
     assert_eq!(snapshot["jobs"][0]["tasks"], n);
 }
+
+#[test]
+fn a_metrics_port_in_use_stops_the_run_before_anything_is_written() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("tasks.jsonl");
+    write_tasks(&tasks, 5);
+    let out = dir.path().join("out.parquet");
+    let (o, err) = run(
+        tutti_run(&tasks, &out, &repo("configs/toolorchestra-sim.toml"))
+            .args(["--metrics-listen", &addr]),
+    );
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot listen on {addr} for metrics")),
+        "{err}"
+    );
+    // Nothing was started: the same command runs as a new one once the port is free.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
