@@ -139,6 +139,9 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             }
         },
     };
+    if args.report.is_some() {
+        tutti_engine::figures::load_font()?;
+    }
     let report = crate::runtime()?.block_on(bench::run_bench(&cfg, &spec))?;
     if let Some(dir) = &args.report {
         let title = format!("tutti bench: {}", report.profile);

@@ -187,8 +187,9 @@ pub fn write_report(
     })
 }
 
-/// Registers the figures' font once per process.
-fn load_font() -> Result<(), FigureError> {
+/// Registers the figures' font once per process. Callers that run for long before they draw
+/// (a benchmark) call it first, so that a missing font stops them before the work.
+pub fn load_font() -> Result<(), FigureError> {
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     let loaded = LOADED.get_or_init(|| {
         let path = std::env::var_os("TUTTI_FONT")
