@@ -95,6 +95,9 @@ impl fmt::Debug for EngineCollector {
 impl Collector for EngineCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         let engine = &self.engine;
+        // The jobs first: a task's row is committed after the ledger counts it, so counts read
+        // in this order never show more rows written than tasks finished.
+        let jobs = self.jobs.jobs();
         let ledger = engine.ledger();
         let e = &mut e;
 
@@ -274,7 +277,6 @@ impl Collector for EngineCollector {
             cache.bytes,
         )?;
 
-        let jobs = self.jobs.jobs();
         let mut states: BTreeMap<&str, u64> = BTreeMap::new();
         for j in &jobs {
             *states.entry(j.state.as_str()).or_default() += 1;
