@@ -30,7 +30,7 @@ pub fn main(args: ReportArgs) -> Result<ExitCode> {
         label: label.clone(),
         // A results file does not record how long the run took: rates are left at zero.
         report: tally.report(0.0),
-        latencies_ms: rows.iter().map(|r| r.latency_ms.max(0) as u64).collect(),
+        latency_cdf: tally.latency_cdf(),
         finished_s: Vec::new(),
         batch_size: None,
         savings: None,

@@ -168,12 +168,10 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
 
     let show_progress = !verbosity.quiet;
     let job = Arc::new(RunJob::new(&args.output, total, skipped));
-    let job_label = args.output.display().to_string();
     let summary = rt.block_on(async move {
         let engine = Arc::new(Engine::new(&cfg, EngineOptions::default())?);
         let cancel = CancellationToken::new();
         let mut progress = Progress::new(total, skipped, show_progress);
-        let mut tally = Tally::default();
         let started = Instant::now();
         let stop_http = CancellationToken::new();
         if let Some(listener) = metrics_listener {
@@ -181,12 +179,11 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
             crate::serve_http(listener, observer, "metrics", stop_http.clone())?;
         }
         let committed = |rows: &[tutti_engine::TaskResult]| {
-            rows.iter().for_each(|r| tally.add(r));
             job.commit(rows);
             progress.advance(rows.len() as u64)
         };
         let store = {
-            let span = tracing::info_span!("tutti.job", job = %job_label);
+            let span = tracing::info_span!("tutti.job", job = %job.id);
             let run = run_job(&engine, tasks, done, store, true, cancel.clone(), committed)
                 .instrument(span);
             tokio::pin!(run);
@@ -216,7 +213,8 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
                 c.closed.load(std::sync::atomic::Ordering::Relaxed),
             )
         });
-        anyhow::Ok((rows, engine.ledger(), tally.report(wall_s), sessions))
+        let report = job.tally.lock().expect("not poisoned").report(wall_s);
+        anyhow::Ok((rows, engine.ledger(), report, sessions))
     })?;
     let (rows, ledger, report, sessions) = summary;
     let failed = report
@@ -277,56 +275,51 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
 }
 
 /// A progress bar on a terminal, plain periodic lines otherwise.
-/// The one job of `tutti run`, as the metrics and the live page show it.
+/// The one job of `tutti run`: the tally of the rows it commits (the run's report), and what the
+/// metrics and the live page show of it.
 struct RunJob {
-    progress: Mutex<JobProgress>,
+    id: String,
+    tasks: u64,
+    done_before: u64,
+    created_ms: u64,
     tally: Mutex<Tally>,
+    state: Mutex<&'static str>,
 }
 
 impl RunJob {
     fn new(output: &std::path::Path, total: u64, skipped: u64) -> RunJob {
         RunJob {
-            progress: Mutex::new(JobProgress {
-                job_id: output.display().to_string(),
-                name: None,
-                state: "running".into(),
-                tasks: total,
-                done: skipped,
-                counts: Default::default(),
-                cost_usd: 0.0,
-                created_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                error: None,
-                errors: Vec::new(),
-            }),
+            id: output.display().to_string(),
+            tasks: total,
+            done_before: skipped,
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             tally: Mutex::new(Tally::default()),
+            state: Mutex::new("running"),
         }
     }
 
     fn commit(&self, rows: &[tutti_engine::TaskResult]) {
-        let mut p = self.progress.lock().expect("not poisoned");
-        for r in rows {
-            *p.counts.entry(r.status.as_str().to_string()).or_default() += 1;
-            p.cost_usd += r.cost_usd;
-        }
-        p.done += rows.len() as u64;
-        if rows.iter().any(|r| r.status == Status::Failed) {
-            let mut tally = self.tally.lock().expect("not poisoned");
-            rows.iter().for_each(|r| tally.add(r));
-            p.errors = tally.report(0.0).failures;
-            p.errors.truncate(5);
-        }
+        let mut tally = self.tally.lock().expect("not poisoned");
+        rows.iter().for_each(|r| tally.add(r));
     }
 
     fn finish(&self) {
-        self.progress.lock().expect("not poisoned").state = "done".into();
+        *self.state.lock().expect("not poisoned") = "done";
     }
 }
 
 impl JobSource for RunJob {
     fn jobs(&self) -> Vec<JobProgress> {
-        vec![self.progress.lock().expect("not poisoned").clone()]
+        vec![JobProgress::from_tally(
+            self.id.clone(),
+            &self.state.lock().expect("not poisoned"),
+            self.tasks,
+            self.done_before,
+            &self.tally.lock().expect("not poisoned"),
+            self.created_ms,
+        )]
     }
 }
 

@@ -67,8 +67,8 @@ pub struct RunFigures {
     /// The legend's name for it (`tutti`, `baseline`, a file name).
     pub label: String,
     pub report: Report,
-    /// Every task's latency, in milliseconds.
-    pub latencies_ms: Vec<u64>,
+    /// The task-latency CDF: (milliseconds, fraction of tasks done within them), rising to 1.
+    pub latency_cdf: Vec<(f64, f64)>,
     /// When each task ended, in seconds from the start of the run; empty when not measured.
     pub finished_s: Vec<f64>,
     /// Sequences per decode step, when measured.
@@ -229,10 +229,9 @@ fn latency_cdf<DB: DrawingBackend>(
     root.fill(&WHITE)?;
     let max_ms = runs
         .iter()
-        .flat_map(|r| r.latencies_ms.iter().copied())
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
+        .filter_map(|r| r.latency_cdf.last())
+        .map(|p| p.0)
+        .fold(2.0f64, f64::max);
     let mut chart = ChartBuilder::on(root)
         .caption("Task latency (CDF)", ("sans-serif", 22))
         .margin(14)
@@ -245,13 +244,10 @@ fn latency_cdf<DB: DrawingBackend>(
         .y_desc("fraction of tasks done")
         .draw()?;
     for (i, r) in runs.iter().enumerate() {
-        let mut sorted = r.latencies_ms.clone();
-        sorted.sort_unstable();
-        let n = sorted.len().max(1) as f64;
-        let points: Vec<(f64, f64)> = sorted
+        let points: Vec<(f64, f64)> = r
+            .latency_cdf
             .iter()
-            .enumerate()
-            .map(|(k, &ms)| ((ms.max(1)) as f64, (k + 1) as f64 / n))
+            .map(|&(ms, q)| (ms.max(1.0), q))
             .collect();
         let c = colour(i);
         chart

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tutti_model::scheduler::BucketSnapshot;
 
-use crate::Engine;
+use crate::{Engine, Status, Tally};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -52,6 +52,40 @@ pub struct JobProgress {
     pub error: Option<String>,
     /// The most frequent task errors so far, with how many tasks ended with each.
     pub errors: Vec<(String, u64)>,
+}
+
+/// Distinct task errors a job's progress shows.
+const ERRORS_SHOWN: usize = 5;
+
+impl JobProgress {
+    /// A job's progress from the tally of the rows it has written: `tasks` accepted, of which
+    /// `done_before` were written before this tally began (a resumed run's).
+    pub fn from_tally(
+        job_id: String,
+        state: &str,
+        tasks: u64,
+        done_before: u64,
+        tally: &Tally,
+        created_ms: u64,
+    ) -> JobProgress {
+        let mut errors = tally.failures();
+        errors.truncate(ERRORS_SHOWN);
+        JobProgress {
+            job_id,
+            name: None,
+            state: state.to_string(),
+            tasks,
+            done: done_before + tally.tasks(),
+            counts: Status::ALL
+                .iter()
+                .map(|s| (s.as_str().to_string(), tally.status(*s)))
+                .collect(),
+            cost_usd: tally.cost_usd(),
+            created_ms,
+            error: None,
+            errors,
+        }
+    }
 }
 
 /// Where the metrics and the live page read the jobs from: the server's job store, or the one job

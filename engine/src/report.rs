@@ -123,26 +123,35 @@ impl Tally {
     }
 
     /// Rows counted.
-    pub(crate) fn tasks(&self) -> u64 {
+    pub fn tasks(&self) -> u64 {
         self.tasks
     }
 
     /// Dollars spent on the rows counted.
-    pub(crate) fn cost_usd(&self) -> f64 {
+    pub fn cost_usd(&self) -> f64 {
         self.cost_usd
     }
 
     /// Rows counted with `status`.
-    pub(crate) fn status(&self, status: Status) -> u64 {
+    pub fn status(&self, status: Status) -> u64 {
         self.statuses.get(status.as_str()).copied().unwrap_or(0)
     }
 
     /// The failure messages of the failed rows, most frequent first, with their counts.
-    pub(crate) fn failures(&self) -> Vec<(String, u64)> {
+    pub fn failures(&self) -> Vec<(String, u64)> {
         let mut failures: Vec<(String, u64)> =
             self.failures.iter().map(|(k, v)| (k.clone(), *v)).collect();
         failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         failures
+    }
+
+    /// The task-latency CDF: (milliseconds, fraction of tasks done within them), one point per
+    /// distinct recorded value (3 significant figures), rising to 1.
+    pub fn latency_cdf(&self) -> Vec<(f64, f64)> {
+        self.latency
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to() as f64, v.quantile_iterated_to()))
+            .collect()
     }
 
     /// The report of these rows, run in `wall_s` seconds.
@@ -392,6 +401,18 @@ fn shorten(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latency_cdf_rises_to_one_over_the_recorded_latencies() {
+        let mut t = Tally::default();
+        for ms in [10, 10, 20, 40] {
+            t.add(&TaskResult {
+                latency_ms: ms,
+                ..row("t", Status::Answered, None)
+            });
+        }
+        assert_eq!(t.latency_cdf(), [(10.0, 0.5), (20.0, 0.75), (40.0, 1.0)]);
+    }
     use crate::task::CallRecord;
 
     fn row(id: &str, status: Status, correct: Option<bool>) -> TaskResult {

@@ -67,9 +67,9 @@ pub struct RunReport {
     /// When each task ended, in seconds from the start (for the report's figure).
     #[serde(skip)]
     pub finished_s: Vec<f64>,
-    /// Each task's latency, in milliseconds (for the report's figure).
+    /// The task-latency CDF (for the report's figure).
     #[serde(skip)]
-    pub latencies_ms: Vec<u64>,
+    pub latency_cdf: Vec<(f64, f64)>,
     /// The figures `tutti run` and `job-stats` report, from the result rows.
     pub report: Report,
 }
@@ -155,18 +155,16 @@ pub(crate) async fn run_workload(
     let collect = tokio::spawn(async move {
         let mut tally = Tally::default();
         let mut finished_s = Vec::new();
-        let mut latencies_ms = Vec::new();
         while let Some(r) = rx.recv().await {
             tally.add(&r);
             finished_s.push(started.elapsed().as_secs_f64());
-            latencies_ms.push(r.latency_ms.max(0) as u64);
         }
-        (tally, finished_s, latencies_ms)
+        (tally, finished_s)
     });
     engine
         .run(futures::stream::iter(tasks), tx, CancellationToken::new())
         .await;
-    let (tally, finished_s, latencies_ms) = collect.await.expect("collector does not panic");
+    let (tally, finished_s) = collect.await.expect("collector does not panic");
     let wall_s = started.elapsed().as_secs_f64();
     let report = tally.report(wall_s);
     engine.flush();
@@ -207,7 +205,7 @@ pub(crate) async fn run_workload(
         },
         batch_size: engine.scheduler_stats().map(|s| s.batch_size.snapshot()),
         finished_s,
-        latencies_ms,
+        latency_cdf: tally.latency_cdf(),
         ledger,
         report,
     })
@@ -218,7 +216,7 @@ pub fn figures(b: &BenchReport) -> Vec<RunFigures> {
     let one = |label: &str, r: &RunReport| RunFigures {
         label: label.to_string(),
         report: r.report.clone(),
-        latencies_ms: r.latencies_ms.clone(),
+        latency_cdf: r.latency_cdf.clone(),
         finished_s: r.finished_s.clone(),
         batch_size: r.batch_size.clone(),
         savings: Some(Savings {

@@ -63,9 +63,6 @@ impl Default for ServerLimits {
     }
 }
 
-/// Distinct task errors a job's progress shows.
-const ERRORS_SHOWN: usize = 5;
-
 /// One job: its record, its counts, and the token that cancels it.
 pub(crate) struct Job {
     pub id: String,
@@ -151,25 +148,18 @@ impl Job {
 
     /// The job as the metrics and the live page show it.
     pub(crate) fn progress(&self) -> JobProgress {
-        let status = self.status();
-        let mut errors = self.tally.lock().failures();
-        errors.truncate(ERRORS_SHOWN);
-        JobProgress {
-            job_id: status.job_id,
-            name: status.name,
-            state: status.state.as_str().to_string(),
-            tasks: status.tasks,
-            done: status.rows,
-            counts: status
-                .counts
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            cost_usd: status.cost_usd,
-            created_ms: status.created_ms,
-            error: status.error,
-            errors,
-        }
+        let m = self.manifest.lock().clone();
+        let mut p = JobProgress::from_tally(
+            self.id.clone(),
+            m.state.as_str(),
+            m.tasks,
+            0,
+            &self.tally.lock(),
+            m.created_ms,
+        );
+        p.name = m.spec.name;
+        p.error = self.error.lock().clone();
+        p
     }
 
     /// The figures of the rows committed so far, over the time since the job was accepted
