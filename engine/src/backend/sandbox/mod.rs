@@ -12,8 +12,7 @@
 //! outlives it, and no run can see or touch another's files or processes.
 //!
 //! Where the kernel refuses namespaces (a container without the privilege, user namespaces
-//! turned off), the sandbox falls back, once and loudly (an error in the log, and a warning at
-//! pre-flight through [`Sandbox::isolation`]), to the confinement it had before: a process group
+//! turned off), the sandbox falls back, once and loudly (an error in the log), to the confinement it had before: a process group
 //! of its own under the same resource limits, as `nobody` when the engine is root, in a fresh
 //! host directory, with the host's filesystem and network visible.
 //!
