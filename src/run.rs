@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
@@ -15,7 +15,6 @@ use tutti_engine::io::{near_task_column, preference_check, read_task_file};
 use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
 use tutti_engine::jobs::run_job;
 use tutti_engine::metrics::{JobProgress, JobSource};
-use tutti_engine::preflight;
 use tutti_engine::Tally;
 use tutti_engine::{Engine, EngineOptions, Status};
 
@@ -133,19 +132,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     let skipped = tasks.iter().filter(|t| done.contains(&t.id)).count() as u64;
 
     let rt = crate::runtime()?;
-    let preflight = rt.block_on(preflight::check(&cfg));
-    for w in &preflight.warnings {
-        eprintln!("tutti: warning: {w}");
-    }
-    if !preflight.ok() {
-        bail!(
-            "{} of the {} servers and programs this config reaches cannot be reached; no task was \
-             run:\n  {}",
-            preflight.problems.len(),
-            preflight.checked.max(preflight.problems.len()),
-            preflight.problems.join("\n  ")
-        );
-    }
+    let reached = crate::preflight(&rt, &cfg, "no task was run")?;
     if args.dry_run {
         // Building the engine loads the in-process models and indexes and refuses kinds that
         // are not built; then it is dropped unused.
@@ -156,7 +143,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
             total,
             total - skipped,
             skipped,
-            preflight.checked
+            reached
         );
         return Ok(ExitCode::SUCCESS);
     }
