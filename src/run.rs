@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tutti_engine::io::{near_task_column, preference_check, read_task_file};
-use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
+use tutti_engine::io::{
+    shell_command, InputColumns, OutputFormat, OutputShape, Reopen, ResultStore, StoreError,
+};
 use tutti_engine::jobs::run_job;
 use tutti_engine::metrics::{JobProgress, JobSource};
 use tutti_engine::Tally;
@@ -74,6 +76,19 @@ pub struct RunArgs {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// A damaged result segment's error (which says the `mv` that sets it aside), followed by this
+/// very command: run again, it resumes without that segment and runs its tasks again.
+fn with_rerun(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Damaged { .. } => {
+            let argv: Vec<String> = std::env::args().collect();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            anyhow::anyhow!("{e}\n  {}", shell_command(&argv))
+        }
+        e => e.into(),
+    }
+}
+
 pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     if args.config.is_none() && !verbosity.quiet {
         eprintln!(
@@ -127,7 +142,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         tasks.truncate(n);
     }
     // Refuses an existing output without --resume before anything is reached or written.
-    let done = ResultStore::done(&args.output, &reopen)?;
+    let done = ResultStore::done(&args.output, &reopen).map_err(with_rerun)?;
     let total = tasks.len() as u64;
     let skipped = tasks.iter().filter(|t| done.contains(&t.id)).count() as u64;
 
@@ -151,7 +166,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         .metrics_listen
         .map(|addr| crate::bind_http(addr, "metrics"))
         .transpose()?;
-    let (store, done) = ResultStore::open_with(&args.output, &reopen)?;
+    let (store, done) = ResultStore::open_with(&args.output, &reopen).map_err(with_rerun)?;
 
     let show_progress = !verbosity.quiet;
     let job = Arc::new(RunJob::new(&args.output, total, skipped));
