@@ -25,8 +25,9 @@ const MAX_PRICE: f64 = 1e6;
 /// The largest `preference_scale`; with weights bounded by
 /// [`MAX_PREFERENCE_WEIGHT`](super::MAX_PREFERENCE_WEIGHT) a bias stays far inside `f32`.
 const MAX_PREFERENCE_SCALE: f64 = 100.0;
-/// The largest sampling temperature, and the smallest above 0: below it `1 / temperature`
-/// overflows the logits of an `f32` head.
+/// The largest sampling temperature, and the smallest above 0 (0 is greedy): far below it a
+/// temperature is greedy in all but name, and near `f32`'s smallest numbers `1 / temperature`
+/// overflows the head's logits.
 const MAX_TEMPERATURE: f64 = 100.0;
 const MIN_TEMPERATURE: f64 = 1e-3;
 /// The largest magnitude of a simulated tool score.
