@@ -194,6 +194,25 @@ fn serve_http(
     Ok(())
 }
 
+/// Reaches every server and program `cfg` names (`tutti_engine::preflight`), printing warnings;
+/// a problem is an error that says `stopped` (what did not happen because of it). Returns how
+/// many were reached.
+fn preflight(rt: &tokio::runtime::Runtime, cfg: &Config, stopped: &str) -> Result<usize> {
+    let checked = rt.block_on(tutti_engine::preflight::check(cfg));
+    for w in &checked.warnings {
+        eprintln!("tutti: warning: {w}");
+    }
+    if !checked.ok() {
+        anyhow::bail!(
+            "{} of the {} servers and programs this config reaches cannot be reached; {stopped}:\n  {}",
+            checked.problems.len(),
+            checked.checked.max(checked.problems.len()),
+            checked.problems.join("\n  ")
+        );
+    }
+    Ok(checked.checked)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,16 +6,17 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tutti_engine::io::{near_task_column, preference_check, read_task_file};
-use tutti_engine::io::{InputColumns, OutputFormat, OutputShape, Reopen, ResultStore};
+use tutti_engine::io::{
+    shell_command, InputColumns, OutputFormat, OutputShape, Reopen, ResultStore, StoreError,
+};
 use tutti_engine::jobs::run_job;
 use tutti_engine::metrics::{JobProgress, JobSource};
-use tutti_engine::preflight;
 use tutti_engine::Tally;
 use tutti_engine::{Engine, EngineOptions, Status};
 
@@ -75,6 +76,19 @@ pub struct RunArgs {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
+/// A damaged result segment's error (which says the `mv` that sets it aside), followed by this
+/// very command: run again, it resumes without that segment and runs its tasks again.
+fn with_rerun(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::Damaged { .. } => {
+            let argv: Vec<String> = std::env::args().collect();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            anyhow::anyhow!("{e}\n  {}", shell_command(&argv))
+        }
+        e => e.into(),
+    }
+}
+
 pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     if args.config.is_none() && !verbosity.quiet {
         eprintln!(
@@ -128,24 +142,12 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         tasks.truncate(n);
     }
     // Refuses an existing output without --resume before anything is reached or written.
-    let done = ResultStore::done(&args.output, &reopen)?;
+    let done = ResultStore::done(&args.output, &reopen).map_err(with_rerun)?;
     let total = tasks.len() as u64;
     let skipped = tasks.iter().filter(|t| done.contains(&t.id)).count() as u64;
 
     let rt = crate::runtime()?;
-    let preflight = rt.block_on(preflight::check(&cfg));
-    for w in &preflight.warnings {
-        eprintln!("tutti: warning: {w}");
-    }
-    if !preflight.ok() {
-        bail!(
-            "{} of the {} servers and programs this config reaches cannot be reached; no task was \
-             run:\n  {}",
-            preflight.problems.len(),
-            preflight.checked.max(preflight.problems.len()),
-            preflight.problems.join("\n  ")
-        );
-    }
+    let reached = crate::preflight(&rt, &cfg, "no task was run")?;
     if args.dry_run {
         // Building the engine loads the in-process models and indexes and refuses kinds that
         // are not built; then it is dropped unused.
@@ -156,7 +158,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
             total,
             total - skipped,
             skipped,
-            preflight.checked
+            reached
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -164,7 +166,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         .metrics_listen
         .map(|addr| crate::bind_http(addr, "metrics"))
         .transpose()?;
-    let (store, done) = ResultStore::open_with(&args.output, &reopen)?;
+    let (store, done) = ResultStore::open_with(&args.output, &reopen).map_err(with_rerun)?;
 
     let show_progress = !verbosity.quiet;
     let job = Arc::new(RunJob::new(&args.output, total, skipped));

@@ -97,6 +97,7 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
         .map(|addr| crate::bind_http(addr, "the live job page"))
         .transpose()?;
     let rt = crate::runtime()?;
+    crate::preflight(&rt, &cfg, "the server did not start")?;
     rt.block_on(async move {
         let engine = Arc::new(Engine::new(&cfg, EngineOptions::default())?);
         let jobs = Jobs::open(&args.data_dir, engine.clone(), limits)

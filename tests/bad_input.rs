@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray};
@@ -242,4 +242,188 @@ fn a_run_that_failed_at_start_up_does_not_block_the_next() {
         );
         assert!(!err.contains("already exists"), "attempt {attempt}: {err}");
     }
+}
+
+/// `configs/toolorchestra-sim.toml` with `edit` applied (each `(from, to)` replaced once), written
+/// as `name` in `dir`; returns its path and the 1-based line where `marker` is.
+fn sim_config_with(
+    dir: &Path,
+    name: &str,
+    edits: &[(&str, &str)],
+    marker: &str,
+) -> (PathBuf, usize) {
+    let mut text = std::fs::read_to_string(repo("configs/toolorchestra-sim.toml")).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from}");
+        text = text.replacen(from, to, 1);
+    }
+    let at = text.find(marker).unwrap_or_else(|| panic!("{marker}"));
+    let line = text[..at].matches('\n').count() + 1;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    (path, line)
+}
+
+/// A sandbox for the `enhance_reasoning` tool: its code runs in a `python` backend (written
+/// before `[aliases]` by [`sandbox_backend`]).
+const WITH_SANDBOX: (&str, &str) = (
+    "Write Python code that helps solve the problem.\"",
+    "Write Python code that helps solve the problem.\"\nthen = \"sandbox\"",
+);
+
+fn sandbox_backend(keys: &str) -> String {
+    format!("[[backends]]\nname = \"sandbox\"\nkind = \"python\"\n{keys}\n\n[aliases]\n")
+}
+
+/// Runs `tutti run` on the bundled example with `config`; asserts it failed before any work and
+/// returns stderr.
+fn config_refused(dir: &Path, config: &Path) -> String {
+    let out = dir.join(format!(
+        "{}.out.parquet",
+        config.file_stem().unwrap().to_str().unwrap()
+    ));
+    let (o, err) = run(&mut tutti_run(&repo("examples/tasks.jsonl"), &out, config));
+    assert!(
+        !o.status.success(),
+        "{} was accepted: {err}",
+        config.display()
+    );
+    assert!(!out.exists(), "no output may be written: {err}");
+    let parts = out.with_extension("parquet.parts");
+    assert!(!parts.exists(), "no work may start: {err}");
+    err
+}
+
+/// Issue 19, B5: values that validated and then misbehaved (a scheduler thread panicking on
+/// `time_scale = 1e300`, every sandbox run `[killed by signal 11]`) and cross-reference errors that
+/// named the wrong key without a line. Each is refused naming the file, the line and the key.
+#[test]
+fn config_values_that_misbehaved_are_refused_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // (file name, edits of the bundled config, the offending line, its key)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "scale.toml",
+            vec![("time_scale = 0.001", "time_scale = 1e300".into())],
+            "time_scale = 1e300",
+            "simulation.time_scale",
+        ),
+        (
+            "seqs.toml",
+            vec![("max_seqs = 256", "max_seqs = 0".into())],
+            "max_seqs = 0",
+            "orchestrator.max_seqs",
+        ),
+        (
+            "concurrency.toml",
+            vec![("max_concurrency = 128", "max_concurrency = 0".into())],
+            "max_concurrency = 0",
+            "backends[0].max_concurrency",
+        ),
+        (
+            "preference.toml",
+            vec![("preference_scale = 2.0", "preference_scale = -1e300".into())],
+            "preference_scale = -1e300",
+            "orchestrator.preference_scale",
+        ),
+        (
+            "memory.toml",
+            vec![
+                (WITH_SANDBOX.0, WITH_SANDBOX.1.into()),
+                ("[aliases]\n", sandbox_backend("memory_mb = 0")),
+            ],
+            "memory_mb = 0",
+            "backends[0].memory_mb",
+        ),
+        (
+            "endpoint.toml",
+            vec![(
+                "[aliases]\n",
+                "[[backends]]\nname = \"remote\"\nkind = \"openai\"\n\
+                 endpoint = \"not a url\"\n\n[aliases]\n"
+                    .into(),
+            )],
+            "endpoint = \"not a url\"",
+            "backends[0].endpoint",
+        ),
+    ];
+    for (name, edits, marker, key) in cases {
+        let edits: Vec<(&str, &str)> = edits.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let (config, line) = sim_config_with(dir.path(), name, &edits, marker);
+        let err = config_refused(dir.path(), &config);
+        assert!(
+            err.contains(&format!("{name}:{line}:1: key `{key}`: expected")),
+            "{name}: expected line {line} and key `{key}`: {err}"
+        );
+    }
+}
+
+/// A `python` backend whose interpreter does not exist, one whose memory limit is too small for
+/// Python to start, and a `retrieval` backend without its index: each is refused before any task,
+/// by `tutti run` and by `tutti serve`, naming the backend.
+#[test]
+fn a_missing_interpreter_or_index_is_refused_before_any_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_index = dir.path().join("no-such-index");
+    let retrieval = format!(
+        "[[backends]]\nname = \"docs\"\nkind = \"retrieval\"\nindex = \"{}\"\n\n[aliases]\n",
+        missing_index.display()
+    );
+    let cases = [
+        (
+            "python.toml",
+            sandbox_backend("python = \"/no/such/python3\""),
+            "no/such/python3",
+        ),
+        (
+            "tiny.toml",
+            sandbox_backend("memory_mb = 2"),
+            "killed by signal",
+        ),
+        ("index.toml", retrieval, "no-such-index"),
+    ];
+    for (name, backend, named) in cases {
+        // The retrieval backend serves no tool: every backend is checked, used or not.
+        let mut edits = vec![("[aliases]\n", backend.as_str())];
+        if name != "index.toml" {
+            edits.push(WITH_SANDBOX);
+        }
+        let (config, _) = sim_config_with(dir.path(), name, &edits, "[aliases]");
+        let err = config_refused(dir.path(), &config);
+        assert!(
+            err.contains("no task was run") && err.contains(named),
+            "{name}: {err}"
+        );
+        let data = dir.path().join(format!("{name}.data"));
+        let (o, err) = run(tutti()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&config));
+        assert!(!o.status.success(), "{name}: the server started: {err}");
+        assert!(
+            err.contains("the server did not start") && err.contains(named),
+            "{name}: {err}"
+        );
+    }
+}
+
+/// Issue 19, B5: a preference weight of 1e308 overflowed its score silently.
+#[test]
+fn an_overflowing_preference_weight_names_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = jsonl(
+        dir.path(),
+        "t.jsonl",
+        &[
+            r#"{"id": "a", "prompt": "x"}"#,
+            r#"{"id": "b", "prompt": "y", "preference": {"cost": 1e308}}"#,
+        ],
+    );
+    let err = rejected(&f);
+    assert!(
+        err.contains("t.jsonl:2") && err.contains("preference.cost") && err.contains("1e308"),
+        "{err}"
+    );
 }

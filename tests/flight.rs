@@ -107,6 +107,78 @@ async fn a_server_killed_mid_job_resumes_every_id_exactly_once() {
     assert!((0..n).all(|i| count.contains_key(format!("task-{i}").as_str())));
 }
 
+/// Issue 19: a served job's segment damaged while the server was down (bytes of a page
+/// overwritten) is found when the server starts, not when a client reads it: the job is not
+/// resumed and says which file to move aside, the server serves other jobs meanwhile, and after
+/// that `mv` and a restart the job ends with every id exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_holds_its_job_back_and_the_server_serves_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = slow_sim_config(dir.path()).display().to_string();
+    let n = 1500;
+    let mut server = Server::start(&data, &["--config", &config]);
+    let mut client = server.client(None).await;
+    let job = client.submit(b"{}", batches(&tasks(n), 500)).await.unwrap();
+    let info = wait_for(&mut client, &job, |i| i.rows() > 0).await;
+    server.kill();
+    assert!(info.rows() < n as u64, "the job ended before the kill");
+    drop(client);
+
+    let parts = data.join("jobs").join(&job).join("results.parquet.parts");
+    let mut segments: Vec<_> = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    segments.sort();
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    bytes[64..80].fill(0xff);
+    std::fs::write(&segments[0], &bytes).unwrap();
+
+    let mut server = Server::start(&data, &["--config", &config]);
+    let mut client = server.client(None).await;
+    let held = client.info(&job).await.unwrap();
+    assert_eq!(held.state(), "running");
+    let error = held.status["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains(&format!("{} is damaged", segments[0].display())),
+        "{:?}",
+        held.status
+    );
+    let other = client.submit(b"{}", batches(&tasks(20), 20)).await.unwrap();
+    let done = wait_for(&mut client, &other, |i| i.state() != "running").await;
+    assert_eq!((done.state(), done.rows()), ("done", 20));
+    let still = client.info(&job).await.unwrap();
+    assert_eq!(still.rows(), held.rows(), "the damaged job was not resumed");
+    server.kill();
+    drop(client);
+
+    let mv = error
+        .lines()
+        .find_map(|l| l.strip_prefix("  mv "))
+        .unwrap_or_else(|| panic!("no mv command in: {error}"));
+    let moved = Command::new("sh")
+        .arg("-c")
+        .arg(format!("mv {mv}"))
+        .status()
+        .unwrap();
+    assert!(moved.success());
+    let server = Server::start(&data, &["--config", &config]);
+    let mut client = server.client(None).await;
+    let done = wait_for(&mut client, &job, |i| i.state() != "running").await;
+    assert_eq!(done.state(), "done", "{:?}", done.status);
+    let rows = result_rows(&mut client, &job).await;
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (id, _) in &rows {
+        *count.entry(id).or_default() += 1;
+    }
+    assert_eq!((rows.len(), count.len()), (n, n), "every id exactly once");
+}
+
 /// Requests sent to backends so far (counted as each batch is sent), from the server's ledger.
 async fn backend_requests(client: &mut tutti_engine::flight::JobClient, job: &str) -> u64 {
     let stats = client.stats(job).await.unwrap();

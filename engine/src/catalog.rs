@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{BackendConfig, Config};
+use crate::config::{BackendConfig, Config, MAX_PREFERENCE_WEIGHT};
 use crate::ledger::Pricing;
 use crate::task::Action;
 
@@ -203,8 +203,11 @@ impl Catalog {
     /// Checks a task's preference keys: each must be an alias of the catalog, `cost` or `latency`.
     pub(crate) fn check_preference(&self, pref: &[(String, f64)]) -> Result<(), String> {
         for (key, w) in pref {
-            if !w.is_finite() {
-                return Err(format!("weight of `{key}` is not a finite number"));
+            if !(w.is_finite() && w.abs() <= MAX_PREFERENCE_WEIGHT) {
+                return Err(format!(
+                    "weight of `{key}` must be a finite number in [-{MAX_PREFERENCE_WEIGHT}, \
+                     {MAX_PREFERENCE_WEIGHT}], found {w:?}"
+                ));
             }
             if key != "cost" && key != "latency" && !self.actions.iter().any(|a| &*a.alias == key) {
                 return Err(format!(

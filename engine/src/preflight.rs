@@ -6,8 +6,10 @@
 //! What is checked, per kind: an `openai` backend or executor answers `GET <endpoint>/models` (the
 //! model list of every OpenAI-compatible server) with a success, and lists the configured model
 //! (a warning only: llama-server answers to any name, vLLM refuses unknown ones); an `openenv`
-//! backend answers HTTP at all (`GET <endpoint>/health`); a `python` backend's interpreter runs
-//! `-c pass`. In-process models and retrieval indexes are checked when the engine loads them. A
+//! backend answers HTTP at all (`GET <endpoint>/health`); a `python` backend's sandbox runs
+//! `print("ok")` with the backend's interpreter and limits (a missing interpreter, or a memory or
+//! time limit too small for Python to start, would otherwise answer every call with a crash); a
+//! `retrieval` backend's index opens. In-process models are checked when the engine loads them. A
 //! backend that names a `fallback` alias may be down: that is a warning.
 
 use std::time::Duration;
@@ -16,8 +18,10 @@ use futures::future::join_all;
 use serde_json::Value;
 
 use crate::backend::openai::resolve_endpoint;
+use crate::backend::retrieval::RetrievalBackend;
+use crate::backend::sandbox::{Outcome, Sandbox};
 use crate::config::HTTP;
-use crate::config::{BackendConfig, BackendSettings, Config, ExecutorKind};
+use crate::config::{BackendConfig, BackendSettings, Config, ExecutorKind, RetrievalBackendConfig};
 
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,8 +52,10 @@ enum Probe {
     },
     /// An OpenEnv server.
     Env { base: String },
-    /// A program that must start.
-    Program { path: String },
+    /// A `python` backend's sandbox, which must run a program that prints.
+    Sandbox(Sandbox),
+    /// A `retrieval` backend, whose index must open.
+    Index(RetrievalBackendConfig),
 }
 
 /// Checks everything `cfg` will reach, all at once. A backend with a `fallback` alias that
@@ -130,7 +136,17 @@ fn probe(b: &BackendConfig) -> Result<Option<(String, Probe)>, String> {
                 .python
                 .clone()
                 .unwrap_or_else(|| crate::backend::python::DEFAULT_PYTHON.to_string());
-            Some((what(&path), Probe::Program { path }))
+            Some((
+                what(&path),
+                Probe::Sandbox(crate::backend::python::sandbox(p)),
+            ))
+        }
+        BackendSettings::Retrieval(r) => {
+            let index = r
+                .index
+                .as_ref()
+                .map_or("no index".into(), |i| i.display().to_string());
+            Some((what(&index), Probe::Index(r.clone())))
         }
         _ => None,
     })
@@ -212,27 +228,25 @@ async fn run(http: &reqwest::Client, probe: &Probe) -> Result<Option<String>, St
                 .map(|_| None)
                 .map_err(|e| format!("GET {url}: {}", reach_error(&e)))
         }
-        Probe::Program { path } => {
-            let run = tokio::process::Command::new(path)
-                .args(["-c", "pass"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .output();
-            match tokio::time::timeout(PROBE_TIMEOUT, run).await {
-                Err(_) => Err(format!(
-                    "`{path} -c pass` did not finish in {} s",
-                    PROBE_TIMEOUT.as_secs()
-                )),
-                Ok(Err(e)) => Err(format!("cannot run `{path}`: {e}")),
-                Ok(Ok(out)) if !out.status.success() => Err(format!(
-                    "`{path} -c pass` failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )),
-                Ok(Ok(_)) => Ok(None),
+        Probe::Sandbox(sandbox) => {
+            const PROBE: &str = "print(\"ok\")";
+            let run = sandbox.run(PROBE).await.map_err(|e| e.to_string())?;
+            if run.outcome == Outcome::Exited(0) && run.stdout.trim() == "ok" {
+                return Ok(None);
             }
+            let answer = run.observation();
+            Err(format!(
+                "the sandbox cannot run `{PROBE}` under this backend's limits (memory_mb, \
+                 timeout_ms, max_output_bytes); it answered: {}",
+                answer.trim().replace('\n', " | ")
+            ))
+        }
+        Probe::Index(cfg) => {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || RetrievalBackend::new(&cfg).map(drop))
+                .await
+                .map_err(|e| format!("opening the index panicked: {e}"))?
+                .map(|()| None)
         }
     }
 }

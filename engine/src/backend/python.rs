@@ -23,23 +23,29 @@ pub(crate) struct PythonBackend {
 
 impl PythonBackend {
     pub(crate) fn new(name: &str, cfg: &PythonBackendConfig) -> PythonBackend {
-        let timeout = Duration::from_millis(cfg.timeout_ms.unwrap_or(60_000));
-        let limits = SandboxLimits {
-            timeout,
-            cpu_seconds: timeout.as_secs().max(1),
-            memory_bytes: cfg.memory_mb << 20,
-            max_output_bytes: cfg.max_output_bytes,
-            ..SandboxLimits::default()
-        };
-        let python = cfg
-            .python
-            .clone()
-            .unwrap_or_else(|| DEFAULT_PYTHON.to_string());
         PythonBackend {
             name: name.to_string(),
-            sandbox: Arc::new(Sandbox::new(python, limits)),
+            sandbox: Arc::new(sandbox(cfg)),
         }
     }
+}
+
+/// The sandbox a `python` backend runs its calls in: its interpreter under its limits. The
+/// pre-flight runs a probe in the same one.
+pub(crate) fn sandbox(cfg: &PythonBackendConfig) -> Sandbox {
+    let timeout = Duration::from_millis(cfg.timeout_ms.unwrap_or(60_000));
+    let limits = SandboxLimits {
+        timeout,
+        cpu_seconds: timeout.as_secs().max(1),
+        memory_bytes: cfg.memory_mb << 20,
+        max_output_bytes: cfg.max_output_bytes,
+        ..SandboxLimits::default()
+    };
+    let python = cfg
+        .python
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PYTHON.to_string());
+    Sandbox::new(python, limits)
 }
 
 /// The code in a model's reply: the last ```python (or bare ```) fenced block, else the whole text

@@ -19,12 +19,18 @@ use super::{Backend, BatchItem, Request, Response};
 use crate::config::{Dist, SimBackendSettings, SimulationConfig};
 use crate::task::stable_hash;
 
-/// A lognormal given by its median and 99th percentile; a constant when they are equal.
+/// A lognormal given by its median and 99th percentile; a constant when they are equal. Draws
+/// are capped at [`TAIL_CAP`] times the 99th percentile: a wide distribution's tail would
+/// otherwise reach infinity, and no duration holds that.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LogNormalDist {
     p50: f64,
+    max: f64,
     dist: Option<LogNormal<f64>>,
 }
+
+/// How far beyond the 99th percentile a draw may go.
+const TAIL_CAP: f64 = 1000.0;
 
 /// z-score of the 99th percentile of a standard normal.
 const Z99: f64 = 2.326_347_874;
@@ -33,11 +39,15 @@ impl LogNormalDist {
     pub(crate) fn new(d: Dist) -> LogNormalDist {
         let sigma = (d.p99.ln() - d.p50.ln()) / Z99;
         let dist = (sigma > 0.0).then(|| LogNormal::new(d.p50.ln(), sigma).expect("validated"));
-        LogNormalDist { p50: d.p50, dist }
+        LogNormalDist {
+            p50: d.p50,
+            max: d.p99 * TAIL_CAP,
+            dist,
+        }
     }
 
     pub(crate) fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
-        self.dist.map_or(self.p50, |d| d.sample(rng))
+        self.dist.map_or(self.p50, |d| d.sample(rng).min(self.max))
     }
 }
 

@@ -1,13 +1,16 @@
 //! The TOML configuration: what the orchestrator is, which tools it sees, which backends serve the
 //! aliases, and the cache. Every error names the file, the key and what was expected.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 mod backend;
+mod locate;
+mod validate;
 pub use backend::*;
+use locate::KeyPath;
 
 /// A configuration error: where (file, key, line and column when known) and what was expected.
 #[derive(Debug, thiserror::Error)]
@@ -27,11 +30,41 @@ impl ConfigError {
             message,
         }
     }
+}
 
-    fn at_key(origin: &str, key: &str, message: impl Into<String>) -> Self {
+/// A config's text and where it came from: what an error found after parsing needs to name the
+/// file, the line and column, and the key.
+pub(crate) struct Source<'a> {
+    origin: &'a str,
+    text: &'a str,
+    doc: Option<toml::Spanned<toml::de::DeTable<'a>>>,
+}
+
+impl<'a> Source<'a> {
+    fn new(origin: &'a str, text: &'a str) -> Source<'a> {
+        Source {
+            origin,
+            text,
+            doc: toml::de::DeTable::parse(text).ok(),
+        }
+    }
+
+    /// An error at the key `path`: its line and column when it is written, else those of the
+    /// nearest enclosing key (its default is what is wrong).
+    pub(crate) fn error(
+        &self,
+        path: impl Into<KeyPath>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let path = path.into();
+        let at = self
+            .doc
+            .as_ref()
+            .and_then(|d| locate::offset(d.get_ref(), &path))
+            .map_or_else(String::new, |offset| line_col(self.text, offset));
         ConfigError {
-            origin: origin.to_string(),
-            location: format!(": key `{key}`"),
+            origin: self.origin.to_string(),
+            location: format!("{at}: key `{path}`"),
             message: message.into(),
         }
     }
@@ -491,299 +524,9 @@ impl Config {
             let path = e.path().to_string();
             toml_error(origin, text, &path, e.inner())
         })?;
-        cfg.validate(origin)?;
+        cfg.validate(&Source::new(origin, text))?;
         cfg.expand_home();
         Ok(cfg)
-    }
-
-    /// Checks what serde cannot: references between sections, ranges, required sub-tables.
-    pub(crate) fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, msg: String| Err(ConfigError::at_key(origin, key, msg));
-        let o = &self.orchestrator;
-        if o.max_turns == 0 {
-            return err("orchestrator.max_turns", "expected at least 1".into());
-        }
-        if o.max_live_tasks == 0 || o.max_seqs == 0 {
-            return err(
-                "orchestrator.max_live_tasks",
-                "expected max_live_tasks and max_seqs of at least 1".into(),
-            );
-        }
-        if o.max_batched_tokens < o.max_seqs {
-            return err(
-                "orchestrator.max_batched_tokens",
-                format!(
-                    "expected at least max_seqs ({}) so every decoding sequence fits a step, found {}",
-                    o.max_seqs, o.max_batched_tokens
-                ),
-            );
-        }
-        if !(o.top_p > 0.0 && o.top_p <= 1.0) {
-            return err(
-                "orchestrator.top_p",
-                format!("expected a value in (0, 1], found {}", o.top_p),
-            );
-        }
-        if o.executor == ExecutorKind::Sim {
-            let Some(sim) = &o.sim else {
-                return err(
-                    "orchestrator.sim",
-                    "the sim executor needs an [orchestrator.sim] table".into(),
-                );
-            };
-            check_dist(origin, "orchestrator.sim.output_tokens", sim.output_tokens)?;
-            if !(0.0..=1.0).contains(&sim.malformed_rate) {
-                return err(
-                    "orchestrator.sim.malformed_rate",
-                    "expected a value in [0, 1]".into(),
-                );
-            }
-            for tool in sim.tool_logits.keys() {
-                if !self.tools.iter().any(|t| &t.name == tool) {
-                    return err(
-                        &format!("orchestrator.sim.tool_logits.{tool}"),
-                        format!("no tool named `{tool}` in [[tools]]"),
-                    );
-                }
-            }
-        }
-        if o.executor == ExecutorKind::Native {
-            if o.model.is_none() {
-                return err(
-                    "orchestrator.model",
-                    "the native executor needs the path of a GGUF model file".into(),
-                );
-            }
-            if o.kv_cache_bytes == Some(0) {
-                return err("orchestrator.kv_cache_bytes", "expected at least 1".into());
-            }
-        }
-        for (k, v) in [
-            ("price_in_per_mtok", o.price_in_per_mtok),
-            ("price_out_per_mtok", o.price_out_per_mtok),
-        ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                return err(
-                    &format!("orchestrator.{k}"),
-                    format!("expected a price of 0 or more, found {v}"),
-                );
-            }
-        }
-        if let Some(b) = o.default_budget_usd {
-            if !(b >= 0.0 && b.is_finite()) {
-                return err(
-                    "orchestrator.default_budget_usd",
-                    format!("expected a finite budget of 0 or more, found {b}"),
-                );
-            }
-        }
-        if !(o.temperature >= 0.0 && o.temperature.is_finite()) {
-            return err(
-                "orchestrator.temperature",
-                format!(
-                    "expected a finite value of 0 or more, found {}",
-                    o.temperature
-                ),
-            );
-        }
-        if let (ExecutorKind::Openai, Some(url)) = (o.executor, &o.endpoint) {
-            check_endpoint(url, HTTP).or_else(|m| err("orchestrator.endpoint", m))?;
-        }
-        if !(self.simulation.time_scale >= 0.0 && self.simulation.time_scale.is_finite()) {
-            return err(
-                "simulation.time_scale",
-                "expected a finite value of 0 or more".into(),
-            );
-        }
-
-        let mut backend_names = HashSet::new();
-        for (i, b) in self.backends.iter().enumerate() {
-            let key = |k: &str| format!("backends[{i}].{k}");
-            if !backend_names.insert(b.name.as_str()) {
-                return err(
-                    &key("name"),
-                    format!("backend `{}` is defined twice", b.name),
-                );
-            }
-            if b.max_batch == 0 || b.max_concurrency == 0 {
-                return err(
-                    &key("max_batch"),
-                    "expected max_batch and max_concurrency of at least 1".into(),
-                );
-            }
-            for (k, v) in [
-                ("price_in_per_mtok", b.price_in_per_mtok),
-                ("price_out_per_mtok", b.price_out_per_mtok),
-                ("price_per_call", b.price_per_call),
-                ("price_per_second", b.price_per_second),
-            ] {
-                if !(v >= 0.0 && v.is_finite()) {
-                    return err(&key(k), format!("expected a price of 0 or more, found {v}"));
-                }
-            }
-            let schemes: &[&str] = match b.kind() {
-                BackendKind::Openai => HTTP,
-                _ => HTTP_OR_WS,
-            };
-            if let Some((Some(url), _)) = b.endpoint() {
-                check_endpoint(url, schemes).or_else(|m| err(&key("endpoint"), m))?;
-            }
-            if let Some(ttl) = b.cache_ttl_s {
-                if !(ttl > 0.0 && ttl.is_finite()) {
-                    return err(
-                        &key("cache_ttl_s"),
-                        format!("expected a finite number of seconds above 0, found {ttl}"),
-                    );
-                }
-            }
-            if let Some(sim) = b.sim() {
-                check_dist(origin, &key("sim.latency_ms"), sim.latency_ms)?;
-                check_dist(origin, &key("sim.output_tokens"), sim.output_tokens)?;
-                for (tool, d) in &sim.tool_latency_ms {
-                    check_dist(origin, &key(&format!("sim.tool_latency_ms.{tool}")), *d)?;
-                }
-                if !(0.0..=1.0).contains(&sim.accuracy) {
-                    return err(
-                        &key("sim.accuracy"),
-                        format!("expected a value in [0, 1], found {}", sim.accuracy),
-                    );
-                }
-            }
-        }
-        for (alias, backend) in &self.aliases {
-            if !backend_names.contains(backend.as_str()) {
-                return err(
-                    &format!("aliases.{alias}"),
-                    format!("no backend named `{backend}` in [[backends]]"),
-                );
-            }
-            if self
-                .backends
-                .iter()
-                .any(|b| &b.name == backend && b.kind() == BackendKind::Openenv)
-            {
-                return err(
-                    &format!("aliases.{alias}"),
-                    format!(
-                        "backend `{backend}` is an environment: it serves the function tools of \
-                         [environment], not aliases"
-                    ),
-                );
-            }
-        }
-        for (i, b) in self.backends.iter().enumerate() {
-            if let Some(fb) = &b.fallback {
-                if !self.aliases.contains_key(fb) {
-                    return err(
-                        &format!("backends[{i}].fallback"),
-                        format!("no alias `{fb}` in [aliases]"),
-                    );
-                }
-            }
-        }
-        let mut tool_names = HashSet::new();
-        for (i, t) in self.tools.iter().enumerate() {
-            if !tool_names.insert(t.name.as_str()) {
-                return err(
-                    &format!("tools[{i}].name"),
-                    format!("tool `{}` is defined twice", t.name),
-                );
-            }
-            if let Some(then) = &t.then {
-                if !backend_names.contains(then.as_str()) {
-                    return err(
-                        &format!("tools[{i}].then"),
-                        format!("no backend named `{then}` in [[backends]]"),
-                    );
-                }
-            }
-            if t.aliases.is_empty() {
-                return err(
-                    &format!("tools[{i}].aliases"),
-                    "expected at least one alias".into(),
-                );
-            }
-            for (j, a) in t.aliases.iter().enumerate() {
-                if !self.aliases.contains_key(a) {
-                    return err(
-                        &format!("tools[{i}].aliases[{j}]"),
-                        format!("no alias `{a}` in [aliases]"),
-                    );
-                }
-            }
-        }
-        if let Some(judge) = &self.grading.judge {
-            if !self.aliases.contains_key(judge) {
-                return err("grading.judge", format!("no alias `{judge}` in [aliases]"));
-            }
-        }
-        match &self.environment {
-            None if !tool_names.contains(ANSWER_TOOL) => {
-                return err(
-                    "tools",
-                    "expected a tool named `answer`: it is how an episode ends".into(),
-                );
-            }
-            None => {}
-            Some(e) => self.validate_environment(origin, e, &tool_names)?,
-        }
-        if o.executor == ExecutorKind::Sim && !tool_names.contains(ANSWER_TOOL) {
-            return err(
-                "tools",
-                "the sim executor needs a tool named `answer`: it is how its episodes end".into(),
-            );
-        }
-        Ok(())
-    }
-
-    fn validate_environment(
-        &self,
-        origin: &str,
-        e: &EnvironmentConfig,
-        tool_names: &HashSet<&str>,
-    ) -> Result<(), ConfigError> {
-        let err = |key: &str, msg: String| Err(ConfigError::at_key(origin, key, msg));
-        match self.backends.iter().find(|b| b.name == e.backend) {
-            None => {
-                return err(
-                    "environment.backend",
-                    format!("no backend named `{}` in [[backends]]", e.backend),
-                )
-            }
-            Some(b) if b.kind() != BackendKind::Openenv => {
-                return err(
-                    "environment.backend",
-                    format!("backend `{}` is not of kind `openenv`", e.backend),
-                )
-            }
-            Some(_) => {}
-        }
-        if tool_names.contains(e.user_tool.as_str()) {
-            return err(
-                "environment.user_tool",
-                format!("`{}` is also a tool in [[tools]]", e.user_tool),
-            );
-        }
-        if let Some(alias) = &e.user_alias {
-            if !self.aliases.contains_key(alias) {
-                return err(
-                    "environment.user_alias",
-                    format!("no alias `{alias}` in [aliases]"),
-                );
-            }
-        }
-        if e.max_call_tokens == 0 {
-            return err("environment.max_call_tokens", "must be at least 1".into());
-        }
-        match self.orchestrator.executor {
-            ExecutorKind::Replay | ExecutorKind::Openai | ExecutorKind::Native => Ok(()),
-            ExecutorKind::Sim => err(
-                "orchestrator.executor",
-                "an [environment] runs with the `native`, `openai` or `replay` executor; the \
-                 `sim` executor models catalog calls only"
-                    .into(),
-            ),
-        }
     }
 }
 
@@ -813,6 +556,10 @@ pub fn bundled(name: &str) -> Option<Config> {
     })
 }
 
+/// The largest magnitude of a task's preference weight: times `preference_scale` (at most 100)
+/// it stays a finite score, far from the limits of the `f32` the policy heads add it to.
+pub const MAX_PREFERENCE_WEIGHT: f64 = 1000.0;
+
 /// The tool that ends an episode with its answer.
 pub(crate) const ANSWER_TOOL: &str = "answer";
 
@@ -828,31 +575,19 @@ pub(crate) fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> 
         )
     };
     if !url.contains("://") {
-        return Err(format!(
-            "{}: it has no scheme (write {}://{url})",
-            expected(),
-            schemes[0]
-        ));
+        let guess = format!("{}://{url}", schemes[0]);
+        return Err(match reqwest::Url::parse(&guess) {
+            Ok(u) if u.host().is_some() => {
+                format!("{}: it has no scheme (write {guess})", expected())
+            }
+            _ => format!("{}: it is not a URL", expected()),
+        });
     }
     match reqwest::Url::parse(url) {
         Ok(u) if schemes.contains(&u.scheme()) && u.host().is_some() => Ok(()),
         Ok(_) => Err(expected()),
         Err(e) => Err(format!("{}: {e}", expected())),
     }
-}
-
-fn check_dist(origin: &str, key: &str, d: Dist) -> Result<(), ConfigError> {
-    if !(d.p50 > 0.0 && d.p99 >= d.p50 && d.p99.is_finite()) {
-        return Err(ConfigError::at_key(
-            origin,
-            key,
-            format!(
-                "expected 0 < p50 <= p99, found p50 = {}, p99 = {}",
-                d.p50, d.p99
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// `:line:col` of byte `offset` of `text`, both counted from 1.
@@ -999,7 +734,7 @@ endpoint = "http://127.0.0.1:8000/v1"
         let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
         assert_eq!(
             e,
-            "t.toml: key `aliases.a-1`: no backend named `nope` in [[backends]]"
+            "t.toml:12:1: key `aliases.a-1`: no backend named `nope` in [[backends]]"
         );
     }
 
@@ -1010,6 +745,168 @@ endpoint = "http://127.0.0.1:8000/v1"
         assert!(
             e.contains("tools[0].aliases[1]") && e.contains("a-2"),
             "{e}"
+        );
+    }
+
+    /// `MINIMAL` with `line` inserted after the first line that is `after` (or appended), parsed:
+    /// the error must name the inserted line (its last line when it has several) and `key`.
+    fn refused_at(after: Option<&str>, line: &str, key: &str) -> String {
+        let text = match after {
+            Some(a) => MINIMAL.replacen(&format!("{a}\n"), &format!("{a}\n{line}\n"), 1),
+            None => format!("{MINIMAL}{line}\n"),
+        };
+        assert_ne!(text, MINIMAL, "{after:?} is a line of MINIMAL");
+        let last = line.lines().last().unwrap();
+        let at = text.find(&format!("\n{last}\n")).unwrap() + 1;
+        let line_no = text[..at].matches('\n').count() + 1;
+        let e = Config::parse(&text, "t.toml")
+            .err()
+            .unwrap_or_else(|| panic!("`{line}` was accepted"))
+            .to_string();
+        let (place, rest) = e.split_once(": key ").unwrap_or_else(|| panic!("{e}"));
+        assert!(
+            place.starts_with(&format!("t.toml:{line_no}:"))
+                && rest.starts_with(&format!("`{key}`: ")),
+            "`{line}` should be refused at line {line_no}, key `{key}`: {e}"
+        );
+        e
+    }
+
+    /// The values a hostile probe found accepted (issue 19, B5), each refused at its own line and
+    /// key, and the two cross-reference errors that named the wrong key.
+    #[test]
+    fn values_that_validated_but_misbehaved_are_refused_at_their_line_and_key() {
+        let orchestrator = Some("executor = \"sim\"");
+        let backend = Some("kind = \"sim\"");
+        let cases: &[(Option<&str>, &str, &str)] = &[
+            (
+                None,
+                "[simulation]\ntime_scale = 1e300",
+                "simulation.time_scale",
+            ),
+            (
+                orchestrator,
+                "price_in_per_mtok = -1.0",
+                "orchestrator.price_in_per_mtok",
+            ),
+            (
+                orchestrator,
+                "default_budget_usd = -1",
+                "orchestrator.default_budget_usd",
+            ),
+            (orchestrator, "temperature = -1", "orchestrator.temperature"),
+            (
+                orchestrator,
+                "temperature = 1e-30",
+                "orchestrator.temperature",
+            ),
+            (
+                orchestrator,
+                "preference_scale = -1e300",
+                "orchestrator.preference_scale",
+            ),
+            (orchestrator, "max_seqs = 0", "orchestrator.max_seqs"),
+            (
+                orchestrator,
+                "max_live_tasks = 0",
+                "orchestrator.max_live_tasks",
+            ),
+            (
+                orchestrator,
+                "max_malformed_calls = 0",
+                "orchestrator.max_malformed_calls",
+            ),
+            (orchestrator, "timeout_ms = 0", "orchestrator.timeout_ms"),
+            (
+                Some("[orchestrator.sim]"),
+                "base_ms = 1e300",
+                "orchestrator.sim.base_ms",
+            ),
+            (
+                backend,
+                "max_concurrency = 0",
+                "backends[0].max_concurrency",
+            ),
+            (backend, "max_batch = 0", "backends[0].max_batch"),
+            (
+                backend,
+                "price_per_call = -0.5",
+                "backends[0].price_per_call",
+            ),
+            (backend, "temperature = -1", "backends[0].temperature"),
+            (backend, "cache_ttl_s = 1e300", "backends[0].cache_ttl_s"),
+            (
+                backend,
+                "max_wait_ms = 100000000000",
+                "backends[0].max_wait_ms",
+            ),
+            (
+                backend,
+                "expected_latency_ms = -1",
+                "backends[0].expected_latency_ms",
+            ),
+            (
+                Some("[backends.sim]"),
+                "accuracy = 2",
+                "backends[0].sim.accuracy",
+            ),
+            (
+                None,
+                "[[backends]]\nname = \"py\"\nkind = \"python\"\nmemory_mb = 0",
+                "backends[1].memory_mb",
+            ),
+            (
+                None,
+                "[[backends]]\nname = \"py\"\nkind = \"python\"\ntimeout_ms = 0",
+                "backends[1].timeout_ms",
+            ),
+            (
+                None,
+                "[[backends]]\nname = \"py\"\nkind = \"python\"\nmax_output_bytes = 0",
+                "backends[1].max_output_bytes",
+            ),
+            (
+                None,
+                "[[backends]]\nname = \"o\"\nkind = \"openai\"\nendpoint = \"not a url\"",
+                "backends[1].endpoint",
+            ),
+            (
+                None,
+                "[[backends]]\nname = \"o\"\nkind = \"openai\"\nstop = [\"\"]",
+                "backends[1].stop[0]",
+            ),
+        ];
+        for (after, line, key) in cases {
+            refused_at(*after, line, key);
+        }
+        let e = refused_at(
+            None,
+            "[[backends]]\nname = \"o\"\nkind = \"openai\"\nendpoint = \"not a url\"",
+            "backends[1].endpoint",
+        );
+        assert!(e.contains("it is not a URL"), "{e}");
+    }
+
+    #[test]
+    fn a_distribution_too_wide_for_a_duration_is_refused() {
+        let text = MINIMAL.replace("p50 = 1, p99 = 2", "p50 = 1, p99 = 1e300");
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:18:1: key `backends[0].sim.latency_ms`: expected 0 < p50"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_cross_reference_names_the_key_that_refers_at_its_line() {
+        let text = MINIMAL.replace(
+            "aliases = [\"a-1\"]",
+            "aliases = [\"a-1\"]\nthen = \"nope\"",
+        );
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:10:1: key `tools[0].then`: no backend named `nope` in [[backends]]"
         );
     }
 

@@ -38,18 +38,35 @@ pub(crate) fn write_durably<E: From<FsError>>(
     dir: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), E>,
 ) -> Result<(), E> {
+    write_durably_as(tmp, dir, fill, |()| dest.to_path_buf()).map(drop)
+}
+
+/// [`write_durably`], where the destination's name depends on what was written (a result segment
+/// is named by the checksum of its bytes): `fill` returns a value, `dest` names the file from it.
+/// Returns the destination.
+pub(crate) fn write_durably_as<T, E: From<FsError>>(
+    tmp: &Path,
+    dir: &Path,
+    fill: impl FnOnce(&mut File) -> Result<T, E>,
+    dest: impl FnOnce(T) -> PathBuf,
+) -> Result<PathBuf, E> {
     let result = (|| {
         let mut file = File::create(tmp).map_err(fs_error("create", tmp))?;
-        fill(&mut file)?;
+        let written = fill(&mut file)?;
         file.sync_all().map_err(fs_error("sync", tmp))?;
-        Ok(())
+        Ok(written)
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(tmp);
-        return Err(e);
-    }
-    fs::rename(tmp, dest).map_err(fs_error("rename into place", dest))?;
-    Ok(sync_dir(dir)?)
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
+    let dest = dest(written);
+    fs::rename(tmp, &dest).map_err(fs_error("rename into place", &dest))?;
+    sync_dir(dir)?;
+    Ok(dest)
 }
 
 /// Renames `from` to `to` (a file or a directory) and fsyncs `dir`, the directory of `to`.

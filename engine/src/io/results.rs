@@ -7,6 +7,13 @@
 //! nothing that was committed. [`ResultStore::finish`] merges the segments into `OUT.parquet` and
 //! de-duplicates by id, so a run killed even during the merge ends, after `--resume`, with every
 //! id exactly once.
+//!
+//! Each segment is named by the checksum of its bytes (`seg-000007-<xxh3>.parquet`), which becomes
+//! durable with the file in the same rename. Resuming checks every committed segment against it
+//! before any task runs ([`verify_segment`]): a segment damaged after it was committed (a page
+//! overwritten, the file cut short) stops the resume with the command that sets it aside, and
+//! never reaches the final merge. The parquet crate writes no page checksums, so the check is
+//! over the whole file. Segments written before checksums are checked by decoding every row.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -33,7 +40,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
-use super::durable::{fs_error, sync_dir, write_durably, FsError};
+use super::durable::{fs_error, sync_dir, write_durably, write_durably_as, FsError};
 use super::openai_batch::{BatchEndpoint, OutputLine};
 use super::schema::{
     call_fields, call_item_field, message_fields, message_item_field, result_schema, type_name,
@@ -327,6 +334,28 @@ pub enum StoreError {
     Arrow { path: PathBuf, source: ArrowError },
     #[error("{}: not a tutti result file: {source}", path.display())]
     NotResults { path: PathBuf, source: ResultsError },
+    #[error(
+        "{} is damaged: {reason}. Its rows cannot be trusted, so nothing was resumed. Move it \
+         aside and resume again: its tasks run again, and every other committed row is kept.\n  \
+         {}",
+        path.display(),
+        shell_command(&["mv", &path.to_string_lossy(), &aside.to_string_lossy()])
+    )]
+    Damaged {
+        path: PathBuf,
+        reason: String,
+        /// Where to move it: beside the output, out of the segment directory.
+        aside: PathBuf,
+    },
+}
+
+/// `words` as one shell command line, each quoted where the shell would split or expand it.
+pub fn shell_command(words: &[&str]) -> String {
+    words
+        .iter()
+        .map(|w| shlex::try_quote(w).map_or_else(|_| format!("{w:?}"), |q| q.into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -563,8 +592,12 @@ impl ResultStore {
                 })?,
             }
         }
-        for segment in committed_segments(out)? {
-            read_statuses(&segment, &mut latest)?;
+        let segments = committed_segments(out)?;
+        for segment in &segments {
+            verify_segment(segment)?;
+        }
+        for segment in &segments {
+            read_statuses(segment, &mut latest)?;
         }
         Ok(latest
             .into_iter()
@@ -588,15 +621,23 @@ impl ResultStore {
         let batch = results_to_batch(rows);
         // The number is taken before writing: should a step after the rename fail, a retry must
         // not replace this segment. A gap in the numbers is harmless.
-        let name = format!("seg-{:06}.parquet", self.next_segment);
+        let seq = self.next_segment;
         self.next_segment += 1;
-        let segment = self.parts.join(&name);
-        let tmp = self.parts.join(format!("{name}.tmp"));
-        write_durably(&tmp, &segment, &self.parts, |file| {
-            write_parquet(file, &tmp, result_schema(), |writer| {
-                writer.write(&batch).map_err(parquet_error(&tmp))
-            })
-        })
+        let tmp = self.parts.join(format!("seg-{seq:06}.parquet.tmp"));
+        let parts = &self.parts;
+        write_durably_as(
+            &tmp,
+            parts,
+            |file| {
+                let mut summed = Checksummed::new(file);
+                write_parquet(&mut summed, &tmp, result_schema(), |writer| {
+                    writer.write(&batch).map_err(parquet_error(&tmp))
+                })?;
+                Ok::<_, StoreError>(summed.digest())
+            },
+            |checksum| parts.join(segment_name(seq, checksum)),
+        )?;
+        Ok(())
     }
 
     /// Merges the previous output (when resuming) and every segment into the output file, keeping
@@ -713,10 +754,7 @@ impl ResultStore {
                 }
                 continue;
             }
-            let seq = name
-                .strip_prefix("seg-")
-                .and_then(|n| n.strip_suffix(".parquet"));
-            if let Some(seq) = seq.and_then(|s| s.parse::<u64>().ok()) {
+            if let Some((seq, _)) = parse_segment_name(name) {
                 segments.push((seq, path));
             }
         }
@@ -1054,11 +1092,11 @@ fn read_batches(path: &Path, columns: &[&str]) -> Result<ParquetRecordBatchReade
 }
 
 /// Writes a Snappy-compressed Parquet file of `schema` into `file` (at `path`, for errors).
-fn write_parquet(
-    file: &mut File,
+fn write_parquet<W: io::Write + Send>(
+    file: W,
     path: &Path,
     schema: SchemaRef,
-    fill: impl FnOnce(&mut ArrowWriter<&mut File>) -> Result<(), StoreError>,
+    fill: impl FnOnce(&mut ArrowWriter<W>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
@@ -1068,6 +1106,117 @@ fn write_parquet(
     fill(&mut writer)?;
     writer.close().map_err(parquet_error(path))?;
     Ok(())
+}
+
+/// A committed segment's file name: its number and the xxh3 checksum of its bytes.
+fn segment_name(seq: u64, checksum: u64) -> String {
+    format!("seg-{seq:06}-{checksum:016x}.parquet")
+}
+
+/// The number and checksum of a segment's file name (`seg-000007-<16 hex digits>.parquet`; no
+/// checksum in `seg-000007.parquet`, written before checksums); `None` for any other file.
+fn parse_segment_name(name: &str) -> Option<(u64, Option<u64>)> {
+    let stem = name.strip_prefix("seg-")?.strip_suffix(".parquet")?;
+    match stem.split_once('-') {
+        Some((seq, sum)) if sum.len() == 16 => {
+            Some((seq.parse().ok()?, Some(u64::from_str_radix(sum, 16).ok()?)))
+        }
+        Some(_) => None,
+        None => Some((stem.parse().ok()?, None)),
+    }
+}
+
+/// A writer that keeps the xxh3 checksum of every byte written through it.
+struct Checksummed<W> {
+    inner: W,
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl<W> Checksummed<W> {
+    fn new(inner: W) -> Checksummed<W> {
+        Checksummed {
+            inner,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+        }
+    }
+
+    fn digest(&self) -> u64 {
+        self.hasher.digest()
+    }
+}
+
+impl<W: io::Write> io::Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Checks that a committed segment is whole, as it was committed: its bytes against the checksum
+/// in its name, or, for a segment written before checksums, every row decoded. A mismatch, a
+/// file cut short or rows that do not decode are [`StoreError::Damaged`], naming where to move
+/// the file so that a resume runs its tasks again.
+pub(crate) fn verify_segment(path: &Path) -> Result<(), StoreError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let Some((seq, checksum)) = parse_segment_name(name) else {
+        return Ok(());
+    };
+    let damaged = |reason: String| {
+        let parts = path.parent().unwrap_or(Path::new("."));
+        let out_name = parts
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let out_name = out_name.strip_suffix(".parts").unwrap_or(&out_name);
+        StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+            aside: parts
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{out_name}.seg-{seq:06}.damaged")),
+        }
+    };
+    match checksum {
+        Some(expected) => {
+            let mut file = File::open(path).map_err(io_error("open", path))?;
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut len = 0u64;
+            loop {
+                let n = io::Read::read(&mut file, &mut buf).map_err(io_error("read", path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            let found = hasher.digest();
+            if found != expected {
+                return Err(damaged(format!(
+                    "its {len} bytes do not match the checksum it was committed with \
+                     ({found:016x}, not {expected:016x}): it was cut short or overwritten"
+                )));
+            }
+            Ok(())
+        }
+        None => {
+            let decoded = read_result_batches(path)
+                .and_then(|mut batches| batches.try_for_each(|b| b.map(drop)));
+            decoded.map_err(|e| match e {
+                StoreError::Io(e) => StoreError::Io(e),
+                other => damaged(format!("its rows do not decode ({other})")),
+            })
+        }
+    }
 }
 
 /// `path` with `suffix` appended to its file name `name`: `out.parquet` -> `out.parquet.parts`.
@@ -1292,19 +1441,99 @@ mod tests {
         assert!(!parts.join("seg-000001.parquet.tmp").exists());
         assert!(!out.with_file_name("out.parquet.tmp").exists());
         store.append(&results(&["b"])).unwrap();
-        assert!(parts.join("seg-000001.parquet").exists());
+        assert_eq!(segment_files(&parts).len(), 2);
+        assert!(segment_files(&parts)[1].starts_with("seg-000001-"));
         assert_eq!(store.finish().unwrap(), 2);
+    }
+
+    /// The file names in a segment directory, sorted.
+    fn segment_files(parts: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(parts)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A committed segment damaged afterwards, inside a page with its footer intact (it would
+    /// still open) or cut short, is refused when the store is reopened, before anything runs,
+    /// naming it and where to move it; once moved there, the store resumes without its ids, and
+    /// the merge neither reads nor needs it.
+    #[test]
+    fn a_segment_damaged_after_commit_is_refused_at_open_until_moved_aside() {
+        let (dir, out) = out_path();
+        let (mut store, _) = ResultStore::open(&out, false).unwrap();
+        store.append(&results(&["a", "b"])).unwrap();
+        store.append(&results(&["c"])).unwrap();
+        store.append(&results(&["d"])).unwrap();
+        let parts = store.parts_dir().to_path_buf();
+        drop(store);
+        let names = segment_files(&parts);
+        let (in_a_page, cut) = (parts.join(&names[0]), parts.join(&names[2]));
+        let mut bytes = fs::read(&in_a_page).unwrap();
+        bytes[64..80].fill(0xff);
+        fs::write(&in_a_page, &bytes).unwrap();
+        let len = fs::metadata(&cut).unwrap().len();
+        File::options()
+            .write(true)
+            .open(&cut)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+
+        let mut set_aside = Vec::new();
+        for damaged in [&in_a_page, &cut] {
+            let e = ResultStore::open(&out, true).unwrap_err();
+            let StoreError::Damaged { path, aside, .. } = &e else {
+                panic!("{e}");
+            };
+            assert_eq!(path, damaged);
+            assert_eq!(aside.parent(), Some(dir.path()));
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("\n  mv {} {}", path.display(), aside.display())),
+                "{message}"
+            );
+            assert_eq!(
+                segment_files(&parts).len(),
+                3 - set_aside.len(),
+                "nothing is written or removed"
+            );
+            fs::rename(path, aside).unwrap();
+            set_aside.push(aside.clone());
+        }
+        let (mut store, done) = ResultStore::open(&out, true).unwrap();
+        assert_eq!(done, HashSet::from(["c".to_string()]));
+        store.append(&results(&["a", "b", "d"])).unwrap();
+        assert_eq!(store.finish().unwrap(), 4);
+        let mut ids: Vec<String> = read_results(&out)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c", "d"]);
+        assert!(
+            set_aside.iter().all(|p| p.exists()),
+            "the damaged files are kept"
+        );
     }
 
     #[test]
     fn a_broken_segment_is_an_error_naming_it() {
         let (_dir, out) = out_path();
         let (store, _) = ResultStore::open(&out, false).unwrap();
+        // Written before segments carried checksums: checked by decoding it.
         let segment = store.parts_dir().join("seg-000000.parquet");
         drop(store);
         fs::write(&segment, b"not parquet").unwrap();
         let e = ResultStore::open(&out, true).unwrap_err().to_string();
-        assert!(e.contains("seg-000000.parquet"), "{e}");
+        assert!(
+            e.contains("seg-000000.parquet is damaged")
+                && e.contains("out.parquet.seg-000000.damaged"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1578,7 +1807,8 @@ mod tests {
         let (mut store, _) = ResultStore::open(&out, false).unwrap();
         store.append(&results(&["x", "y"])).unwrap();
         let mut latest = HashMap::new();
-        read_statuses(&store.parts_dir().join("seg-000000.parquet"), &mut latest).unwrap();
+        let segment = committed_segments(&out).unwrap().remove(0);
+        read_statuses(&segment, &mut latest).unwrap();
         assert_eq!(
             latest,
             HashMap::from([

@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 
 use super::openai_batch::{BatchEndpoint, BatchLine};
 use super::schema::{result_schema, task_schema, type_name, Id, INPUT_INDEX, TASK_COLUMNS};
+use crate::config::MAX_PREFERENCE_WEIGHT;
 use crate::task::Task;
 
 /// The check of every task's preference against `cfg`'s catalog: each key must be an alias,
@@ -342,10 +343,13 @@ fn validate(task: &Task) -> Result<(), FieldError> {
         crate::executor::replay::parse_calls(replay).map_err(|e| FieldError::new("replay", e))?;
     }
     for (i, (key, weight)) in task.preference.iter().enumerate() {
-        if !weight.is_finite() {
+        if !(weight.is_finite() && weight.abs() <= MAX_PREFERENCE_WEIGHT) {
             return Err(FieldError::new(
                 format!("preference.{key}"),
-                format!("must be a finite number, got {weight}"),
+                format!(
+                    "must be a finite number in [-{MAX_PREFERENCE_WEIGHT}, \
+                     {MAX_PREFERENCE_WEIGHT}], got {weight:?}"
+                ),
             ));
         }
         if task.preference[..i].iter().any(|(k, _)| k == key) {

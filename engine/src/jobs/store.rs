@@ -6,13 +6,15 @@
 //! DIR/incoming/<id>/            an upload in progress; removed at start-up (never acknowledged)
 //! DIR/jobs/<id>/manifest.json   the job's record (spec, task count, state), replaced atomically
 //! DIR/jobs/<id>/tasks.arrow     the accepted tasks as uploaded (Arrow IPC file)
-//! DIR/jobs/<id>/results.parquet.parts/seg-N.parquet   committed results (see io::results)
+//! DIR/jobs/<id>/results.parquet.parts/seg-N-SUM.parquet   committed results (see io::results)
 //! ```
 //! An upload is written under `incoming/`, fsynced, and renamed into `jobs/` before the client
 //! gets its job id (see [`super::ingest`]): an acknowledged job survives `kill -9`. Results are
 //! committed in segments by the one runner ([`super::runner`]); a restarted server reads the ids
 //! already committed and runs only the other tasks, so every accepted task ends with exactly one
-//! row.
+//! row. Every committed segment is checked against its checksum at start-up: a job with a
+//! damaged segment is not resumed (its error says which file to move aside before the next
+//! start), and the server serves the other jobs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -32,7 +34,8 @@ use super::spec::{JobState, Manifest};
 use crate::engine::Engine;
 use crate::io::durable::{fs_error, write_durably, FsError};
 use crate::io::results::{
-    batch_to_results, committed_segments, read_result_batches, ResultStore, StoreError,
+    batch_to_results, committed_segments, read_result_batches, verify_segment, ResultStore,
+    StoreError,
 };
 use crate::metrics::{JobProgress, JobSource};
 use crate::report::{Report, Tally};
@@ -276,7 +279,16 @@ impl Jobs {
                 })?;
             let job = Arc::new(Job::new(manifest.id.clone(), path, manifest));
             let mut tally = Tally::default();
+            let mut damaged = None;
             for segment in job.result_segments()? {
+                match verify_segment(&segment) {
+                    Ok(()) => {}
+                    Err(e @ StoreError::Damaged { .. }) => {
+                        damaged.get_or_insert(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
                 for batch in read_result_batches(&segment)? {
                     let rows =
                         batch_to_results(&batch?).map_err(|source| StoreError::NotResults {
@@ -290,7 +302,21 @@ impl Jobs {
             if m.state == JobState::Running {
                 this.pending
                     .fetch_add(m.tasks.saturating_sub(tally.tasks()), Ordering::Relaxed);
-                resume.push(job.clone());
+                match damaged {
+                    None => resume.push(job.clone()),
+                    Some(e) => {
+                        let message = format!(
+                            "{e}\nThe job was not resumed: stop the server, run the command \
+                             above, and start the server again; the job then resumes."
+                        );
+                        tracing::error!("job {}: {message}", job.id);
+                        *job.error.lock() = Some(message);
+                    }
+                }
+            } else if let Some(e) = damaged {
+                // A finished job's rows are what clients read back: say which file is damaged.
+                tracing::error!("job {}: {e}", job.id);
+                *job.error.lock() = Some(e.to_string());
             }
             *job.tally.lock() = tally;
             this.jobs.write().insert(job.id.clone(), job);
