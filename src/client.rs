@@ -22,18 +22,30 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Args, Clone)]
 pub struct ServerArgs {
-    /// The server: grpc://HOST:PORT (also TUTTI_SERVER).
+    /// The server: grpc://HOST:PORT, or grpc+tls://HOST:PORT for a server with TLS (also
+    /// TUTTI_SERVER).
     #[arg(long, env = "TUTTI_SERVER", default_value = "grpc://127.0.0.1:50051")]
     server: String,
     /// File holding the bearer token (else the TUTTI_TOKEN variable).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// For grpc+tls:// servers: the certificate (PEM) of the authority that signed the server's
+    /// certificate, or the server's own when it is self-signed (also TUTTI_TLS_CA).
+    #[arg(long, env = "TUTTI_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ServerArgs {
     async fn connect(&self) -> Result<JobClient> {
         let token = crate::serve::read_token(self.token_file.as_ref())?;
-        Ok(JobClient::connect(&self.server, token.as_deref()).await?)
+        let ca = self
+            .tls_ca
+            .as_ref()
+            .map(|p| {
+                std::fs::read(p).with_context(|| format!("cannot read --tls-ca {}", p.display()))
+            })
+            .transpose()?;
+        Ok(JobClient::connect_with_ca(&self.server, token.as_deref(), ca.as_deref()).await?)
     }
 }
 

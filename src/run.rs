@@ -186,8 +186,17 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
         };
         let store = {
             let span = tracing::info_span!("tutti.job", job = %job.id);
-            let run = run_job(&engine, tasks, done, store, true, cancel.clone(), committed)
-                .instrument(span);
+            let run = run_job(
+                &engine,
+                tasks,
+                done,
+                store,
+                true,
+                cancel.clone(),
+                tutti_engine::io::CommitRetry::none(),
+                committed,
+            )
+            .instrument(span);
             tokio::pin!(run);
             tokio::select! {
                 store = &mut run => store?,

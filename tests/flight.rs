@@ -19,6 +19,9 @@ const TOKEN: &str = "s3cret-token";
 fn token_file(dir: &std::path::Path) -> String {
     let path = dir.join("token");
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    // A token file others may read is refused.
+    let private = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600);
+    std::fs::set_permissions(&path, private).unwrap();
     path.display().to_string()
 }
 

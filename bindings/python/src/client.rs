@@ -48,15 +48,26 @@ fn info_json(info: &JobInfo) -> String {
 #[pymethods]
 impl PyClient {
     #[new]
-    #[pyo3(signature = (url, token = None))]
-    fn new(py: Python<'_>, url: String, token: Option<String>) -> PyResult<PyClient> {
+    #[pyo3(signature = (url, token = None, tls_ca = None))]
+    fn new(
+        py: Python<'_>,
+        url: String,
+        token: Option<String>,
+        tls_ca: Option<Vec<u8>>,
+    ) -> PyResult<PyClient> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| tutti_error(py, format!("cannot start the async runtime: {e}")))?;
         let client = py
-            .detach(|| rt.block_on(JobClient::connect(&url, token.as_deref())))
+            .detach(|| {
+                rt.block_on(JobClient::connect_with_ca(
+                    &url,
+                    token.as_deref(),
+                    tls_ca.as_deref(),
+                ))
+            })
             .map_err(|e| tutti_error(py, chain(&e)))?;
         Ok(PyClient {
             client: Mutex::new(client),

@@ -216,6 +216,7 @@ impl PyEngine {
                 store,
                 trajectories,
                 run_cancel,
+                tutti_engine::io::CommitRetry::none(),
                 committed,
             )
             .await

@@ -59,9 +59,15 @@ pub async fn flight_ingest(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("grpc://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, jobs.clone(), Auth::new(None), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        jobs.clone(),
+        Auth::new(None),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let batches: Vec<_> = tasks
         .chunks(INGEST_BATCH_ROWS)

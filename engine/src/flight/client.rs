@@ -8,7 +8,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::{Action, Criteria, FlightClient, FlightDescriptor, FlightInfo, Ticket};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::service::job_descriptor;
 
@@ -20,8 +20,22 @@ pub enum ClientError {
         url: String,
         source: tonic::transport::Error,
     },
-    #[error("bad server address `{0}`: expected grpc://HOST:PORT or http://HOST:PORT")]
+    #[error(
+        "bad server address `{0}`: expected grpc://HOST:PORT, grpc+tls://HOST:PORT or \
+         http://HOST:PORT"
+    )]
     Url(String),
+    /// A TLS address without a certificate authority to check the server against.
+    #[error(
+        "{0} is a TLS address: give the certificate (PEM) of the authority that signed the \
+         server's certificate (--tls-ca PEM, or Client(..., tls_ca=PATH))"
+    )]
+    NoCa(String),
+    #[error("the TLS certificate authority for {url}: {source}")]
+    Tls {
+        url: String,
+        source: tonic::transport::Error,
+    },
     /// The server answered with an error status.
     #[error("the server said {}: {}", code_name(.0.code()), .0.message())]
     Server(tonic::Status),
@@ -106,14 +120,43 @@ impl JobClient {
     /// Connects to `url` (`grpc://host:port`, `grpc+tcp://…` or `http://…`), sending `token` as
     /// a bearer token with every call.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<JobClient, ClientError> {
-        let http = ["grpc+tcp://", "grpc://", "http://"]
+        JobClient::connect_with_ca(url, token, None).await
+    }
+
+    /// [`connect`](JobClient::connect), also to `grpc+tls://host:port` (or `https://…`): the
+    /// server's certificate is checked against `tls_ca`, the PEM certificate of the authority
+    /// that signed it (a self-signed server certificate is its own).
+    pub async fn connect_with_ca(
+        url: &str,
+        token: Option<&str>,
+        tls_ca: Option<&[u8]>,
+    ) -> Result<JobClient, ClientError> {
+        let plain = ["grpc+tcp://", "grpc://", "http://"]
             .iter()
             .find_map(|p| url.strip_prefix(p))
-            .map(|rest| format!("http://{rest}"))
+            .map(|rest| format!("http://{rest}"));
+        let tls = ["grpc+tls://", "https://"]
+            .iter()
+            .find_map(|p| url.strip_prefix(p))
+            .map(|rest| format!("https://{rest}"));
+        let address = plain
+            .clone()
+            .or(tls.clone())
             .ok_or_else(|| ClientError::Url(url.to_string()))?;
-        let channel = Endpoint::from_shared(http)
+        let mut endpoint = Endpoint::from_shared(address)
             .map_err(|_| ClientError::Url(url.to_string()))?
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if tls.is_some() {
+            let ca = tls_ca.ok_or_else(|| ClientError::NoCa(url.to_string()))?;
+            let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|source| ClientError::Tls {
+                    url: url.to_string(),
+                    source,
+                })?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .map_err(|source| ClientError::Connect {

@@ -3,6 +3,7 @@
 //! Flight protocol".
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -181,15 +182,21 @@ pub(crate) fn service(
     InterceptedService::new(server, auth)
 }
 
-/// Serves Flight on `listener` until `shutdown` completes.
+/// Serves Flight on `listener` until `shutdown` completes; with `tls` (a certificate chain and
+/// its key, PEM), over TLS only.
 pub async fn serve(
     listener: TcpListener,
     jobs: Arc<Jobs>,
     auth: Auth,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(service(jobs, auth))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -206,6 +213,21 @@ fn message_error(status: Status, max: usize) -> Status {
     } else {
         status
     }
+}
+
+/// Awaits the next message of an upload for at most `idle`; an upload silent for longer is
+/// ended (its slot, thread and files freed as the handler returns).
+async fn within<T>(
+    idle: Duration,
+    next: impl std::future::Future<Output = T>,
+) -> Result<T, Status> {
+    tokio::time::timeout(idle, next).await.map_err(|_| {
+        Status::deadline_exceeded(format!(
+            "the upload sent no message for {} s (--upload-idle-timeout): it is closed and \
+             nothing of it was kept; send the whole job without pausing",
+            idle.as_secs_f64()
+        ))
+    })
 }
 
 type Stream<T> = BoxStream<'static, Result<T, Status>>;
@@ -315,11 +337,13 @@ impl FlightService for JobService {
         &self,
         req: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
+        // The place under the upload limits is taken first, so every open stream counts.
+        let slot = self.jobs.open_upload(req.remote_addr())?;
         let max = self.jobs.limits.max_message_bytes;
+        let idle = self.jobs.limits.upload_idle_timeout;
         let mut incoming = req.into_inner();
-        let first = incoming
-            .message()
-            .await
+        let first = within(idle, incoming.message())
+            .await?
             .map_err(|s| message_error(s, max))?
             .ok_or_else(|| Status::invalid_argument("empty DoPut stream: no descriptor"))?;
         let descriptor = first.flight_descriptor.clone().ok_or_else(|| {
@@ -330,10 +354,10 @@ impl FlightService for JobService {
                 "DoPut expects a CMD descriptor whose cmd is the job spec (JSON, may be empty)",
             ));
         }
-        let mut upload = self.jobs.begin_upload(&descriptor.cmd)?;
+        let mut upload = self.jobs.begin_upload(slot, &descriptor.cmd)?;
         let rest = incoming.map_err(move |s| FlightError::Tonic(Box::new(message_error(s, max))));
         let mut decoder = FlightDataDecoder::new(stream::once(async { Ok(first) }).chain(rest));
-        while let Some(item) = decoder.next().await {
+        while let Some(item) = within(idle, decoder.next()).await? {
             let item = item.map_err(flight_status)?;
             let ingest = match item.payload {
                 DecodedPayload::None => continue,
@@ -401,6 +425,7 @@ impl FlightService for JobService {
                     "report": job.report(),
                     "server": self.jobs.engine().ledger(),
                     "server_pending_tasks": self.jobs.pending(),
+                    "server_open_uploads": self.jobs.open_uploads(),
                 });
                 serde_json::to_vec(&reply).expect("json")
             }

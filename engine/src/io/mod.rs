@@ -17,8 +17,8 @@ pub(crate) mod schema;
 pub(crate) mod tasks;
 
 pub use results::{
-    read_results, shell_command, InputColumns, OutputFormat, OutputShape, Reopen, ResultStore,
-    StoreError,
+    read_results, shell_command, CommitFailure, CommitRetry, InputColumns, OnCommitError,
+    OutputFormat, OutputShape, Reopen, ResultStore, StoreError,
 };
 pub use schema::{result_schema, task_schema};
 pub use tasks::{

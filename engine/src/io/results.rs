@@ -619,10 +619,11 @@ impl ResultStore {
             return Ok(());
         }
         let batch = results_to_batch(rows);
-        // The number is taken before writing: should a step after the rename fail, a retry must
-        // not replace this segment. A gap in the numbers is harmless.
+        // The number moves on only once the segment is durable: the caller retries a failed
+        // commit with the same rows, so should a step after the rename fail (the directory's
+        // fsync), the retry writes the same rows under the same number; the same bytes give the
+        // same checksum, so it replaces that segment instead of adding a second copy.
         let seq = self.next_segment;
-        self.next_segment += 1;
         let tmp = self.parts.join(format!("seg-{seq:06}.parquet.tmp"));
         let parts = &self.parts;
         write_durably_as(
@@ -637,6 +638,7 @@ impl ResultStore {
             },
             |checksum| parts.join(segment_name(seq, checksum)),
         )?;
+        self.next_segment += 1;
         Ok(())
     }
 
@@ -912,14 +914,53 @@ pub(crate) const COMMIT_ROWS: usize = 2048;
 /// …or when the oldest uncommitted one has waited this long.
 pub(crate) const COMMIT_EVERY: Duration = Duration::from_millis(250);
 
+/// What [`commit_stream`] does when a commit fails (a storage error: EMFILE, ENOSPC, EIO): try
+/// the same rows again after a backoff (doubling from `first_delay` up to `max_delay`) for as
+/// long as `retry_for` allows, calling `on_error` with each failure and with `None` once a
+/// commit succeeds again, so the trouble is visible while it lasts. While it retries, no new
+/// results are taken: the engine's episodes wait on the full channel.
+pub struct CommitRetry {
+    /// How long to keep retrying one group before the commit fails; zero fails at once.
+    pub retry_for: Duration,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+    /// Called with each failed attempt and with `None` when a commit succeeds after failures.
+    pub on_error: Box<OnCommitError>,
+}
+
+/// What [`CommitRetry::on_error`] calls.
+pub type OnCommitError = dyn FnMut(Option<CommitFailure<'_>>) + Send;
+
+/// One failed try of a commit.
+pub struct CommitFailure<'a> {
+    pub error: &'a StoreError,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// The wait before the next try.
+    pub wait: Duration,
+}
+
+impl CommitRetry {
+    /// Fail at the first error (`tutti run` and the Python module: the caller resumes).
+    pub fn none() -> CommitRetry {
+        CommitRetry {
+            retry_for: Duration::ZERO,
+            first_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+            on_error: Box::new(|_| {}),
+        }
+    }
+}
+
 /// Commits the results arriving on `rx` in groups (every [`COMMIT_ROWS`] rows or
-/// [`COMMIT_EVERY`]), calling `committed` with each group once it is durable. Without
-/// `keep_trajectories` the trajectory of each row is dropped first. Returns the store when the
-/// channel has closed and everything received is committed.
+/// [`COMMIT_EVERY`]), calling `committed` with each group once it is durable; a failed commit is
+/// retried as `retry` says. Without `keep_trajectories` the trajectory of each row is dropped
+/// first. Returns the store when the channel has closed and everything received is committed.
 pub(crate) async fn commit_stream(
     mut rx: mpsc::Receiver<TaskResult>,
     mut store: ResultStore,
     keep_trajectories: bool,
+    mut retry: CommitRetry,
     mut committed: impl FnMut(&[TaskResult]) + Send,
 ) -> Result<ResultStore, StoreError> {
     let mut pending: Vec<TaskResult> = Vec::new();
@@ -937,12 +978,37 @@ pub(crate) async fn commit_stream(
         }
         let due = oldest.is_some_and(|t| t.elapsed() >= COMMIT_EVERY);
         if !pending.is_empty() && (closed || due || pending.len() >= COMMIT_ROWS) {
-            let batch = std::mem::take(&mut pending);
-            let (s, batch) =
-                tokio::task::spawn_blocking(move || store.append(&batch).map(|_| (store, batch)))
-                    .await
-                    .expect("the result writer does not panic")?;
-            store = s;
+            let mut batch = std::mem::take(&mut pending);
+            let started = Instant::now();
+            let mut delay = retry.first_delay;
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                let (s, b, result) = tokio::task::spawn_blocking(move || {
+                    let result = store.append(&batch);
+                    (store, batch, result)
+                })
+                .await
+                .expect("the result writer does not panic");
+                (store, batch) = (s, b);
+                match result {
+                    Ok(()) if attempt == 1 => break,
+                    Ok(()) => {
+                        (retry.on_error)(None);
+                        break;
+                    }
+                    Err(e) if started.elapsed() >= retry.retry_for => return Err(e),
+                    Err(e) => {
+                        (retry.on_error)(Some(CommitFailure {
+                            error: &e,
+                            attempt,
+                            wait: delay,
+                        }));
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(retry.max_delay);
+                    }
+                }
+            }
             oldest = None;
             committed(&batch);
         }

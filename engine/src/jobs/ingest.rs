@@ -2,9 +2,15 @@
 //! validates it (the same [`TaskBatchDecoder`] as `tutti run`: schema, types, nulls, duplicate ids
 //! across batches, preference keys, prompt size, task count) and appends it to the job's task file
 //! under `incoming/`; [`Upload::finish`] makes the job durable and starts it.
+//!
+//! Open uploads are bounded: each holds an [`UploadSlot`], counted over the server
+//! (`max_open_uploads`) and per connection (`max_uploads_per_connection`). The ingest thread is
+//! started by the first batch, so an upload that has sent only its descriptor and schema holds
+//! no thread and no file.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,9 +27,71 @@ use crate::io::schema::task_schema;
 use crate::io::tasks::{FieldError, InputError, TaskBatchDecoder};
 use crate::task::Task;
 
+/// One open upload's place under the limits; dropping it frees the place.
+pub(crate) struct UploadSlot {
+    jobs: Arc<Jobs>,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut open = self.jobs.uploads.lock();
+        open.total -= 1;
+        if let Some(n) = open.per_connection.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_connection.remove(&self.peer);
+            }
+        }
+    }
+}
+
 impl Jobs {
-    /// Starts an upload: parses and checks the spec, refuses at once when the server is full.
-    pub(crate) fn begin_upload(self: &Arc<Self>, cmd: &[u8]) -> Result<Upload, JobError> {
+    /// Takes a place for a new upload from `peer`, or refuses at once when the server, or that
+    /// connection, has as many uploads open as it takes.
+    pub(crate) fn open_upload(
+        self: &Arc<Self>,
+        peer: Option<SocketAddr>,
+    ) -> Result<UploadSlot, JobError> {
+        let (max, per) = (
+            self.limits.max_open_uploads,
+            self.limits.max_uploads_per_connection,
+        );
+        let mut open = self.uploads.lock();
+        if open.total >= max {
+            return Err(JobError::Exhausted(format!(
+                "the server has {max} uploads open and takes at most {max} \
+                 (--max-open-uploads): finish or close an upload, or try again later"
+            )));
+        }
+        let mine = open.per_connection.entry(peer).or_default();
+        if *mine >= per {
+            return Err(JobError::Exhausted(format!(
+                "this connection ({}) has {per} uploads open and may have at most {per} \
+                 (--max-uploads-per-connection): finish one first",
+                peer.map_or("unknown peer".to_string(), |p| p.to_string())
+            )));
+        }
+        *mine += 1;
+        open.total += 1;
+        Ok(UploadSlot {
+            jobs: self.clone(),
+            peer,
+        })
+    }
+
+    /// Uploads open now, over all connections.
+    pub(crate) fn open_uploads(&self) -> usize {
+        self.uploads.lock().total
+    }
+
+    /// Starts an upload in `slot`: parses and checks the spec, refuses at once when the server
+    /// has no room for more tasks.
+    pub(crate) fn begin_upload(
+        self: &Arc<Self>,
+        slot: UploadSlot,
+        cmd: &[u8],
+    ) -> Result<Upload, JobError> {
         let spec = JobSpec::parse(cmd).map_err(JobError::Invalid)?;
         spec.check(self.engine.catalog())
             .map_err(JobError::Invalid)?;
@@ -31,22 +99,15 @@ impl Jobs {
         let id = uuid::Uuid::now_v7().to_string();
         let dir = self.dir.join("incoming").join(&id);
         fs::create_dir(&dir).map_err(fs_error("create directory", &dir))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(4);
-        let worker = {
-            let jobs = self.clone();
-            let (id, incoming) = (id.clone(), dir.clone());
-            std::thread::Builder::new()
-                .name("tutti-ingest".into())
-                .spawn(move || jobs.ingest(&id, &incoming, rx))
-                .map_err(fs_error("start an ingest thread for", &dir))?
-        };
         Ok(Upload {
             jobs: self.clone(),
             id,
             dir,
             spec,
-            tx: Some(tx),
-            worker: Some(worker),
+            schema: None,
+            tx: None,
+            worker: None,
+            _slot: slot,
         })
     }
 
@@ -195,21 +256,52 @@ pub(crate) enum Ingest {
     Batch(RecordBatch),
 }
 
-/// An upload in progress: batches go to its ingest thread; [`finish`](Upload::finish) makes the
-/// job durable and starts it. Dropped unfinished, it leaves nothing behind.
+/// An upload in progress: batches go to its ingest thread, started by the first batch;
+/// [`finish`](Upload::finish) makes the job durable and starts it. Dropped unfinished, it leaves
+/// nothing behind and frees its slot.
 pub(crate) struct Upload {
     jobs: Arc<Jobs>,
     id: String,
     dir: PathBuf,
     spec: JobSpec,
+    /// The stream's schema, held until the ingest thread starts.
+    schema: Option<SchemaRef>,
     tx: Option<std::sync::mpsc::SyncSender<Ingest>>,
     worker: Option<std::thread::JoinHandle<Result<u64, JobError>>>,
+    _slot: UploadSlot,
 }
 
 impl Upload {
+    /// Starts the ingest thread, handing it the schema seen so far.
+    fn start_worker(&mut self) -> Result<(), JobError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(4);
+        if let Some(schema) = self.schema.take() {
+            tx.send(Ingest::Schema(schema))
+                .expect("the receiver is still here");
+        }
+        let jobs = self.jobs.clone();
+        let (id, incoming) = (self.id.clone(), self.dir.clone());
+        let worker = std::thread::Builder::new()
+            .name("tutti-ingest".into())
+            .spawn(move || jobs.ingest(&id, &incoming, rx))
+            .map_err(fs_error("start an ingest thread for", &self.dir))?;
+        self.tx = Some(tx);
+        self.worker = Some(worker);
+        Ok(())
+    }
+
     /// Hands over the stream's schema or one batch. An error here is final: the ingest thread
     /// has stopped on a bad batch (its error is returned) or on a storage failure.
     pub(crate) async fn send(&mut self, item: Ingest) -> Result<(), JobError> {
+        if self.worker.is_none() {
+            match item {
+                Ingest::Schema(schema) => {
+                    self.schema.get_or_insert(schema);
+                    return Ok(());
+                }
+                Ingest::Batch(_) => self.start_worker()?,
+            }
+        }
         let tx = self.tx.clone().expect("open until finish");
         let sent = tokio::task::spawn_blocking(move || tx.send(item).is_ok())
             .await
@@ -236,6 +328,9 @@ impl Upload {
     /// Ends the upload: waits for the task file to be complete and fsynced, writes the manifest,
     /// moves the job into place and starts it. When this returns, the job is durable.
     pub(crate) async fn finish(mut self) -> Result<Arc<Job>, JobError> {
+        if self.worker.is_none() {
+            self.start_worker()?;
+        }
         self.tx = None;
         let tasks = self.join().await?;
         let (jobs, id, dir, spec) = (

@@ -16,7 +16,7 @@ use super::error::{arrow_error, JobError};
 use super::spec::JobSpec;
 use crate::engine::Engine;
 use crate::io::durable::fs_error;
-use crate::io::results::{commit_stream, ResultStore, COMMIT_ROWS};
+use crate::io::results::{commit_stream, CommitRetry, ResultStore, COMMIT_ROWS};
 use crate::io::tasks::TaskBatchDecoder;
 use crate::task::{Task, TaskResult};
 
@@ -75,8 +75,12 @@ impl TaskSource for JobTasks {
 /// Runs the tasks of `source` whose ids are not in `done` on `engine`, and commits their results
 /// to `store` as they finish (every `COMMIT_ROWS` rows or 250 ms), calling `committed` with
 /// each group once it is durable. Without `keep_trajectories` each row's trajectory is dropped
-/// before it is written. `cancel` ends live episodes `cancelled` and writes the tasks not yet
-/// started as `cancelled`. Returns the store once every result is committed.
+/// before it is written. A failed commit is retried as `retry` says. `cancel` ends live episodes
+/// `cancelled` and writes the tasks not yet started as `cancelled`. Returns the store once every
+/// result is committed.
+// Each argument is a separate choice of the three callers (`tutti run`, `tutti serve`, Python);
+// a struct bundling them would only rename the list.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_job(
     engine: &Engine,
     source: impl TaskSource,
@@ -84,6 +88,7 @@ pub async fn run_job(
     store: ResultStore,
     keep_trajectories: bool,
     cancel: CancellationToken,
+    retry: CommitRetry,
     committed: impl FnMut(&[TaskResult]) + Send,
 ) -> Result<ResultStore, JobError> {
     let (task_tx, mut task_rx) = mpsc::channel::<Task>(COMMIT_ROWS);
@@ -92,7 +97,7 @@ pub async fn run_job(
     });
     let tasks = futures::stream::poll_fn(move |cx| task_rx.poll_recv(cx));
     let (tx, rx) = mpsc::channel(4 * COMMIT_ROWS);
-    let writer = commit_stream(rx, store, keep_trajectories, committed);
+    let writer = commit_stream(rx, store, keep_trajectories, retry, committed);
     let (_, written) = tokio::join!(engine.run(tasks, tx, cancel), writer);
     let store = written?;
     reader
@@ -141,6 +146,7 @@ mod tests {
             store,
             keep,
             CancellationToken::new(),
+            CommitRetry::none(),
             |rows: &[TaskResult]| seen.extend(rows.iter().map(|r| r.id.clone())),
         )
         .await

@@ -46,11 +46,33 @@ pub(crate) struct Overrides {
     pub trajectories: Option<bool>,
 }
 
+/// The largest job spec (the descriptor's cmd) a server reads, in bytes.
+pub(crate) const MAX_SPEC_BYTES: usize = 64 << 10;
+/// The longest job name, in bytes: a name comes back in every listing.
+pub(crate) const MAX_NAME_BYTES: usize = 256;
+
 impl JobSpec {
     /// Parses a spec; an empty body is the empty spec. The error says what is wrong and where.
     pub(crate) fn parse(cmd: &[u8]) -> Result<JobSpec, String> {
+        if cmd.len() > MAX_SPEC_BYTES {
+            return Err(format!(
+                "job spec (the descriptor's cmd) is {} bytes; the server takes at most \
+                 {MAX_SPEC_BYTES}",
+                cmd.len()
+            ));
+        }
         if cmd.iter().all(u8::is_ascii_whitespace) {
             return Ok(JobSpec::default());
+        }
+        // serde's derive takes a JSON array as the struct's fields in order: only an object is
+        // a spec.
+        let first = cmd.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(
+                "job spec (the descriptor's cmd) must be a JSON object ({\"name\": ..., \
+                 \"defaults\": {...}, \"overrides\": {...}}), not an array or a scalar"
+                    .to_string(),
+            );
         }
         let de = &mut serde_json::Deserializer::from_slice(cmd);
         let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -67,6 +89,15 @@ impl JobSpec {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(name) = &self.name {
+            if name.len() > MAX_NAME_BYTES {
+                return Err(format!(
+                    "job spec: key `name`: the name is {} bytes; the server takes at most \
+                     {MAX_NAME_BYTES}",
+                    name.len()
+                ));
+            }
+        }
         let d = &self.defaults;
         if let Some(b) = d.budget_usd {
             if !(b.is_finite() && b >= 0.0) {
@@ -193,7 +224,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = JobSpec::parse(b"not json").unwrap_err();
+        let e = JobSpec::parse(b"{not json").unwrap_err();
         assert!(e.contains("not a valid JSON object"), "{e}");
         let e = JobSpec::parse(br#"{"backends": []}"#).unwrap_err();
         assert!(e.contains("unknown field `backends`"), "{e}");
@@ -203,5 +234,24 @@ mod tests {
         assert!(e.contains("`defaults.max_turns`"), "{e}");
         let e = JobSpec::parse(br#"{"overrides": {"price_per_call": 0}}"#).unwrap_err();
         assert!(e.contains("unknown field `price_per_call`"), "{e}");
+    }
+
+    #[test]
+    fn an_array_is_not_a_spec_though_serde_would_take_it_as_fields() {
+        let e = JobSpec::parse(br#" ["nightly", {}, {}]"#).unwrap_err();
+        assert!(e.contains("must be a JSON object"), "{e}");
+        assert!(JobSpec::parse(b"3").is_err());
+    }
+
+    #[test]
+    fn a_long_name_and_a_big_spec_are_refused_naming_the_limit() {
+        let name = "n".repeat(MAX_NAME_BYTES + 1);
+        let e = JobSpec::parse(format!(r#"{{"name": "{name}"}}"#).as_bytes()).unwrap_err();
+        assert!(e.contains("key `name`") && e.contains("at most 256"), "{e}");
+        let ok = "n".repeat(MAX_NAME_BYTES);
+        assert!(JobSpec::parse(format!(r#"{{"name": "{ok}"}}"#).as_bytes()).is_ok());
+        let big = format!(r#"{{"name": "x"{}}}"#, " ".repeat(MAX_SPEC_BYTES));
+        let e = JobSpec::parse(big.as_bytes()).unwrap_err();
+        assert!(e.contains("at most 65536"), "{e}");
     }
 }

@@ -21,7 +21,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
@@ -34,12 +34,15 @@ use super::spec::{JobState, Manifest};
 use crate::engine::Engine;
 use crate::io::durable::{fs_error, write_durably, FsError};
 use crate::io::results::{
-    batch_to_results, committed_segments, read_result_batches, verify_segment, ResultStore,
-    StoreError,
+    batch_to_results, committed_segments, read_result_batches, verify_segment, CommitRetry,
+    ResultStore, StoreError,
 };
 use crate::metrics::{JobProgress, JobSource};
 use crate::report::{Report, Tally};
 use crate::task::Status;
+
+/// The first wait before a job's failed storage work is tried again.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Server-wide limits on what clients may send.
 #[derive(Debug, Clone)]
@@ -53,6 +56,16 @@ pub struct ServerLimits {
     pub max_pending_tasks: u64,
     /// Largest prompt of one task, in bytes.
     pub max_prompt_bytes: usize,
+    /// Most uploads (DoPut streams) open at once, over all clients.
+    pub max_open_uploads: usize,
+    /// Most uploads open at once on one connection (one peer address and port).
+    pub max_uploads_per_connection: usize,
+    /// An upload that sends no message for this long is ended and everything it held freed.
+    pub upload_idle_timeout: std::time::Duration,
+    /// The longest wait between two tries of a job's storage work that failed (a commit of
+    /// results, opening its files): the server retries until it works, doubling the wait from
+    /// 100 ms up to this, with the error in the job's status meanwhile.
+    pub storage_retry_max_delay: std::time::Duration,
 }
 
 impl Default for ServerLimits {
@@ -62,6 +75,10 @@ impl Default for ServerLimits {
             max_tasks_per_job: 10_000_000,
             max_pending_tasks: 20_000_000,
             max_prompt_bytes: 1 << 20,
+            max_open_uploads: 256,
+            max_uploads_per_connection: 16,
+            upload_idle_timeout: std::time::Duration::from_secs(60),
+            storage_retry_max_delay: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -228,6 +245,13 @@ pub(super) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The uploads open now: how many in all, and per connection (see `super::ingest::UploadSlot`).
+#[derive(Debug, Default)]
+pub(crate) struct OpenUploads {
+    pub(super) total: usize,
+    pub(super) per_connection: std::collections::HashMap<Option<std::net::SocketAddr>, usize>,
+}
+
 /// Every job of a data directory, and the engine that runs them.
 pub struct Jobs {
     pub(super) dir: PathBuf,
@@ -235,6 +259,8 @@ pub struct Jobs {
     pub(super) jobs: RwLock<BTreeMap<String, Arc<Job>>>,
     /// Accepted tasks without a committed result, over all jobs.
     pub(super) pending: AtomicU64,
+    /// The uploads open now, per connection.
+    pub(super) uploads: Mutex<OpenUploads>,
     pub limits: ServerLimits,
 }
 
@@ -258,6 +284,7 @@ impl Jobs {
             engine,
             jobs: RwLock::new(BTreeMap::new()),
             pending: AtomicU64::new(0),
+            uploads: Mutex::new(OpenUploads::default()),
             limits,
         });
         let entries = fs::read_dir(&jobs_dir).map_err(fs_error("list", &jobs_dir))?;
@@ -377,12 +404,54 @@ impl Jobs {
         Ok(())
     }
 
-    /// Drives a job to its end; a storage failure is recorded on the job (which then resumes
-    /// on the next start).
+    /// Drives a job to its end. Storage trouble (descriptors, space, I/O) never leaves it
+    /// silently stuck: a failed commit is retried in place, and a failure anywhere else (opening
+    /// the store or the task file, the final manifest) resumes the job here after a backoff, as a
+    /// restart would; meanwhile the error is in the job's status and the log.
     pub(super) async fn run(self: Arc<Self>, job: Arc<Job>) {
-        if let Err(e) = self.drive(&job).await {
-            tracing::error!("job {}: {e}", job.id);
-            *job.error.lock() = Some(e.to_string());
+        let max = self.limits.storage_retry_max_delay;
+        let mut delay = FIRST_RETRY_DELAY.min(max);
+        loop {
+            match self.drive(&job).await {
+                Ok(()) => return,
+                Err(e) => {
+                    let message = format!(
+                        "{}; resuming the job in {:.1} s",
+                        crate::error::chain(&e),
+                        delay.as_secs_f64()
+                    );
+                    tracing::error!("job {}: {message}", job.id);
+                    *job.error.lock() = Some(message);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                }
+            }
+        }
+    }
+
+    /// How a job's runner retries a commit: until it works, the error on the job meanwhile.
+    fn commit_retry(&self, job: &Arc<Job>) -> CommitRetry {
+        let job = job.clone();
+        CommitRetry {
+            retry_for: Duration::MAX,
+            first_delay: FIRST_RETRY_DELAY.min(self.limits.storage_retry_max_delay),
+            max_delay: self.limits.storage_retry_max_delay,
+            on_error: Box::new(move |failure| match failure {
+                Some(failure) => {
+                    let message = format!(
+                        "cannot commit results (attempt {}): {}; retrying in {:.1} s",
+                        failure.attempt,
+                        crate::error::chain(failure.error),
+                        failure.wait.as_secs_f64()
+                    );
+                    tracing::error!("job {}: {message}", job.id);
+                    *job.error.lock() = Some(message);
+                }
+                None => {
+                    tracing::info!("job {}: results are committed again", job.id);
+                    *job.error.lock() = None;
+                }
+            }),
         }
     }
 
@@ -393,6 +462,11 @@ impl Jobs {
         let (store, done) = tokio::task::spawn_blocking(move || ResultStore::open(&out, true))
             .await
             .expect("opening the store does not panic")?;
+        tracing::info!(
+            "job {}: running; {} tasks already have results",
+            job.id,
+            done.len()
+        );
         let spec = job.manifest.lock().spec.clone();
         let keep = spec.keep_trajectories();
         let tasks = JobTasks {
@@ -410,6 +484,9 @@ impl Jobs {
             }
         };
         let span = tracing::info_span!("tutti.job", job = %job.id);
+        let retry = self.commit_retry(job);
+        // Started (again): any error of an earlier try is over.
+        *job.error.lock() = None;
         run_job(
             &self.engine,
             tasks,
@@ -417,6 +494,7 @@ impl Jobs {
             store,
             keep,
             job.cancel.clone(),
+            retry,
             committed,
         )
         .instrument(span)

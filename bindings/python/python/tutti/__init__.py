@@ -253,14 +253,29 @@ class Client:
     """A client of a ``tutti serve`` server (Arrow Flight).
 
     Args:
-        url: ``grpc://HOST:PORT``.
+        url: ``grpc://HOST:PORT``, or ``grpc+tls://HOST:PORT`` for a server with TLS.
         token: the server's bearer token; by default the ``TUTTI_TOKEN`` variable, if set.
+        tls_ca: for ``grpc+tls://``: a path to the PEM certificate of the authority that signed
+            the server's certificate (the server's own when self-signed); by default the
+            ``TUTTI_TLS_CA`` variable, if set.
     """
 
-    def __init__(self, url: str = "grpc://127.0.0.1:50051", *, token: Optional[str] = None):
+    def __init__(
+        self,
+        url: str = "grpc://127.0.0.1:50051",
+        *,
+        token: Optional[str] = None,
+        tls_ca: Optional[Union[str, "os.PathLike[str]"]] = None,
+    ):
         if token is None:
             token = os.environ.get("TUTTI_TOKEN")
-        self._native = _tutti._Client(url, token)
+        if tls_ca is None:
+            tls_ca = os.environ.get("TUTTI_TLS_CA")
+        ca = None
+        if tls_ca is not None:
+            with open(tls_ca, "rb") as f:
+                ca = f.read()
+        self._native = _tutti._Client(url, token, ca)
 
     def submit(
         self,
