@@ -23,6 +23,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -258,7 +259,29 @@ pub fn read_task_file(
             })?;
             read_jsonl(BufReader::new(file), input, check)
         }
-        Some(TaskFormat::Parquet) => read_parquet(path, input, check),
+        Some(TaskFormat::Parquet) => {
+            let file = File::open(path).map_err(|source| InputError::Io {
+                input: input.clone(),
+                source,
+            })?;
+            read_parquet(file, input, check)
+        }
+        None => Err(InputError::UnsupportedFormat { input }),
+    }
+}
+
+/// Reads and validates a task file held in memory, as [`read_task_file`] reads one from disk:
+/// `name` chooses the format by its extension and names the input in errors. (The fuzz targets
+/// of `fuzz/` read their inputs through it.)
+pub fn read_task_bytes(
+    name: &Path,
+    bytes: Vec<u8>,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<TaskFile, InputError> {
+    let input = name.display().to_string();
+    match TaskFormat::of(name) {
+        Some(TaskFormat::JsonLines) => read_jsonl(bytes.as_slice(), input, check),
+        Some(TaskFormat::Parquet) => read_parquet(bytes::Bytes::from(bytes), input, check),
         None => Err(InputError::UnsupportedFormat { input }),
     }
 }
@@ -983,7 +1006,7 @@ fn column_slot(name: &str) -> usize {
 
 /// Validates Arrow batches of tasks: a Parquet file's, or a Flight upload's. Row numbers and the
 /// duplicate-id check run across all batches given to one decoder.
-pub(crate) struct TaskBatchDecoder<'a> {
+pub struct TaskBatchDecoder<'a> {
     acceptor: Acceptor<'a>,
     rows: usize,
     /// With [`with_extras`](TaskBatchDecoder::with_extras): the columns beyond the task schema
@@ -994,7 +1017,7 @@ pub(crate) struct TaskBatchDecoder<'a> {
 impl<'a> TaskBatchDecoder<'a> {
     /// Checks `schema` (see [`task_schema`]) before any row is read. `input` names the source in
     /// error messages: a path, or a label such as `job 7`.
-    pub(crate) fn new(
+    pub fn new(
         input: impl Into<String>,
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
@@ -1069,7 +1092,7 @@ impl<'a> TaskBatchDecoder<'a> {
     }
 
     /// Validates and converts one batch. Its schema is checked again, as a stream may change it.
-    pub(crate) fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
+    pub fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
         let input = &self.acceptor.input;
         let (index, others) = resolve_columns(input, &batch.schema(), self.extras.is_some())?;
         let column = |name: &'static str| index[column_slot(name)].map(|i| batch.column(i));
@@ -1270,14 +1293,10 @@ impl PreferenceColumn {
 }
 
 fn read_parquet(
-    path: &Path,
+    file: impl ChunkReader + 'static,
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<TaskFile, InputError> {
-    let file = File::open(path).map_err(|source| InputError::Io {
-        input: input.clone(),
-        source,
-    })?;
     let parquet_error = |source| InputError::Parquet {
         input: input.clone(),
         source,
