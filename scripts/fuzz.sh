@@ -10,8 +10,9 @@
 # the stable test engine/tests/fuzz_corpus.rs replays it from then on).
 #
 # Choices: no sanitizer (`-s none`): the code is safe Rust, so AddressSanitizer would mostly add
-# a 2-3x slowdown and a longer build; the coverage instrumentation libFuzzer needs is kept. Release
-# code without debug assertions, as shipped: a panic found is one a user can hit. Fork mode with
+# a 2-3x slowdown and a longer build; the coverage instrumentation libFuzzer needs is kept. cargo
+# fuzz's default build: optimized, with debug assertions and overflow checks (an overflow found
+# may wrap silently in a release binary rather than panic). Fork mode with
 # crashes, OOMs and timeouts ignored, so one crash does not end an hour's run: each is saved and
 # the run goes on. Everything runs under `nice -n 19`.
 set -euo pipefail

@@ -520,6 +520,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for LineKeys<'a> {
     }
 }
 
+/// A serde_json error's message without its position, which is in the value, not in the line.
+fn json_problem(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((message, _)) => message.to_string(),
+        None => text,
+    }
+}
+
 /// What the lines read so far made of the file: task lines, or OpenAI batch request lines (the
 /// first line decides), and the endpoint the requests named.
 #[derive(Default)]
@@ -721,7 +730,13 @@ fn parse_line(
                 field: key,
             });
         }
-        let value = serde_json::from_str(raw.get()).expect("the line parsed as JSON");
+        // The line was read with each value raw; a number too large for a double (`1e400`) is
+        // valid JSON there and fails only here.
+        let value = serde_json::from_str(raw.get()).map_err(|e| InputError::Field {
+            at: at_line(),
+            field: key.clone(),
+            message: format!("cannot be passed through: {}", json_problem(&e)),
+        })?;
         extra.insert(key, value);
     }
     let id = row
@@ -1785,6 +1800,16 @@ mod tests {
         assert!(
             e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid value"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn jsonl_extra_number_out_of_range_is_a_field_error() {
+        // Found by the `tasks_jsonl` fuzz target: this panicked (fuzz/regressions/tasks_jsonl/).
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "big": 1e400}"#]);
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:1: field `big`: cannot be passed through: number out of range",
         );
     }
 
