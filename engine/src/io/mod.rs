@@ -22,6 +22,7 @@ pub use results::{
 };
 pub use schema::{result_schema, task_schema};
 pub use tasks::{
-    near_task_column, preference_check, read_task_file, read_tasks, tasks_to_batch,
-    write_tasks_jsonl, write_tasks_parquet, FieldError, InputError, Location, Position, TaskFile,
+    near_task_column, preference_check, read_task_bytes, read_task_file, read_tasks,
+    tasks_to_batch, write_tasks_jsonl, write_tasks_parquet, FieldError, InputError, Location,
+    Position, TaskBatchDecoder, TaskFile,
 };

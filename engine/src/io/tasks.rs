@@ -23,6 +23,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -259,7 +260,29 @@ pub fn read_task_file(
             })?;
             read_jsonl(BufReader::new(file), input, check)
         }
-        Some(TaskFormat::Parquet) => read_parquet(path, input, check),
+        Some(TaskFormat::Parquet) => {
+            let file = File::open(path).map_err(|source| InputError::Io {
+                input: input.clone(),
+                source,
+            })?;
+            read_parquet(file, input, check)
+        }
+        None => Err(InputError::UnsupportedFormat { input }),
+    }
+}
+
+/// Reads and validates a task file held in memory, as [`read_task_file`] reads one from disk:
+/// `name` chooses the format by its extension and names the input in errors. (The fuzz targets
+/// of `fuzz/` read their inputs through it.)
+pub fn read_task_bytes(
+    name: &Path,
+    bytes: Vec<u8>,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<TaskFile, InputError> {
+    let input = name.display().to_string();
+    match TaskFormat::of(name) {
+        Some(TaskFormat::JsonLines) => read_jsonl(bytes.as_slice(), input, check),
+        Some(TaskFormat::Parquet) => read_parquet(bytes::Bytes::from(bytes), input, check),
         None => Err(InputError::UnsupportedFormat { input }),
     }
 }
@@ -501,6 +524,15 @@ impl<'de: 'a, 'a> Deserialize<'de> for LineKeys<'a> {
     }
 }
 
+/// A serde_json error's message without its position, which is in the value, not in the line.
+fn json_problem(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((message, _)) => message.to_string(),
+        None => text,
+    }
+}
+
 /// What the lines read so far made of the file: task lines, or OpenAI batch request lines (the
 /// first line decides), and the endpoint the requests named.
 #[derive(Default)]
@@ -702,7 +734,13 @@ fn parse_line(
                 field: key,
             });
         }
-        let value = serde_json::from_str(raw.get()).expect("the line parsed as JSON");
+        // The line was read with each value raw; a number too large for a double (`1e400`) is
+        // valid JSON there and fails only here.
+        let value = serde_json::from_str(raw.get()).map_err(|e| InputError::Field {
+            at: at_line(),
+            field: key.clone(),
+            message: format!("cannot be passed through: {}", json_problem(&e)),
+        })?;
         extra.insert(key, value);
     }
     let id = row
@@ -987,7 +1025,7 @@ fn column_slot(name: &str) -> usize {
 
 /// Validates Arrow batches of tasks: a Parquet file's, or a Flight upload's. Row numbers and the
 /// duplicate-id check run across all batches given to one decoder.
-pub(crate) struct TaskBatchDecoder<'a> {
+pub struct TaskBatchDecoder<'a> {
     acceptor: Acceptor<'a>,
     rows: usize,
     /// With [`with_extras`](TaskBatchDecoder::with_extras): the columns beyond the task schema
@@ -998,7 +1036,7 @@ pub(crate) struct TaskBatchDecoder<'a> {
 impl<'a> TaskBatchDecoder<'a> {
     /// Checks `schema` (see [`task_schema`]) before any row is read. `input` names the source in
     /// error messages: a path, or a label such as `job 7`.
-    pub(crate) fn new(
+    pub fn new(
         input: impl Into<String>,
         schema: &Schema,
         check: &'a dyn Fn(&Task) -> Result<(), FieldError>,
@@ -1073,7 +1111,7 @@ impl<'a> TaskBatchDecoder<'a> {
     }
 
     /// Validates and converts one batch. Its schema is checked again, as a stream may change it.
-    pub(crate) fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
+    pub fn decode(&mut self, batch: &RecordBatch) -> Result<Vec<Task>, InputError> {
         let input = &self.acceptor.input;
         let (index, others) = resolve_columns(input, &batch.schema(), self.extras.is_some())?;
         let column = |name: &'static str| index[column_slot(name)].map(|i| batch.column(i));
@@ -1274,14 +1312,10 @@ impl PreferenceColumn {
 }
 
 fn read_parquet(
-    path: &Path,
+    file: impl ChunkReader + 'static,
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<TaskFile, InputError> {
-    let file = File::open(path).map_err(|source| InputError::Io {
-        input: input.clone(),
-        source,
-    })?;
     let parquet_error = |source| InputError::Parquet {
         input: input.clone(),
         source,
@@ -1770,6 +1804,16 @@ mod tests {
         assert!(
             e.contains("tasks.jsonl:1:") && e.contains("field `max_turns`: invalid value"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn jsonl_extra_number_out_of_range_is_a_field_error() {
+        // Found by the `tasks_jsonl` fuzz target: this panicked (fuzz/regressions/tasks_jsonl/).
+        let e = jsonl_error(&[r#"{"id": "a", "prompt": "p", "big": 1e400}"#]);
+        assert_ends_with(
+            &e,
+            "tasks.jsonl:1: field `big`: cannot be passed through: number out of range",
         );
     }
 

@@ -20,6 +20,6 @@ pub(crate) mod table;
 
 pub use error::JobError;
 pub use runner::{run_job, TaskSource};
-pub use spec::JobState;
+pub use spec::{check_job_spec, JobState};
 pub use store::{Jobs, ServerLimits};
 pub use table::TaskTable;

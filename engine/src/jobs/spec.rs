@@ -144,6 +144,13 @@ impl JobSpec {
     }
 }
 
+/// Checks a job spec (a DoPut descriptor's CMD) as the server reads it, without a server: the
+/// error is the one an upload with this spec gets. (The `job_spec` fuzz target of `fuzz/` calls
+/// it.)
+pub fn check_job_spec(cmd: &[u8]) -> Result<(), String> {
+    JobSpec::parse(cmd).map(drop)
+}
+
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
