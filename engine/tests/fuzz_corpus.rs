@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 #[path = "../../fuzz/entries.rs"]
 mod entries;
 
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A fuzz target's entry function.
+type Entry = fn(&[u8]);
+
+const TARGETS: [(&str, Entry); 6] = [
     ("hermes", entries::hermes),
     ("config", entries::config),
     ("tasks_jsonl", entries::tasks_jsonl),
