@@ -702,10 +702,22 @@ unsafe fn child(l: &Launch) -> ! {
         };
         must!(Step::Limits, libc::setrlimit(resource, &limit));
     }
+    // Raw system calls, not the C library's wrappers: those signal every thread the library
+    // believes the process has (the engine's, copied by the clone) under a lock that another
+    // engine thread may have held at the clone, and the child would wait on it forever.
     if let Identity::Host { uid, gid } = l.identity {
-        must!(Step::DropUser, libc::setgroups(0, std::ptr::null()));
-        must!(Step::DropUser, libc::setgid(gid));
-        must!(Step::DropUser, libc::setuid(uid));
+        must!(
+            Step::DropUser,
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) as libc::c_int
+        );
+        must!(
+            Step::DropUser,
+            libc::syscall(libc::SYS_setresgid, gid, gid, gid) as libc::c_int
+        );
+        must!(
+            Step::DropUser,
+            libc::syscall(libc::SYS_setresuid, uid, uid, uid) as libc::c_int
+        );
     }
     // Dies with the engine's thread that started it (set after the uid change, which clears it).
     must!(

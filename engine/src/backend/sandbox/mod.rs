@@ -335,12 +335,28 @@ impl Sandbox {
         let pidfd = unsafe { AsyncFd::register_with_interest(jailed.pidfd, Interest::READABLE) }
             .map_err(|e| wait_error(e.into()))?;
         let mut reaper = Reaper { pidfd: Some(pidfd) };
+        let deadline = tokio::time::Instant::from_std(started + limits.timeout);
+        // The report ends at the child's exec (or exit); a setup that never gets there is
+        // killed at the run's deadline like a program that never ends.
         let mut report = Vec::new();
-        pipe::Receiver::from_owned_fd(jailed.report)
-            .map_err(wait_error)?
-            .read_to_end(&mut report)
-            .await
-            .map_err(wait_error)?;
+        let mut report_pipe = pipe::Receiver::from_owned_fd(jailed.report).map_err(wait_error)?;
+        match tokio::time::timeout_at(deadline, report_pipe.read_to_end(&mut report)).await {
+            Ok(read) => {
+                read.map_err(wait_error)?;
+            }
+            Err(_) => {
+                reaper.kill();
+                reaper.wait().await.map_err(wait_error)?;
+                return Err(SandboxError::Setup {
+                    python: self.python.clone(),
+                    what: "set up the jail",
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the jail's setup did not finish within the run's timeout",
+                    ),
+                });
+            }
+        }
         let steps = jail::parse_report(&report);
         for warning in steps.iter().filter(|s| !jail::is_fatal(s)) {
             warn_once(warning);
@@ -371,7 +387,6 @@ impl Sandbox {
         let stderr = pipe::Receiver::from_owned_fd(jailed.stderr).map_err(wait_error)?;
         let mut out = Capture::new(limits.max_output_bytes);
         let mut err = Capture::new(limits.max_output_bytes);
-        let deadline = tokio::time::Instant::from_std(started + limits.timeout);
         let exit = {
             let reading = async { tokio::join!(out.drain(stdout), err.drain(stderr)) };
             tokio::pin!(reading);
@@ -792,6 +807,7 @@ mod tests {
 
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
+    use futures::StreamExt;
 
     /// Defaults with a timeout short enough that a hang fails the test soon.
     fn limits() -> SandboxLimits {
@@ -1334,6 +1350,40 @@ else:
         for (i, run) in runs.into_iter().enumerate() {
             assert_eq!(run.outcome, Outcome::Exited(0), "{}", run.observation());
             assert_eq!(run.stdout, format!("together {i}\n"));
+        }
+    }
+
+    /// Found in CI: a run hung for ever, before its program started, when the engine made or
+    /// ended a thread at the moment of the clone (the C library's `setuid` in the child waited
+    /// on a lock the copied thread held). Many runs while threads come and go: every one runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn runs_start_while_engine_threads_come_and_go() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::spawn(|| {}).join().unwrap();
+                    }
+                })
+            })
+            .collect();
+        let sandbox = sandbox(limits());
+        let runs: Vec<_> = futures::stream::iter(0..200)
+            .map(|_| sandbox.run("print(1)"))
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        stop.store(true, Ordering::Relaxed);
+        for thread in churn {
+            thread.join().unwrap();
+        }
+        for run in runs {
+            let run = run.unwrap();
+            assert_eq!(run.outcome, Outcome::Exited(0), "{}", run.observation());
+            assert_eq!(run.stdout, "1\n");
         }
     }
 
