@@ -13,6 +13,7 @@ use std::path::Path;
 
 use arrow::ipc::reader::StreamReader;
 use tutti_engine::config::{bundled, Config};
+use tutti_engine::io::contain::{contain, quiet_contained_panics};
 use tutti_engine::io::{
     preference_check, read_task_bytes, tasks_to_batch, FieldError, TaskBatchDecoder,
 };
@@ -89,7 +90,13 @@ pub fn tasks_jsonl(data: &[u8]) {
 }
 
 /// A Parquet task file (`tutti run TASKS.parquet`).
+///
+/// A panic tutti contains (`tutti_engine::io::contain`: arrow-ipc and parquet panic on some
+/// malformed files, and tutti turns that into an error naming the file) is an answer, not a
+/// finding: `quiet_contained_panics` keeps it from libFuzzer's hook, which aborts. Any panic
+/// that escapes tutti still reaches that hook.
 pub fn tasks_parquet(data: &[u8]) {
+    quiet_contained_panics();
     let read = with_check(|check| read_task_bytes(Path::new("fuzz.parquet"), data.to_vec(), check));
     if let Ok(file) = read {
         tasks_read_back(&file.tasks);
@@ -98,20 +105,21 @@ pub fn tasks_parquet(data: &[u8]) {
 
 /// An Arrow IPC stream of task batches, decoded and validated batch by batch with the
 /// `TaskBatchDecoder` a Flight upload uses (`jobs::ingest`): the schema first, then each batch,
-/// row numbers and duplicate ids across batches.
+/// row numbers and duplicate ids across batches. Decoding is contained as the server contains
+/// it (`flight::service`, DoPut).
 pub fn tasks_arrow_ipc(data: &[u8]) {
-    let Ok(reader) = StreamReader::try_new(Cursor::new(data), None) else {
+    quiet_contained_panics();
+    let Ok(Ok(reader)) = contain(|| StreamReader::try_new(Cursor::new(data), None)) else {
         return;
     };
     let schema = reader.schema();
+    let mut batches = reader.into_iter();
     with_check(|check| {
         let Ok(mut decoder) = TaskBatchDecoder::new("job fuzz", &schema, check) else {
             return;
         };
-        for batch in reader {
-            let Ok(batch) = batch else {
-                return;
-            };
+        // The server polls its IPC decoder the same way: each message in a contained read.
+        while let Ok(Some(Ok(batch))) = contain(|| batches.next()) {
             if decoder.decode(&batch).is_err() {
                 return;
             }

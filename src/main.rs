@@ -99,6 +99,9 @@ fn index(args: IndexArgs) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A malformed input file or upload that a reader panics on ends in an error naming it;
+    // the panic itself is no news to the user.
+    tutti_engine::io::contain::quiet_contained_panics();
     // A server says what happens to each job (info) unless told to be quiet.
     let serving = matches!(cli.command, Command::Serve(_));
     let level = match (cli.quiet, cli.verbose) {

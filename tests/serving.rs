@@ -572,3 +572,79 @@ print(rows.num_rows, len(set(rows.column("id").to_pylist())))
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "20 20");
 }
+
+/// The IPC messages of an Arrow IPC stream file, as the FlightData a client would send for
+/// them (the first with the job's descriptor). Stops at the first message it cannot frame.
+fn flight_messages(stream: &[u8]) -> Vec<arrow_flight::FlightData> {
+    let mut messages = Vec::new();
+    let mut rest = stream;
+    let word = |b: &[u8]| i32::from_le_bytes(b[..4].try_into().unwrap());
+    while rest.len() >= 8 {
+        let skip = if word(rest) == -1 { 4 } else { 0 };
+        let len = word(&rest[skip..]);
+        let Ok(len) = usize::try_from(len) else { break };
+        let start = skip + 4;
+        if len == 0 || rest.len() < start + len {
+            break;
+        }
+        let header = &rest[start..start + len];
+        let Ok(message) = arrow::ipc::root_as_message(header) else {
+            break;
+        };
+        let body_len = usize::try_from(message.bodyLength()).unwrap_or(0);
+        let body_end = (start + len + body_len).min(rest.len());
+        let mut data = arrow_flight::FlightData::new()
+            .with_data_header(header.to_vec())
+            .with_data_body(rest[start + len..body_end].to_vec());
+        if messages.is_empty() {
+            data = data.with_descriptor(FlightDescriptor::new_cmd(b"{}".to_vec()));
+        }
+        messages.push(data);
+        rest = &rest[body_end..];
+    }
+    messages
+}
+
+/// Found by fuzzing (issue 19): arrow-ipc 60.1 panics on some malformed IPC messages rather
+/// than return an error. In an upload that panic is the upload's INVALID_ARGUMENT, and the
+/// server goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_ipc_decoder_panics_on_is_refused_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let crashes = common::repo("fuzz/regressions/tasks_arrow_ipc");
+    let mut files: Vec<_> = std::fs::read_dir(&crashes)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} is empty", crashes.display());
+    for file in files {
+        let messages = flight_messages(&std::fs::read(&file).unwrap());
+        assert!(
+            messages.len() >= 2,
+            "{}: a schema and a batch",
+            file.display()
+        );
+        let mut client = channel(&server.url).await;
+        let status = match client.do_put(futures::stream::iter(messages)).await {
+            Ok(mut replies) => replies.get_mut().message().await.expect_err("refused"),
+            Err(status) => status,
+        };
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{}: {status:?}",
+            file.display()
+        );
+        assert!(
+            status.message().contains("malformed Arrow IPC data"),
+            "{}: {status:?}",
+            file.display()
+        );
+    }
+    let mut client = server.client(None).await;
+    assert!(client.jobs().await.unwrap().is_empty(), "no job was made");
+    let job = client.submit(b"{}", batches(&tasks(3), 3)).await.unwrap();
+    assert!(!job.is_empty());
+}

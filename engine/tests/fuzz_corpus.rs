@@ -3,8 +3,8 @@
 //! (`fuzz/entries.rs`, the same file). An input may be refused; a panic fails the test, naming
 //! the file. The long fuzzing runs are `scripts/fuzz.sh` (nightly; docs/fuzzing.md).
 //!
-//! `fuzz/known/<target>/` holds inputs that still panic inside a dependency (arrow-ipc, parquet);
-//! `known_dependency_panics` (ignored) replays them: once it passes, they belong in `regressions/`.
+//! Some regressions are inputs that arrow-ipc or parquet 60.1 panic on: tutti contains those
+//! panics (`tutti_engine::io::contain`) and answers with an error, which is what they check.
 
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,18 +12,6 @@ use std::path::{Path, PathBuf};
 
 #[path = "../../fuzz/entries.rs"]
 mod entries;
-
-/// A fuzz target's entry function.
-type Entry = fn(&[u8]);
-
-const TARGETS: [(&str, Entry); 6] = [
-    ("hermes", entries::hermes),
-    ("config", entries::config),
-    ("tasks_jsonl", entries::tasks_jsonl),
-    ("tasks_parquet", entries::tasks_parquet),
-    ("tasks_arrow_ipc", entries::tasks_arrow_ipc),
-    ("job_spec", entries::job_spec),
-];
 
 /// The files of one target under `dirs` of `fuzz/`, in name order. The corpus must not be
 /// empty: a target whose seeds went missing would pass here without testing anything.
@@ -50,12 +38,8 @@ fn inputs(target: &str, dirs: &[&str]) -> Vec<PathBuf> {
 }
 
 fn replay(target: &str, entry: fn(&[u8])) {
-    replay_from(target, entry, &["corpus", "regressions"]);
-}
-
-fn replay_from(target: &str, entry: fn(&[u8]), dirs: &[&str]) {
     let mut panicked = Vec::new();
-    for path in inputs(target, dirs) {
+    for path in inputs(target, &["corpus", "regressions"]) {
         let data = fs::read(&path).expect("a corpus file");
         if catch_unwind(AssertUnwindSafe(|| entry(&data))).is_err() {
             panicked.push(path.display().to_string());
@@ -99,10 +83,23 @@ fn job_spec_corpus_replays_without_a_panic() {
     replay("job_spec", entries::job_spec);
 }
 
+/// The Parquet files parquet 60.1 panics on (found by fuzzing) are refused as unreadable,
+/// naming the file, as any other broken Parquet file is.
 #[test]
-#[ignore = "inputs that still panic inside arrow-ipc or parquet (docs/fuzzing.md)"]
-fn known_dependency_panics() {
-    for (target, entry) in TARGETS {
-        replay_from(target, entry, &["known"]);
+fn parquet_files_the_reader_panics_on_are_refused_naming_the_file() {
+    let check = |_: &tutti_engine::Task| Ok(());
+    let files = inputs("tasks_parquet", &["regressions"]);
+    assert!(!files.is_empty());
+    for path in files {
+        let bytes = fs::read(&path).unwrap();
+        let error = tutti_engine::io::read_task_bytes(Path::new("in.parquet"), bytes, &check)
+            .map(|f| f.tasks.len())
+            .expect_err("refused");
+        let message = error.to_string();
+        assert!(
+            message.starts_with("in.parquet: not a readable Parquet file: "),
+            "{}: {message}",
+            path.display()
+        );
     }
 }

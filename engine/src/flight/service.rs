@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::io::contain::Contained;
 use crate::io::results::read_result_batches;
 use crate::io::schema::result_schema;
 use crate::jobs::ingest::Ingest;
@@ -356,9 +357,19 @@ impl FlightService for JobService {
         }
         let mut upload = self.jobs.begin_upload(slot, &descriptor.cmd)?;
         let rest = incoming.map_err(move |s| FlightError::Tonic(Box::new(message_error(s, max))));
-        let mut decoder = FlightDataDecoder::new(stream::once(async { Ok(first) }).chain(rest));
+        // A panic of the Arrow IPC decoder on a malformed message (see `io::contain`) is the
+        // upload's error, not a dropped connection.
+        let mut decoder = Contained::new(FlightDataDecoder::new(
+            stream::once(async { Ok(first) }).chain(rest),
+        ));
         while let Some(item) = within(idle, decoder.next()).await? {
-            let item = item.map_err(flight_status)?;
+            let item = item
+                .map_err(|panic| {
+                    Status::invalid_argument(format!(
+                        "malformed Arrow IPC data: the decoder failed on it: {panic}"
+                    ))
+                })?
+                .map_err(flight_status)?;
             let ingest = match item.payload {
                 DecodedPayload::None => continue,
                 DecodedPayload::Schema(schema) => Ingest::Schema(schema),

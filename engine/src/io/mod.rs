@@ -10,6 +10,7 @@
 //!   then merges them into Parquet or JSON Lines with the input's index and extra columns.
 //! - `openai_batch`: OpenAI batch JSON Lines requests in and output lines out.
 
+pub mod contain;
 pub(crate) mod durable;
 pub(crate) mod openai_batch;
 pub(crate) mod results;

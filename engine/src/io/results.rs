@@ -1054,60 +1054,66 @@ pub(crate) fn read_result_batches(
 
 /// Reads every result row of a Parquet file in [`result_schema`].
 pub fn read_results(path: &Path) -> Result<Vec<TaskResult>, StoreError> {
-    let mut rows = Vec::new();
-    for batch in read_batches(path, &[])? {
-        let batch = batch.map_err(|source| StoreError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        rows.extend(
-            batch_to_results(&batch).map_err(|source| StoreError::NotResults {
+    contained(path, || {
+        let mut rows = Vec::new();
+        for batch in read_batches(path, &[])? {
+            let batch = batch.map_err(|source| StoreError::Arrow {
                 path: path.to_path_buf(),
                 source,
-            })?,
-        );
-    }
-    Ok(rows)
+            })?;
+            rows.extend(
+                batch_to_results(&batch).map_err(|source| StoreError::NotResults {
+                    path: path.to_path_buf(),
+                    source,
+                })?,
+            );
+        }
+        Ok(rows)
+    })
 }
 
 /// Calls `f` with each id of a result file in order, reading only the `id` column.
 fn for_each_id(path: &Path, mut f: impl FnMut(&str)) -> Result<(), StoreError> {
-    for batch in read_batches(path, &["id"])? {
-        let batch = batch.map_err(|source| StoreError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let ids = text_column(path, &batch, "id")?;
-        ids.iter().flatten().for_each(&mut f);
-    }
-    Ok(())
+    contained(path, || {
+        for batch in read_batches(path, &["id"])? {
+            let batch = batch.map_err(|source| StoreError::Arrow {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let ids = text_column(path, &batch, "id")?;
+            ids.iter().flatten().for_each(&mut f);
+        }
+        Ok(())
+    })
 }
 
 /// Records the status of each row of a result file under its id (a later row replaces an
 /// earlier one), reading only the `id` and `status` columns.
 fn read_statuses(path: &Path, latest: &mut HashMap<String, Status>) -> Result<(), StoreError> {
-    for batch in read_batches(path, &["id", "status"])? {
-        let batch = batch.map_err(|source| StoreError::Arrow {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let ids = text_column(path, &batch, "id")?;
-        let statuses = text_column(path, &batch, "status")?;
-        for (i, (id, status)) in ids.iter().zip(statuses.iter()).enumerate() {
-            let (Some(id), Some(status)) = (id, status) else {
-                continue;
-            };
-            let status = Status::parse(status).ok_or_else(|| StoreError::NotResults {
+    contained(path, || {
+        for batch in read_batches(path, &["id", "status"])? {
+            let batch = batch.map_err(|source| StoreError::Arrow {
                 path: path.to_path_buf(),
-                source: ResultsError::Status {
-                    row: i + 1,
-                    status: status.to_string(),
-                },
+                source,
             })?;
-            latest.insert(id.to_string(), status);
+            let ids = text_column(path, &batch, "id")?;
+            let statuses = text_column(path, &batch, "status")?;
+            for (i, (id, status)) in ids.iter().zip(statuses.iter()).enumerate() {
+                let (Some(id), Some(status)) = (id, status) else {
+                    continue;
+                };
+                let status = Status::parse(status).ok_or_else(|| StoreError::NotResults {
+                    path: path.to_path_buf(),
+                    source: ResultsError::Status {
+                        row: i + 1,
+                        status: status.to_string(),
+                    },
+                })?;
+                latest.insert(id.to_string(), status);
+            }
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// The utf8 column `name` of a batch read with a projection.
@@ -1129,6 +1135,20 @@ fn text_column<'a>(
                 found: type_name(column.data_type()),
             },
         })
+}
+
+/// Runs a read of the Parquet file at `path`; a panic inside the reader (see `io::contain`)
+/// becomes an error that names the file.
+fn contained<T>(
+    path: &Path,
+    read: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    super::contain::contain(read).unwrap_or_else(|panic| {
+        Err(StoreError::Parquet {
+            path: path.to_path_buf(),
+            source: ParquetError::General(format!("the Parquet reader failed on it: {panic}")),
+        })
+    })
 }
 
 /// Opens a Parquet file for reading batches, of the named columns only when `columns` is not

@@ -1316,6 +1316,21 @@ fn read_parquet(
     input: String,
     check: &dyn Fn(&Task) -> Result<(), FieldError>,
 ) -> Result<TaskFile, InputError> {
+    super::contain::contain(|| read_parquet_unguarded(file, input.clone(), check)).unwrap_or_else(
+        |panic| {
+            Err(InputError::Parquet {
+                input,
+                source: ParquetError::General(format!("the Parquet reader failed on it: {panic}")),
+            })
+        },
+    )
+}
+
+fn read_parquet_unguarded(
+    file: impl ChunkReader + 'static,
+    input: String,
+    check: &dyn Fn(&Task) -> Result<(), FieldError>,
+) -> Result<TaskFile, InputError> {
     let parquet_error = |source| InputError::Parquet {
         input: input.clone(),
         source,

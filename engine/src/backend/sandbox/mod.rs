@@ -805,9 +805,9 @@ impl Capture {
 mod tests {
     use super::*;
 
+    use futures::StreamExt;
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
-    use futures::StreamExt;
 
     /// Defaults with a timeout short enough that a hang fails the test soon.
     fn limits() -> SandboxLimits {
