@@ -278,7 +278,11 @@ impl DiskTier {
         if e.expires.is_some_and(|t| t <= unix(now)) {
             return None;
         }
-        let expires = e.expires.map(|s| UNIX_EPOCH + Duration::from_secs_f64(s));
+        // A time no clock reaches (a damaged entry: NaN, 1e300) makes the entry unusable.
+        let expires = match e.expires {
+            Some(s) => Some(UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(s).ok()?)?),
+            None => None,
+        };
         let response = Response {
             text: e.text,
             input_tokens: e.input_tokens,

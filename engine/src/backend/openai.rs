@@ -141,8 +141,7 @@ impl OpenAiClient {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+            .and_then(retry_after);
         let text = resp.text().await.unwrap_or_default();
         let message = format!(
             "HTTP {}: {}",
@@ -173,6 +172,19 @@ impl OpenAiClient {
             message,
         }
     }
+}
+
+/// A `Retry-After` of seconds, at most [`MAX_BACKOFF`] (a server may send any number: `1e300`,
+/// `inf`, `-1`); `None` for what is not a number of seconds (an HTTP date, `NaN`).
+fn retry_after(value: &str) -> Option<Duration> {
+    let secs = value.trim().parse::<f64>().ok()?;
+    if secs.is_nan() {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(secs.clamp(0.0, MAX_BACKOFF.as_secs_f64()))
+            .unwrap_or(MAX_BACKOFF),
+    )
 }
 
 pub struct OpenAiBackend {
@@ -403,6 +415,53 @@ async fn completions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_within_the_backoff_cap() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        for huge in ["1e300", "inf", "31", "1e400"] {
+            assert_eq!(retry_after(huge), Some(MAX_BACKOFF), "{huge}");
+        }
+        for below in ["-1", "-inf", "0"] {
+            assert_eq!(retry_after(below), Some(Duration::ZERO), "{below}");
+        }
+        for not_seconds in ["NaN", "Wed, 21 Oct 2015 07:28:00 GMT", ""] {
+            assert_eq!(retry_after(not_seconds), None, "{not_seconds}");
+        }
+    }
+
+    /// Issue 19: a server answering `Retry-After: 1e300` panicked the engine's task (the
+    /// duration overflowed). Against a real server on loopback: the call fails with the
+    /// server's status, as any 503 does.
+    #[tokio::test]
+    async fn a_huge_retry_after_is_an_error_not_a_panic() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = "busy";
+                let reply = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1e300\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(reply.as_bytes()).await;
+            }
+        });
+        let endpoint = format!("http://127.0.0.1:{port}/v1");
+        let client =
+            OpenAiClient::new("local", &endpoint, None, None, 0, Duration::from_millis(1)).unwrap();
+        let text = client
+            .post("chat/completions", &json!({}))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("HTTP 503: busy"), "{text}");
+    }
 
     #[tokio::test]
     async fn an_unreachable_server_is_reported_in_the_os_words_without_a_try_count() {
