@@ -350,6 +350,121 @@ async fn a_commit_that_fails_is_retried_visibly_and_the_job_ends_without_a_resta
     assert_eq!((rows.len(), ids.len()), (n, n));
 }
 
+/// Sets the soft limit on open files of process `pid`; returns the limits it had.
+fn set_open_files_limit(
+    pid: u32,
+    soft: Option<libc::rlim_t>,
+    restore: Option<libc::rlimit>,
+) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads the current limits into `old`.
+    assert_eq!(
+        unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                std::ptr::null(),
+                &mut old,
+            )
+        },
+        0
+    );
+    let new = match (soft, restore) {
+        (Some(soft), _) => libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        },
+        (None, Some(limits)) => limits,
+        (None, None) => return old,
+    };
+    // SAFETY: `new` is a valid rlimit; the old value is not wanted.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+/// The lowest descriptor number process `pid` has free: with the soft limit on open files at
+/// this number, it can open nothing more.
+fn lowest_free_descriptor(pid: u32) -> libc::rlim_t {
+    let used: std::collections::HashSet<libc::rlim_t> =
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+    (0..).find(|fd| !used.contains(fd)).unwrap()
+}
+
+/// B4 as found: a running job's commit failed with EMFILE (descriptors exhausted) and the job
+/// stayed `running` with no rows and no word until a restart. Here the server's limit on open
+/// files drops to what it has open while a job runs: the error shows in the job's status, and
+/// once the limit is back the job ends, every row once, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_out_of_descriptors_shows_in_the_status_and_recovers_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // The simulated latencies in full (tool calls take seconds to minutes): no task can end in
+    // the moment between the job starting and the limit dropping.
+    let config = common::sim_config(dir.path(), 1.0, 64)
+        .display()
+        .to_string();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        &["--config", &config, "--storage-retry-max-delay", "0.2"],
+    );
+    let pid = server.child.id();
+    let mut client = server.client(None).await;
+    let n = 200;
+    let job = client.submit(b"{}", batches(&tasks(n), 100)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let started = format!("job {job}: running");
+    while !server
+        .stderr
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("the server says the job runs")
+        .contains(&started)
+    {}
+    // Every descriptor the server would open from now on is refused (EMFILE); the connection
+    // this client holds stays open. The first tasks to end cannot be committed.
+    let limits = set_open_files_limit(pid, Some(lowest_free_descriptor(pid)), None);
+    let info = wait_for(&mut client, &job, |i| {
+        i.status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot commit results"))
+    })
+    .await;
+    eprintln!("out of descriptors: {}", info.status);
+    assert!(
+        info.status["error"]
+            .as_str()
+            .unwrap()
+            .contains("Too many open files"),
+        "{}",
+        info.status
+    );
+    assert_eq!(info.state(), "running");
+    assert_eq!(info.rows(), 0);
+    // Descriptors again: the rows held back are committed, and cancelling ends the rest.
+    set_open_files_limit(pid, None, Some(limits));
+    client.cancel(&job).await.unwrap();
+    let info = wait_for(&mut client, &job, |i| i.state() != "running").await;
+    assert_eq!(info.state(), "cancelled");
+    assert!(info.status.get("error").is_none(), "{}", info.status);
+    let rows = result_rows(&mut client, &job).await;
+    let ids: std::collections::HashSet<_> = rows.iter().map(|r| &r.0).collect();
+    assert_eq!((rows.len(), ids.len()), (n, n));
+}
+
 #[test]
 fn a_token_file_others_may_read_or_change_is_refused() {
     let dir = tempfile::tempdir().unwrap();
