@@ -1387,6 +1387,51 @@ else:
         }
     }
 
+    /// The jail of an engine that is not root (a user namespace per run). When the tests run as
+    /// root, as in CI, this runs the jail's tests again as `nobody`, through `setpriv`, from a
+    /// copy of this test binary that `nobody` may execute.
+    #[test]
+    fn the_jail_holds_for_an_engine_that_is_not_root() {
+        const CHILD: &str = "TUTTI_SANDBOX_TESTS_UNPRIVILEGED";
+        if std::env::var_os(CHILD).is_some() || !running_as_root() {
+            return;
+        }
+        let setpriv = Path::new("/usr/bin/setpriv");
+        if !setpriv.exists() {
+            eprintln!("skipped: no {} (util-linux)", setpriv.display());
+            return;
+        }
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.path().join("tests");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(setpriv)
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(["backend::sandbox::tests::", "--test-threads=4"])
+            // The fallback, unprivileged, runs every program as this one user, whose process
+            // limit the jailed tests beside it (fork bombs) use up: the weakness the jail is for.
+            .args([
+                "--skip",
+                "the_fallback_runs_in_a_process_group_and_cleans_up",
+            ])
+            .env(CHILD, "1")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("test result: ok. "), "{stdout}");
+        // Every test of the jail ran there, not only this one (which returns at once).
+        let ran = stdout.matches(" ... ok").count();
+        assert!(ran >= 20, "{stdout}");
+    }
+
     #[tokio::test]
     async fn missing_interpreter_is_a_spawn_error() {
         let error = Sandbox::new("/nonexistent/python3", limits())
