@@ -64,6 +64,8 @@ pub struct BenchArgs {
     /// Serve Prometheus metrics of tutti's run at http://ADDR/metrics while it lasts.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    exposure: crate::HttpExposure,
 }
 
 pub fn main(args: BenchArgs) -> Result<ExitCode> {
@@ -124,7 +126,8 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             None => None,
             Some(addr) => {
                 // Taken once, by tutti's run; the baseline's engine is not served.
-                let listener = std::sync::Mutex::new(Some(crate::bind_http(addr, "metrics")?));
+                let listener =
+                    std::sync::Mutex::new(Some(crate::bind_http(addr, "metrics", args.exposure)?));
                 Some(bench::EngineHook(std::sync::Arc::new(move |engine| {
                     let Some(listener) = listener.lock().expect("not poisoned").take() else {
                         return;

@@ -166,9 +166,31 @@ fn load_config(path: Option<&PathBuf>, default_profile: &str) -> Result<Config> 
     }
 }
 
+/// Whether the HTTP routes may listen beyond loopback (flattened into the commands that serve
+/// them).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct HttpExposure {
+    /// Let --metrics-listen / --http listen on an address other than loopback. They are
+    /// read-only and take no token: whoever reaches the port sees job ids, names, counts and
+    /// error messages.
+    #[arg(long)]
+    http_public: bool,
+}
+
 /// Binds `addr` for the HTTP routes of `what` (metrics, the live page), before any work starts,
-/// so that a port in use stops the command at once.
-fn bind_http(addr: std::net::SocketAddr, what: &str) -> Result<std::net::TcpListener> {
+/// so that a port in use stops the command at once. Beyond loopback only with --http-public.
+fn bind_http(
+    addr: std::net::SocketAddr,
+    what: &str,
+    exposure: HttpExposure,
+) -> Result<std::net::TcpListener> {
+    if !addr.ip().is_loopback() && !exposure.http_public {
+        anyhow::bail!(
+            "refusing to serve {what} on {addr}: beyond loopback, and these routes take no token \
+             (anyone who reaches the port sees job ids, names, counts and error messages); \
+             bind 127.0.0.1, or pass --http-public to mean it"
+        );
+    }
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen on {addr} for {what}"))?;
     listener.set_nonblocking(true)?;

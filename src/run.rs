@@ -74,6 +74,8 @@ pub struct RunArgs {
     /// http://ADDR/); port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    exposure: crate::HttpExposure,
 }
 
 /// A damaged result segment's error (which says the `mv` that sets it aside), followed by this
@@ -164,7 +166,7 @@ pub fn main(args: RunArgs, verbosity: crate::Verbosity) -> Result<ExitCode> {
     }
     let metrics_listener = args
         .metrics_listen
-        .map(|addr| crate::bind_http(addr, "metrics"))
+        .map(|addr| crate::bind_http(addr, "metrics", args.exposure))
         .transpose()?;
     let (store, done) = ResultStore::open_with(&args.output, &reopen).map_err(with_rerun)?;
 

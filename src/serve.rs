@@ -73,6 +73,8 @@ pub struct ServeArgs {
     /// without a token, like --metrics-listen.
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    #[command(flatten)]
+    exposure: crate::HttpExposure,
 }
 
 /// The bearer token: from `--token-file`, else from TUTTI_TOKEN. A token file others may read,
@@ -195,11 +197,11 @@ pub fn main(args: ServeArgs) -> Result<ExitCode> {
     };
     let metrics_listener = args
         .metrics_listen
-        .map(|addr| crate::bind_http(addr, "metrics"))
+        .map(|addr| crate::bind_http(addr, "metrics", args.exposure))
         .transpose()?;
     let page_listener = args
         .http
-        .map(|addr| crate::bind_http(addr, "the live job page"))
+        .map(|addr| crate::bind_http(addr, "the live job page", args.exposure))
         .transpose()?;
     let rt = crate::runtime()?;
     crate::preflight(&rt, &cfg, "the server did not start")?;

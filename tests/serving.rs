@@ -763,3 +763,37 @@ async fn an_upload_the_ipc_decoder_panics_on_is_refused_and_the_server_goes_on()
     let job = client.submit(b"{}", batches(&tasks(3), 3)).await.unwrap();
     assert!(!job.is_empty());
 }
+
+/// The HTTP routes take no token: beyond loopback only when the operator says so.
+#[test]
+fn http_routes_beyond_loopback_need_http_public() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--http", "--metrics-listen"] {
+        let (out, err) = run(tutti()
+            .args(["serve", "--listen", "127.0.0.1:0", flag, "0.0.0.0:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data")));
+        assert!(!out.status.success(), "{flag}");
+        assert!(
+            err.contains("refusing to serve") && err.contains("--http-public"),
+            "{flag}: {err}"
+        );
+    }
+    let (out, err) = run(tutti()
+        .arg("run")
+        .arg(common::repo("examples/tasks.jsonl"))
+        .arg("--config")
+        .arg(common::repo("configs/toolorchestra-sim.toml"))
+        .arg("-o")
+        .arg(dir.path().join("out.parquet"))
+        .args(["--metrics-listen", "0.0.0.0:0"]));
+    assert!(!out.status.success());
+    assert!(err.contains("--http-public"), "{err}");
+    // Said outright, it is served.
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--http", "0.0.0.0:0", "--http-public"],
+    );
+    let page = server.page_url.clone().expect("the page's address");
+    assert!(page.contains("0.0.0.0:"), "{page}");
+}
