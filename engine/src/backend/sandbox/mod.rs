@@ -1145,11 +1145,14 @@ while True:
         );
         let started = shared.path().join("started");
         let sandbox = Sandbox::sharing("python3", limits(), shared.path());
+        let mut run = Box::pin(sandbox.run(&code));
         tokio::select! {
-            run = sandbox.run(&code) => panic!("the run ended by itself: {run:?}"),
+            run = &mut run => panic!("the run ended by itself: {run:?}"),
             reported = eventually(|| started.exists()) => assert!(reported, "never started"),
         }
+        // The run is still held here: its processes are alive until it is dropped.
         assert!(!processes_with(&marker).is_empty());
+        drop(run);
         assert!(
             eventually(|| processes_with(&marker).is_empty()).await,
             "left behind: {:?}",
