@@ -348,52 +348,31 @@ async fn a_commit_that_fails_is_retried_visibly_and_the_job_ends_without_a_resta
     std::fs::write(&parts, b"not a directory").unwrap();
     // Cancelling makes every row at once; none can be committed.
     client.cancel(&job).await.unwrap();
-    let info = wait_for(&mut client, &job, |i| {
-        i.status["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("cannot commit results"))
-    })
-    .await;
-    eprintln!("while the store is broken: {}", info.status);
-    assert_eq!(info.state(), "running");
-    assert_eq!(info.rows(), 0);
+    held_back_with_error(&mut client, &job, "cannot commit results").await;
     // The store mends: the job ends, every row exactly once, no error left.
     std::fs::remove_file(&parts).unwrap();
     std::fs::rename(&away, &parts).unwrap();
     ends_cancelled_with_every_row_once(&mut client, &job, n).await;
 }
 
-/// Sets the soft limit on open files of process `pid`; returns the limits it had.
-fn set_open_files_limit(
-    pid: u32,
-    soft: Option<libc::rlim_t>,
-    restore: Option<libc::rlimit>,
-) -> libc::rlimit {
+/// Replaces the limits on open files of process `pid`; returns the limits it had.
+fn swap_open_files_limit(pid: u32, new: impl FnOnce(libc::rlimit) -> libc::rlimit) -> libc::rlimit {
     let mut old = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: reads the current limits into `old`.
-    assert_eq!(
-        unsafe {
-            libc::prlimit(
-                pid as libc::pid_t,
-                libc::RLIMIT_NOFILE,
-                std::ptr::null(),
-                &mut old,
-            )
-        },
-        0
-    );
-    let new = match (soft, restore) {
-        (Some(soft), _) => libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: old.rlim_max,
-        },
-        (None, Some(limits)) => limits,
-        (None, None) => return old,
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
     };
-    // SAFETY: `new` is a valid rlimit; the old value is not wanted.
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = new(old);
+    // SAFETY: `new` is a valid rlimit; the old value was read above.
     let rc = unsafe {
         libc::prlimit(
             pid as libc::pid_t,
@@ -404,6 +383,21 @@ fn set_open_files_limit(
     };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     old
+}
+
+/// Waits until the job's status `error` holds `needle`; the job is still running with no rows.
+/// Returns the error.
+async fn held_back_with_error(client: &mut JobClient, job: &str, needle: &str) -> String {
+    let info = wait_for(client, job, |i| {
+        i.status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(needle))
+    })
+    .await;
+    eprintln!("held back: {}", info.status);
+    assert_eq!(info.state(), "running");
+    assert_eq!(info.rows(), 0);
+    info.status["error"].as_str().unwrap().to_owned()
 }
 
 /// B4 as found: a running job's storage failed with EMFILE (descriptors exhausted) and the job
@@ -424,23 +418,17 @@ async fn a_commit_out_of_descriptors_shows_in_the_status_and_recovers_without_a_
     // 0 admits no new one, whatever it closes meanwhile); those it has, such as this client's
     // connection, stay open. Whatever storage work comes next fails: the job's files still
     // being opened (the job is resumed, as a restart would), or the first commit.
-    let limits = set_open_files_limit(pid, Some(0), None);
-    let info = wait_for(&mut client, &job, |i| {
-        i.status["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("Too many open files"))
-    })
-    .await;
-    eprintln!("out of descriptors: {}", info.status);
-    let error = info.status["error"].as_str().unwrap();
+    let limits = swap_open_files_limit(pid, |old| libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: old.rlim_max,
+    });
+    let error = held_back_with_error(&mut client, &job, "Too many open files").await;
     assert!(
         error.contains("cannot commit results") || error.contains("resuming the job"),
         "{error}"
     );
-    assert_eq!(info.state(), "running");
-    assert_eq!(info.rows(), 0);
     // Descriptors again: the rows held back are committed, and cancelling ends the rest.
-    set_open_files_limit(pid, None, Some(limits));
+    swap_open_files_limit(pid, |_| limits);
     client.cancel(&job).await.unwrap();
     ends_cancelled_with_every_row_once(&mut client, &job, n).await;
 }

@@ -181,10 +181,10 @@ fn retry_after(value: &str) -> Option<Duration> {
     if secs.is_nan() {
         return None;
     }
-    Some(
-        Duration::try_from_secs_f64(secs.clamp(0.0, MAX_BACKOFF.as_secs_f64()))
-            .unwrap_or(MAX_BACKOFF),
-    )
+    // Clamped first, so even `inf` is a duration.
+    Some(Duration::from_secs_f64(
+        secs.clamp(0.0, MAX_BACKOFF.as_secs_f64()),
+    ))
 }
 
 pub struct OpenAiBackend {
@@ -416,6 +416,23 @@ async fn completions(
 mod tests {
     use super::*;
 
+    /// The error of one chat call to `endpoint` with `retries` retries 1 ms apart.
+    async fn call_error(endpoint: &str, retries: u32) -> String {
+        OpenAiClient::new(
+            "local",
+            endpoint,
+            None,
+            None,
+            retries,
+            Duration::from_millis(1),
+        )
+        .unwrap()
+        .post("chat/completions", &json!({}))
+        .await
+        .unwrap_err()
+        .to_string()
+    }
+
     #[test]
     fn retry_after_is_seconds_within_the_backoff_cap() {
         assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
@@ -452,14 +469,7 @@ mod tests {
                 let _ = stream.write_all(reply.as_bytes()).await;
             }
         });
-        let endpoint = format!("http://127.0.0.1:{port}/v1");
-        let client =
-            OpenAiClient::new("local", &endpoint, None, None, 0, Duration::from_millis(1)).unwrap();
-        let text = client
-            .post("chat/completions", &json!({}))
-            .await
-            .unwrap_err()
-            .to_string();
+        let text = call_error(&format!("http://127.0.0.1:{port}/v1"), 0).await;
         assert!(text.contains("HTTP 503: busy"), "{text}");
     }
 
@@ -472,24 +482,12 @@ mod tests {
             .unwrap()
             .port();
         let endpoint = format!("http://127.0.0.1:{port}/v1");
-        let client =
-            OpenAiClient::new("local", &endpoint, None, None, 0, Duration::from_millis(1)).unwrap();
-        let e = client
-            .post("chat/completions", &json!({}))
-            .await
-            .unwrap_err();
-        let text = e.to_string();
+        let text = call_error(&endpoint, 0).await;
         assert!(text.starts_with("backend `local` failed: "), "{text}");
         assert!(text.contains("Connection refused"), "{text}");
         assert!(!text.contains("tries"), "{text}");
 
-        let client =
-            OpenAiClient::new("local", &endpoint, None, None, 2, Duration::from_millis(1)).unwrap();
-        let text = client
-            .post("chat/completions", &json!({}))
-            .await
-            .unwrap_err()
-            .to_string();
+        let text = call_error(&endpoint, 2).await;
         assert!(text.ends_with("(after 3 tries)"), "{text}");
     }
 }
